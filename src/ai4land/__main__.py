@@ -1,0 +1,3 @@
+from ai4land.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,361 @@
+"""The configuration schema: one pydantic model, defaults, and one-line errors.
+
+Every dataset is described here, not in code: LUH2 and HILDA+ are just the values of
+``config/config.yaml``; a user's own data needs nothing but another config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ai4land.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+YearRange = tuple[int, int]
+
+LUH2_FRACTIONS = [
+    "primf", "primn", "secdf", "secdn", "urban", "c3ann", "c4ann",
+    "c3per", "c4per", "c3nfx", "pastr", "range",
+]  # fmt: skip
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassesConfig(_Section):
+    """The class legend: codes of the fine maps and which of them the model predicts."""
+
+    legend: dict[int, str] = {
+        0: "ocean",
+        11: "urban",
+        22: "cropland",
+        33: "pasture/rangeland",
+        44: "forest",
+        55: "unmanaged grass/shrubland",
+        66: "sparse/no vegetation",
+        77: "water",
+        99: "no data",
+    }
+    predicted: list[int] = [11, 22, 33, 44, 55, 66, 77]
+    ocean: int = 0
+    nodata: int = 99
+
+    @model_validator(mode="after")
+    def _codes_known(self) -> ClassesConfig:
+        for code in [*self.predicted, self.ocean, self.nodata]:
+            if code not in self.legend:
+                raise ValueError(f"class code {code} is not in classes.legend")
+            if not 0 <= code <= 255:
+                raise ValueError(f"class code {code} does not fit in uint8")
+        if len(set(self.predicted)) != len(self.predicted):
+            raise ValueError("classes.predicted lists a code twice")
+        return self
+
+
+class CoarseGroup(_Section):
+    """Coarse variables whose summed fraction corresponds to one or more fine classes."""
+
+    variables: list[str]
+    classes: list[int]
+
+
+class CoarseSource(_Section):
+    """Coarse land-use fractions (LUH2 ``states.nc`` and its scenario files)."""
+
+    historical: str
+    scenarios: dict[str, str] = {}
+    variables: list[str] = LUH2_FRACTIONS
+    # LUH2 spells the fill attribute `_Fillvalue`, which netCDF readers ignore.
+    fill_attributes: list[str] = ["_FillValue", "_Fillvalue", "missing_value"]
+    fill_threshold: float = 1e19
+    static: str | None = None
+    water_variable: str | None = "icwtr"
+    groups: dict[str, CoarseGroup] = {
+        "urban": CoarseGroup(variables=["urban"], classes=[11]),
+        "cropland": CoarseGroup(
+            variables=["c3ann", "c4ann", "c3per", "c4per", "c3nfx"], classes=[22]
+        ),
+        "pasture": CoarseGroup(variables=["pastr", "range"], classes=[33]),
+        "forest": CoarseGroup(variables=["primf", "secdf"], classes=[44]),
+        "natural_nonforest": CoarseGroup(variables=["primn", "secdn"], classes=[55, 66]),
+        "water": CoarseGroup(variables=["icwtr"], classes=[77]),
+    }
+    fraction_tolerance: float = 1e-3
+
+
+class FineSource(_Section):
+    """Fine categorical maps, one per year: HILDA+ GeoTIFFs inside a zip, or plain files."""
+
+    archive: str | None = None
+    pattern: str
+    years: YearRange
+    code_mapping: dict[int, int] = {c: c for c in (0, 11, 22, 33, 44, 55, 66, 77, 99)}
+
+
+class StaticLayer(_Section):
+    name: str
+    path: str
+    variable: str | None = None
+    kind: Literal["continuous", "categorical"] = "continuous"
+    derive_slope: bool = False
+
+
+class DatasetsConfig(_Section):
+    coarse: CoarseSource
+    fine: FineSource
+    static: list[StaticLayer] = []
+
+
+class Source(_Section):
+    """One file to download: where from, where to, and how to verify it."""
+
+    url: str
+    path: str
+    sha256: str | None = None
+    size: int | None = None
+    license: str | None = None
+    extract_members: str | None = None
+
+
+class YearsConfig(_Section):
+    train: YearRange
+    test: YearRange
+    backward: YearRange | None = None
+    forward: YearRange | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> YearsConfig:
+        for name in ("train", "test", "backward", "forward"):
+            span = getattr(self, name)
+            if span is not None and span[0] > span[1]:
+                raise ValueError(f"{name} must be [first, last] with first <= last, got {span}")
+        return self
+
+
+class RegionConfig(_Section):
+    bbox: tuple[float, float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _valid_bbox(self) -> RegionConfig:
+        if self.bbox is not None:
+            west, south, east, north = self.bbox
+            if not (west < east and south < north):
+                raise ValueError(f"bbox must be [west, south, east, north], got {list(self.bbox)}")
+        return self
+
+
+class SplitConfig(_Section):
+    block_size: PositiveInt = 100
+    n_test_blocks: PositiveInt = 4
+    n_val_blocks: NonNegativeInt = 2
+    buffer_blocks: NonNegativeInt = 1
+
+
+class PriorMaskConfig(_Section):
+    """How much of the autoregressive prior is hidden in training."""
+
+    p_none: Fraction = 0.15
+    max_fraction: Fraction = 0.5
+    block_size: PositiveInt = 16
+
+
+class TrainConfig(_Section):
+    nproc: PositiveInt = 1
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: PositiveInt = 4
+    steps_per_epoch: PositiveInt = 60
+    batch_size: PositiveInt = 8
+    tile_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    base_channels: PositiveInt = 16
+    depth: PositiveInt = 3
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    grad_clip: PositiveFloat = 1.0
+    checkpoint_every: PositiveInt = 50
+    val_batches: PositiveInt = 8
+    early_stopping_patience: PositiveInt = 5
+    amp: bool = True
+    prior_mask: PriorMaskConfig = PriorMaskConfig()
+
+
+class PredictConfig(_Section):
+    tile_size: PositiveInt = 128
+    overlap: NonNegativeInt = 32
+    batch_size: PositiveInt = 8
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    harmonize: bool = True
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> PredictConfig:
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(
+                f"overlap must be < tile_size / 2, got {self.overlap} with tile {self.tile_size}"
+            )
+        return self
+
+
+class PublishConfig(_Section):
+    title: str = "ai4land: annual 1 km land-use maps downscaled from LUH2"
+    license: str = "CC-BY-4.0"
+    collection_id: str = "ai4land"
+
+
+class PathsConfig(_Section):
+    raw: str = "resources/raw"
+    cube: str = "resources/cube"
+    results: str = "results"
+
+
+class Config(_Section):
+    run_name: str = "ai4land"
+    seed: int = 42
+    demo_world: bool = False
+    paths: PathsConfig = PathsConfig()
+    sources: dict[str, Source] = {}
+    region: RegionConfig = RegionConfig()
+    classes: ClassesConfig = ClassesConfig()
+    datasets: DatasetsConfig
+    years: YearsConfig
+    scenarios: list[str] = []
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        missing = [s for s in self.scenarios if s not in self.datasets.coarse.scenarios]
+        if missing:
+            raise ValueError(
+                f"scenarios {missing} have no file under datasets.coarse.scenarios"
+            )
+        first, last = self.datasets.fine.years
+        for name in ("train", "test"):
+            lo, hi = getattr(self.years, name)
+            if lo < first or hi > last:
+                raise ValueError(
+                    f"years.{name} {[lo, hi]} lies outside the observed years {[first, last]}"
+                )
+        if self.years.backward and self.years.backward[1] >= first:
+            raise ValueError(f"years.backward must end before the first observed year {first}")
+        if self.years.forward and self.years.forward[0] <= last:
+            raise ValueError(f"years.forward must start after the last observed year {last}")
+        if self.years.forward and not self.scenarios:
+            raise ValueError("years.forward needs at least one entry in scenarios")
+        group_classes = [c for g in self.datasets.coarse.groups.values() for c in g.classes]
+        unknown = sorted(set(group_classes) - set(self.classes.predicted))
+        if unknown:
+            raise ValueError(f"datasets.coarse.groups map to unpredicted classes {unknown}")
+        return self
+
+    # --- derived views -------------------------------------------------------------
+
+    @property
+    def observed_years(self) -> list[int]:
+        first, last = self.datasets.fine.years
+        return list(range(first, last + 1))
+
+    @property
+    def backward_years(self) -> list[int]:
+        """Backward chain, in the order it is computed (latest year first)."""
+        if self.years.backward is None:
+            return []
+        first, last = self.years.backward
+        return list(range(last, first - 1, -1))
+
+    @property
+    def forward_years(self) -> list[int]:
+        if self.years.forward is None:
+            return []
+        first, last = self.years.forward
+        return list(range(first, last + 1))
+
+    @property
+    def product_scenarios(self) -> list[str]:
+        """Scenario axis of the product: 'historical' (backward chain) then each SSP."""
+        return (["historical"] if self.backward_years else []) + list(self.scenarios)
+
+    @property
+    def product_years(self) -> list[int]:
+        return sorted(self.backward_years) + self.forward_years
+
+    def chain_years(self, scenario: str) -> list[int]:
+        return self.backward_years if scenario == "historical" else self.forward_years
+
+    def hash(self) -> str:
+        """A stable hash of the resolved config, used in provenance and model cards."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{location} is required"
+    if error["type"] == "extra_forbidden":
+        return f"{location} is not a known setting (check the spelling)"
+    if "input" in error and error["type"] not in ("model_type",):
+        shown = error["input"]
+        if isinstance(shown, dict | list):
+            return f"{location}: {message}" if location else message
+        return f"{location} {message.lower()}, got {shown!r}" if location else message
+    return f"{location}: {message}" if location else message
+
+
+def parse_config(data: dict, *, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{source}: {_describe(first)}{suffix}") from None
+
+
+def _deep_update(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_files(paths: list[str | Path]) -> dict:
+    """Merge YAML files left to right (later files override earlier ones)."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} is not valid YAML") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of settings")
+        merged = _deep_update(merged, data)
+    return merged
+
+
+def load_config(*paths: str | Path) -> Config:
+    """Read, merge and validate one or more config files."""
+    if not paths:
+        raise ConfigError("no config file given")
+    return parse_config(read_config_files(list(paths)), source=", ".join(map(str, paths)))

@@ -1,0 +1,1 @@
+"""Reading and writing files: the analysis-ready cube, rasters, products."""

@@ -1,0 +1,180 @@
+"""The analysis-ready cube under ``paths.cube`` (written by ``ai4land prepare``).
+
+Layout::
+
+    grids.json              {"fine": Grid, "coarse": Grid, "factor": int}
+    target.zarr             lulc (year, lat, lon) uint8, chunks (1, 256, 256)
+    static.zarr             one float32 (lat, lon) variable per static feature, with
+                            attrs mean/std; land_mask (lat, lon) uint8 (1 = not ocean)
+    coarse/{scenario}.zarr  coarse fractions (year, lat, lon) float32 at coarse
+                            resolution, NaN where the source holds its fill value;
+                            the water fraction (lat, lon) float32
+
+Coarse data stay at coarse resolution on disk; ``Cube.coarse_window`` upsamples the
+cells under a window on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ai4land.errors import InputDataError
+from ai4land.grid import Grid, Window
+
+TARGET_VARIABLE = "lulc"
+LAND_MASK = "land_mask"
+TILE_CHUNK = 256
+
+
+class CubePaths:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def grids(self) -> Path:
+        return self.root / "grids.json"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target.zarr"
+
+    @property
+    def static(self) -> Path:
+        return self.root / "static.zarr"
+
+    def coarse(self, scenario: str) -> Path:
+        return self.root / "coarse" / f"{scenario}.zarr"
+
+
+def _open_zarr(path: Path) -> xr.Dataset:
+    if not path.exists():
+        raise InputDataError(f"{path}: not found; run `ai4land prepare` first")
+    return xr.open_zarr(path, chunks=None)
+
+
+class Cube:
+    """Read access to the cube, window by window."""
+
+    def __init__(self, root: str | Path, *, coarse_variables: list[str], water_variable: str | None):
+        self.paths = CubePaths(root)
+        self.coarse_variables = list(coarse_variables)
+        self.water_variable = water_variable
+        if not self.paths.grids.exists():
+            raise InputDataError(f"{self.paths.grids}: not found; run `ai4land prepare` first")
+        grids = json.loads(self.paths.grids.read_text())
+        self.fine_grid = Grid.from_dict(grids["fine"])
+        self.coarse_grid = Grid.from_dict(grids["coarse"])
+        self.factor = int(grids["factor"])
+        self._coarse: dict[str, xr.Dataset] = {}
+
+    @classmethod
+    def from_config(cls, config) -> Cube:
+        coarse = config.datasets.coarse
+        return cls(config.paths.cube, coarse_variables=coarse.variables,
+                   water_variable=coarse.water_variable)
+
+    # --- target maps ---------------------------------------------------------------
+
+    @cached_property
+    def target(self) -> xr.DataArray:
+        return _open_zarr(self.paths.target)[TARGET_VARIABLE]
+
+    @property
+    def target_years(self) -> list[int]:
+        return [int(y) for y in self.target["year"].values]
+
+    def target_window(self, year: int, window: Window) -> np.ndarray:
+        if year not in self.target_years:
+            raise InputDataError(f"{self.paths.target}: no map for year {year}")
+        rows, cols = window.slices
+        index = self.target_years.index(year)
+        return np.asarray(self.target.isel(year=index, lat=rows, lon=cols).values)
+
+    # --- static features -----------------------------------------------------------
+
+    @cached_property
+    def static(self) -> xr.Dataset:
+        return _open_zarr(self.paths.static)
+
+    @property
+    def static_names(self) -> list[str]:
+        return [name for name in self.static.data_vars if name != LAND_MASK]
+
+    def static_window(self, window: Window) -> np.ndarray:
+        """Normalised static features, (S, h, w) float32, NaN replaced by 0 (the mean)."""
+        rows, cols = window.slices
+        layers = []
+        for name in self.static_names:
+            var = self.static[name]
+            values = np.asarray(var.isel(lat=rows, lon=cols).values, dtype="float32")
+            values = (values - float(var.attrs["mean"])) / float(var.attrs["std"])
+            layers.append(np.nan_to_num(values, nan=0.0))
+        if not layers:
+            return np.zeros((0, window.height, window.width), dtype="float32")
+        return np.stack(layers)
+
+    def land_mask_window(self, window: Window) -> np.ndarray:
+        rows, cols = window.slices
+        return np.asarray(self.static[LAND_MASK].isel(lat=rows, lon=cols).values).astype(bool)
+
+    # --- coarse fractions ----------------------------------------------------------
+
+    def coarse(self, scenario: str) -> xr.Dataset:
+        if scenario not in self._coarse:
+            self._coarse[scenario] = _open_zarr(self.paths.coarse(scenario))
+        return self._coarse[scenario]
+
+    def coarse_years(self, scenario: str) -> list[int]:
+        return [int(y) for y in self.coarse(scenario)["year"].values]
+
+    def scenario_for_year(self, year: int, *, preferred: str = "historical") -> str:
+        """The scenario whose coarse file holds ``year``: ``preferred`` if it can."""
+        if year in self.coarse_years(preferred):
+            return preferred
+        for path in sorted((self.paths.root / "coarse").glob("*.zarr")):
+            if year in self.coarse_years(path.stem):
+                return path.stem
+        raise InputDataError(f"{self.paths.root / 'coarse'}: no coarse scenario holds year {year}")
+
+    @property
+    def coarse_channel_names(self) -> list[str]:
+        return self.coarse_variables + ([self.water_variable] if self.water_variable else [])
+
+    def coarse_cells(self, scenario: str, year: int, window: Window) -> np.ndarray:
+        """Coarse values of the cells under ``window``: (V, cells_y, cells_x), NaN kept."""
+        ds = self.coarse(scenario)
+        years = self.coarse_years(scenario)
+        if year not in years:
+            raise InputDataError(
+                f"{self.paths.coarse(scenario)}: year {year} missing "
+                f"(holds {years[0]}-{years[-1]})"
+            )
+        rows, cols = window.coarse_slices(self.factor)
+        index = years.index(year)
+        layers = [
+            np.asarray(ds[name].isel(year=index, lat=rows, lon=cols).values, dtype="float32")
+            for name in self.coarse_variables
+        ]
+        if self.water_variable:
+            layers.append(
+                np.asarray(ds[self.water_variable].isel(lat=rows, lon=cols).values, dtype="float32")
+            )
+        return np.stack(layers)
+
+    def coarse_window(self, scenario: str, year: int, window: Window) -> np.ndarray:
+        """Coarse values upsampled (nearest) to the window's fine pixels: (V, h, w)."""
+        cells = self.coarse_cells(scenario, year, window)
+        return upsample_cells(cells, factor=self.factor, window=window)
+
+
+def upsample_cells(cells: np.ndarray, *, factor: int, window: Window) -> np.ndarray:
+    """Repeat coarse cells to fine pixels and crop to the window: (..., h, w)."""
+    fine = np.repeat(np.repeat(cells, factor, axis=-2), factor, axis=-1)
+    row_off = window.row - (window.row // factor) * factor
+    col_off = window.col - (window.col // factor) * factor
+    return fine[..., row_off : row_off + window.height, col_off : col_off + window.width]

@@ -1,0 +1,1 @@
+"""Samples: which windows to read (plans) and what a window holds (inputs, target)."""

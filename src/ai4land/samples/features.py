@@ -1,0 +1,77 @@
+"""Assemble the network input of one window: the single place that defines it.
+
+Channel order (recorded in the model card, checked at predict time):
+
+1. coarse variables, then the coarse water fraction, upsampled from their cells
+   (NaN, i.e. ocean or missing, read as 0);
+2. static features, normalised;
+3. the prior: one-hot over the predicted classes, then a "prior known" channel;
+4. the chain direction: +1 forward (prior from the previous year), -1 backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ai4land.grid import Window
+from ai4land.io.cube import Cube
+
+IGNORE_INDEX = -1
+
+
+def class_lookup(predicted: list[int]) -> np.ndarray:
+    """A 256-entry table from uint8 class code to class index (-1 for unpredicted codes)."""
+    table = np.full(256, IGNORE_INDEX, dtype="int64")
+    table[np.asarray(predicted)] = np.arange(len(predicted))
+    return table
+
+
+def codes_to_index(codes: np.ndarray, predicted: list[int]) -> np.ndarray:
+    return class_lookup(predicted)[codes]
+
+
+def input_channel_names(cube: Cube, predicted: list[int]) -> list[str]:
+    return (
+        [f"coarse:{name}" for name in cube.coarse_channel_names]
+        + [f"static:{name}" for name in cube.static_names]
+        + [f"prior:{code}" for code in predicted]
+        + ["prior:known", "direction"]
+    )
+
+
+def prior_channels(
+    prior: np.ndarray | None, *, predicted: list[int], keep: np.ndarray | None = None,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """One-hot prior plus a 'known' channel; pixels outside ``keep`` count as unknown."""
+    channels = np.zeros((len(predicted) + 1, *shape), dtype="float32")
+    if prior is None:
+        return channels
+    index = codes_to_index(prior, predicted)
+    known = index >= 0
+    if keep is not None:
+        known &= keep
+    rows, cols = np.nonzero(known)
+    channels[index[rows, cols], rows, cols] = 1.0
+    channels[-1] = known
+    return channels
+
+
+def build_inputs(
+    cube: Cube,
+    *,
+    scenario: str,
+    year: int,
+    window: Window,
+    predicted: list[int],
+    prior: np.ndarray | None,
+    direction: int,
+    prior_keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``."""
+    shape = (window.height, window.width)
+    coarse = np.nan_to_num(cube.coarse_window(scenario, year, window), nan=0.0)
+    static = cube.static_window(window)
+    prior_part = prior_channels(prior, predicted=predicted, keep=prior_keep, shape=shape)
+    direction_part = np.full((1, *shape), float(direction), dtype="float32")
+    return np.concatenate([coarse, static, prior_part, direction_part]).astype("float32")
