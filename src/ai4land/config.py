@@ -212,6 +212,16 @@ class PublishConfig(_Section):
     collection_id: str = "ai4land"
 
 
+class DemoWorldConfig(_Section):
+    """Shape of the synthetic world written by ``ai4land demo-world``."""
+
+    bbox: tuple[float, float, float, float] = (4.0, 42.0, 10.0, 48.0)
+    fine_res: PositiveFloat = 0.01
+    coarse_res: PositiveFloat = 0.25
+    historical_years: YearRange = (1950, 2015)
+    future_years: YearRange = (2015, 2100)
+
+
 class PathsConfig(_Section):
     raw: str = "resources/raw"
     cube: str = "resources/cube"
@@ -222,6 +232,7 @@ class Config(_Section):
     run_name: str = "ai4land"
     seed: int = 42
     demo_world: bool = False
+    demo: DemoWorldConfig = DemoWorldConfig()
     paths: PathsConfig = PathsConfig()
     sources: dict[str, Source] = {}
     region: RegionConfig = RegionConfig()
