@@ -1,0 +1,215 @@
+"""Command-line front-end: one sub-command per stage, each a thin call into the package.
+
+Errors a user can cause are printed as one line (``ai4land: error: ...``) with exit
+code 2; heavy imports (torch, rasterio) happen inside the commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ai4land import __version__
+from ai4land.errors import Ai4landError
+
+
+def _config(args):
+    from ai4land.config import load_config
+
+    return load_config(*args.config)
+
+
+def cmd_config_check(args) -> int:
+    from ai4land.config import load_config
+
+    config = load_config(*args.files)
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    print(f"# config hash: {config.hash()}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo_world(args) -> int:
+    from ai4land.demo_world import write_demo_world
+
+    for path in write_demo_world(_config(args)):
+        print(path)
+    return 0
+
+
+def cmd_download(args) -> int:
+    from ai4land.download import download_sources
+
+    download_sources(_config(args), keys=args.only or None, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ai4land import prepare
+
+    config = _config(args)
+    if args.part == "target":
+        path = prepare.prepare_target(config)
+    elif args.part == "static":
+        path = prepare.prepare_static(config)
+    else:
+        if not args.scenario:
+            raise Ai4landError("prepare coarse needs --scenario (historical or an SSP name)")
+        path = prepare.prepare_coarse(config, scenario=args.scenario)
+    print(path)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from ai4land.split import run_split
+
+    split = run_split(_config(args), output=args.output, figure=args.figure)
+    roles = {role: sum(b.role == role for b in split.blocks) for role in ("train", "val", "test")}
+    print(f"{args.output}: {roles}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ai4land.train import run_training
+
+    run_training(_config(args), output_dir=Path(args.output), split_path=Path(args.split),
+                 resume=not args.no_resume, max_steps=args.max_steps)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ai4land.evaluate import run_evaluate
+
+    metrics = run_evaluate(_config(args), model_dir=Path(args.model), split_path=Path(args.split),
+                           output=Path(args.output))
+    for name, values in metrics["models"].items():
+        print(f"{name:>20s}  OA {values['oa']:.4f}  mIoU {values['miou']:.4f}  kappa {values['kappa']:.4f}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from ai4land.evaluate import score_files
+
+    result = score_files(Path(args.prediction), Path(args.target))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_init_store(args) -> int:
+    from ai4land.predict import init_product_store
+
+    print(init_product_store(_config(args), store=Path(args.store)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ai4land.predict import run_predict
+
+    report = run_predict(
+        _config(args),
+        scenario=args.scenario,
+        year=args.year,
+        model_dir=Path(args.model),
+        prior_path=Path(args.prior) if args.prior else None,
+        output=Path(args.output),
+        store=Path(args.store),
+    )
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)}))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from ai4land.publish import run_publish
+
+    run_publish(_config(args), maps_dir=Path(args.maps), store=Path(args.store),
+                model_dir=Path(args.model), metrics_path=Path(args.metrics),
+                output_dir=Path(args.output))
+    print(args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai4land", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ai4land {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
+                       help="config file (repeat to merge; later files win)")
+        p.set_defaults(func=func)
+        return p
+
+    config = sub.add_parser("config", help="inspect configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate and print the resolved config")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_config_check)
+
+    stage("demo-world", cmd_demo_world, "write the synthetic demo inputs into paths.raw")
+
+    p = stage("download", cmd_download, "download and verify the configured sources")
+    p.add_argument("--dry-run", action="store_true", help="list what would be fetched")
+    p.add_argument("--only", action="append", metavar="KEY", help="only this source key")
+
+    p = stage("prepare", cmd_prepare, "build one part of the analysis-ready cube")
+    p.add_argument("part", choices=["target", "static", "coarse"])
+    p.add_argument("--scenario", help="coarse scenario (with part 'coarse')")
+
+    p = stage("split", cmd_split, "spatial blocks + farthest point sampling + temporal split")
+    p.add_argument("--output", required=True, help="split JSON")
+    p.add_argument("--figure", required=True, help="split map PNG")
+
+    p = stage("train", cmd_train, "train the U-Net (run under torchrun for DDP)")
+    p.add_argument("--split", required=True)
+    p.add_argument("--output", required=True, help="model directory")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+
+    p = stage("evaluate", cmd_evaluate, "score the model and baselines on test blocks and years")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--split", required=True)
+    p.add_argument("--output", required=True, help="metrics JSON")
+
+    p = sub.add_parser("score", help="score a predicted map against a target map on one grid")
+    p.add_argument("prediction")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_score)
+
+    p = stage("init-store", cmd_init_store, "create the empty product Zarr store")
+    p.add_argument("--store", required=True)
+
+    p = stage("predict", cmd_predict, "predict one (scenario, year) map")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--year", required=True, type=int)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--prior", help="prior map COG (default: the observed anchor map)")
+    p.add_argument("--output", required=True, help="class map COG")
+    p.add_argument("--store", required=True, help="product Zarr store")
+
+    p = stage("publish", cmd_publish, "write STAC catalog, checksums and provenance")
+    p.add_argument("--maps", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--output", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except Ai4landError as exc:
+        print(f"ai4land: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ai4land: interrupted", file=sys.stderr)
+        return 130
