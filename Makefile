@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ai4land-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test test-fast bench lint dag clean
+
+$(STAMP): pyproject.toml
+	./scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@echo
+	@echo "Products:"
+	@echo "  maps (COG):       results/maps/<scenario>/ai4land_<scenario>_<year>.tif"
+	@echo "  Zarr store:       results/product/ai4land.zarr"
+	@echo "  STAC catalog:     results/publish/catalog.json"
+	@echo "  evaluation:       results/eval/metrics.json"
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+lint: install
+	$(BIN)/snakemake --lint
+
+dag: install
+	$(BIN)/snakemake --dag --configfile config/demo.yaml | dot -Tsvg > dag.svg
+
+clean:
+	rm -rf results resources logs benchmarks/logs .snakemake

@@ -1,0 +1,31 @@
+# Stage 7: STAC catalog, checksums manifest, provenance and the dataset README.
+
+
+rule publish:
+    input:
+        maps=ALL_MAPS,
+        metrics=rules.evaluate.output[0],
+        weights=rules.train.output.weights,
+        store=STORE_MARKER,
+    output:
+        catalog=f"{RESULTS}/publish/catalog.json",
+        manifest=f"{RESULTS}/publish/SHA256SUMS",
+        provenance=f"{RESULTS}/publish/provenance.json",
+        readme=f"{RESULTS}/publish/README.md",
+    params:
+        config=CONFIG_ARGS,
+        model=lambda wildcards, input: os.path.dirname(input.weights),
+        store=lambda wildcards, input: store_of(input.store),
+        maps=lambda wildcards, input: os.path.dirname(os.path.dirname(input.maps[0])),
+        output=lambda wildcards, output: os.path.dirname(output.catalog),
+    log:
+        f"{LOGS}/publish.log",
+    conda:
+        "../envs/ai4land.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "ai4land publish {params.config} --maps {params.maps} --store {params.store} --model {params.model}"
+        " --metrics {input.metrics} --output {params.output} > {log} 2>&1"
