@@ -313,7 +313,7 @@ class Config(_Section):
 
 def _describe(error: dict) -> str:
     location = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     if error["type"] == "missing":
         return f"{location} is required"
     if error["type"] == "extra_forbidden":
