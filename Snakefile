@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/demo.yaml"
+configfile: f"{workflow.basedir}/config/demo.yaml"
 
 
 include: "workflow/rules/common.smk"
