@@ -635,9 +635,10 @@ def _geotiff_bytes(array: np.ndarray, *, crs, transform, nodata, colormap=None) 
                "blockysize": 256}
     with MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
-            dst.write(array, 1)
+            # the colour table goes first: GTiff cannot change photometry after pixels
             if colormap:
                 dst.write_colormap(1, colormap)
+            dst.write(array, 1)
         return memfile.read()
 
 
