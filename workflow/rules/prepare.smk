@@ -51,6 +51,7 @@ rule prepare_static:
 rule prepare_coarse:
     input:
         grids=rules.prepare_target.output.grids,
+        target=rules.prepare_target.output.target,
         states=coarse_source,
         static=CFG.datasets.coarse.static or [],
     output:

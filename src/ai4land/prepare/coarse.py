@@ -1,0 +1,242 @@
+"""Coarse fractions: LUH-style NetCDF -> ``coarse/{scenario}.zarr`` at coarse resolution.
+
+The file is opened lazily (dask) and read a block of years at a time. Fill values are
+masked whatever attribute declares them (LUH2's ``_Fillvalue`` included), time is
+decoded to calendar years here (cftime cannot read "years since 850-01-01"), lat/lon
+are normalised to north-up and -180..180 and cut to the cube's coarse grid, and the
+fractions are checked before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ai4land.errors import ConfigError, GridError, InputDataError
+from ai4land.grid import Grid
+from ai4land.io.atomic import atomic_path
+from ai4land.io.rasters import (
+    LatLonAxes,
+    decode_years,
+    fill_values,
+    latlon_axes,
+    mask_fill,
+    open_netcdf,
+    require_variable,
+)
+from ai4land.io.cube import TILE_CHUNK
+from ai4land.prepare._common import (
+    create_store,
+    cube_paths,
+    finish_store,
+    land_mask,
+    latlon_coords,
+    progress_bar,
+    read_grids,
+)
+
+# Bytes of fractions held in memory at once (a block of years, all variables).
+BLOCK_BYTES = 256 * 2**20
+# A coarse cell counts as land for the "no fill on land" check when at least this share
+# of its fine pixels is land: coastal cells whose land the coarse data call ocean pass.
+LAND_CELL_SHARE = 0.5
+
+
+def coarse_path(config, scenario: str) -> str:
+    coarse = config.datasets.coarse
+    if scenario == "historical":
+        return coarse.historical
+    if scenario not in coarse.scenarios:
+        known = ", ".join(["historical", *coarse.scenarios])
+        raise ConfigError(f"scenario {scenario!r} has no file under datasets.coarse.scenarios (known: {known})")
+    return coarse.scenarios[scenario]
+
+
+def used_years(config) -> list[int]:
+    return sorted(set(config.observed_years) | set(config.backward_years) | set(config.forward_years))
+
+
+def required_years(config, scenario: str) -> list[int]:
+    return config.backward_years if scenario == "historical" else config.forward_years
+
+
+def _cut(axes: LatLonAxes, grid: Grid, *, path) -> tuple[slice, slice]:
+    """North-up row/col slices of ``axes`` that give exactly ``grid``."""
+    try:
+        sub, (row0, col0) = axes.grid.subset(grid.bounds)
+        sub.require_same(grid, what=str(path))
+    except GridError as exc:
+        raise GridError(
+            f"{path}: its grid {axes.grid.to_dict()} does not hold the cube's coarse grid "
+            f"({exc}); rerun `ai4land prepare target` or fix region.bbox"
+        ) from None
+    return slice(row0, row0 + grid.height), slice(col0, col0 + grid.width)
+
+
+def _read(axes: LatLonAxes, var: xr.DataArray, rows: slice, cols: slice, *, time_dim=None,
+          time_index=None) -> np.ndarray:
+    part = axes.take(var, rows, cols)
+    if time_dim is not None:
+        part = part.isel({time_dim: time_index}).transpose(time_dim, axes.lat_dim, axes.lon_dim)
+    else:
+        part = part.transpose(axes.lat_dim, axes.lon_dim)
+    return np.asarray(part.values)
+
+
+def _where(grid: Grid, years: list[int], index: tuple[int, ...]) -> str:
+    *year_part, row, col = index
+    year = f"year {years[year_part[0]]}, " if year_part else ""
+    return f"{year}lat {grid.lat[row]:.4f}, lon {grid.lon[col]:.4f}"
+
+
+def _check(values: np.ndarray, *, name: str, path, grid: Grid, years: list[int],
+           land_cells: np.ndarray, tol: float) -> None:
+    """Range and missing-on-land checks of one variable ((year,) lat, lon)."""
+    with np.errstate(invalid="ignore"):
+        bad = (values < -tol) | (values > 1 + tol)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputDataError(
+            f"{path}: variable {name!r} is {float(values[index]):.6g} at {_where(grid, years, index)}, "
+            f"outside [0, 1] (tolerance {tol}); it is not a fraction, check datasets.coarse.variables"
+        )
+    missing = np.isnan(values) & land_cells
+    if missing.any():
+        index = tuple(int(i) for i in np.argwhere(missing)[0])
+        raise InputDataError(
+            f"{path}: variable {name!r} is missing (fill value or NaN) at {_where(grid, years, index)}, "
+            "a land cell of the fine maps; the coarse data must cover all land of region.bbox"
+        )
+
+
+def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
+    """Write ``coarse/{scenario}.zarr`` (fractions per year + water); return its path."""
+    coarse_cfg = config.datasets.coarse
+    path = coarse_path(config, scenario)
+    paths = cube_paths(config)
+    fine, grid, factor = read_grids(config)
+    tol = coarse_cfg.fraction_tolerance
+
+    ds = open_netcdf(path, chunks={})
+    static_ds = None
+    try:
+        time_dim, file_years = decode_years(ds, path=path)
+        variables = {name: require_variable(ds, name, path=path) for name in coarse_cfg.variables}
+        axes = latlon_axes(ds, path=path)
+        rows, cols = _cut(axes, grid, path=path)
+
+        wanted = used_years(config)
+        keep = [i for i, y in enumerate(file_years) if wanted[0] <= y <= wanted[-1]]
+        years = [int(file_years[i]) for i in keep]
+        missing = sorted(set(required_years(config, scenario)) - set(years))
+        if missing:
+            raise InputDataError(
+                f"{path}: variable {time_dim!r} lacks year(s) {missing[0]}..{missing[-1]} "
+                f"needed for scenario {scenario!r} (file holds {int(file_years.min())}-"
+                f"{int(file_years.max())}); fix years.backward/years.forward or the file"
+            )
+        if not years:
+            raise InputDataError(
+                f"{path}: variable {time_dim!r} holds no year in {wanted[0]}-{wanted[-1]} "
+                f"(file holds {int(file_years.min())}-{int(file_years.max())})"
+            )
+
+        # Coarse cells that are mostly land in the fine maps.
+        land = land_mask(config, fine, progress=progress)
+        share = land.reshape(grid.height, factor, grid.width, factor).mean(axis=(1, 3))
+        land_cells = share >= LAND_CELL_SHARE
+
+        # Water: a (lat, lon) fraction from the static file (or the states file itself).
+        water = None
+        water_name = coarse_cfg.water_variable
+        if water_name:
+            water_path = coarse_cfg.static or path
+            static_ds = open_netcdf(water_path) if coarse_cfg.static else None
+            source = static_ds if static_ds is not None else ds
+            var = require_variable(source, water_name, path=water_path)
+            water_axes = latlon_axes(source, path=water_path)
+            water_rows, water_cols = _cut(water_axes, grid, path=water_path)
+            extra = [d for d in var.dims if d not in (water_axes.lat_dim, water_axes.lon_dim)]
+            if any(var.sizes[d] != 1 for d in extra):
+                raise InputDataError(
+                    f"{water_path}: variable {water_name!r} must be 2-D (lat, lon), has dims {var.dims}"
+                )
+            var = var.isel({d: 0 for d in extra})
+            water = mask_fill(_read(water_axes, var, water_rows, water_cols),
+                              fill_values(var, coarse_cfg.fill_attributes), coarse_cfg.fill_threshold)
+            _check(water, name=water_name, path=water_path, grid=grid, years=years,
+                   land_cells=land_cells, tol=tol)
+            water = np.clip(water, 0.0, 1.0)
+            water_attrs = var.attrs
+
+        chunks = (1, TILE_CHUNK, TILE_CHUNK)
+        store_vars: dict = {}
+        for name, var in variables.items():
+            store_vars[name] = (("year", "lat", "lon"), (len(years), *grid.shape), "float32", chunks, {
+                "units": "1",
+                "long_name": str(var.attrs.get("long_name", name)),
+                "source_file": str(path),
+                "source_variable": name,
+            })
+        if water is not None:
+            store_vars[water_name] = (("lat", "lon"), grid.shape, "float32", chunks[1:], {
+                "units": "1",
+                "long_name": str(water_attrs.get("long_name", water_name)),
+                "source_file": str(coarse_cfg.static or path),
+                "source_variable": water_name,
+            })
+        coords = {"year": ("year", np.asarray(years, dtype="int64"), {"long_name": "calendar year"}),
+                  **latlon_coords(grid)}
+        attrs = {
+            "title": f"ai4land coarse land-use fractions ({scenario})",
+            "Conventions": "CF-1.8",
+            "scenario": scenario,
+            "source": str(path),
+            "crs": "EPSG:4326",
+        }
+        fills = {name: fill_values(var, coarse_cfg.fill_attributes) for name, var in variables.items()}
+        per_year = len(variables) * grid.height * grid.width * 4
+        block = max(1, BLOCK_BYTES // max(per_year, 1))
+
+        out = paths.coarse(scenario)
+        with atomic_path(out) as tmp:
+            group = create_store(tmp, store_vars, coords=coords, attrs=attrs)
+            if water is not None:
+                group[water_name][:] = water
+            starts = range(0, len(years), block)
+            for start in progress_bar(starts, desc=f"coarse {scenario}", enabled=progress):
+                stop = min(start + block, len(years))
+                index = keep[start:stop]
+                if index == list(range(index[0], index[-1] + 1)):
+                    index = slice(index[0], index[-1] + 1)
+                block_years = years[start:stop]
+                total = np.zeros((stop - start, *grid.shape), dtype="float64")
+                for name, var in variables.items():
+                    values = mask_fill(
+                        _read(axes, var, rows, cols, time_dim=time_dim, time_index=index),
+                        fills[name], coarse_cfg.fill_threshold,
+                    )
+                    _check(values, name=name, path=path, grid=grid, years=block_years,
+                           land_cells=land_cells[None], tol=tol)
+                    values = np.clip(values, 0.0, 1.0)
+                    total += np.nan_to_num(values)
+                    group[name][start:stop] = values
+                if water is not None:
+                    total += np.nan_to_num(water)[None]
+                over = total > 1 + tol
+                if over.any():
+                    where = tuple(int(i) for i in np.argwhere(over)[0])
+                    names = "+".join([*variables, *([water_name] if water is not None else [])])
+                    raise InputDataError(
+                        f"{path}: fractions {names} sum to {total[where]:.6f} > 1 at "
+                        f"{_where(grid, block_years, where)} (tolerance {tol}); "
+                        "check datasets.coarse.variables lists no overlapping states"
+                    )
+            finish_store(tmp)
+    finally:
+        ds.close()
+        if static_ds is not None:
+            static_ds.close()
+    return out
