@@ -6,6 +6,7 @@ from ai4land.evaluate.metrics import (
     ChangeScores, CohenKappa, ConfusionMatrix, MeanIoU, OverallAccuracy, PerClassIoU,
 )
 from ai4land.config import CoarseGroup
+from ai4land.harmonize import class_groups
 
 
 def test_hand_computed_confusion_metrics():
@@ -31,8 +32,8 @@ def test_change_scores():
 
 
 def test_coarse_majority_baseline():
-    groups = {"crop": CoarseGroup(variables=["a"], classes=[22]),
-              "natural": CoarseGroup(variables=["b"], classes=[55, 66])}
+    groups = class_groups({"crop": CoarseGroup(variables=["a"], classes=[22]),
+                           "natural": CoarseGroup(variables=["b"], classes=[55, 66])}, [22, 55, 66])
     fractions = np.array([[[0.7, 0.2]], [[0.3, 0.8]]])
     codes = coarse_majority(fractions, groups=groups, factor=2)
     assert codes.tolist() == [[22, 22, 55, 55], [22, 22, 55, 55]]

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ai4land.classes import coarse_group_fractions, map_group_fractions
 from ai4land.errors import GridError, InputDataError
 from ai4land.evaluate.baselines import coarse_majority
 from ai4land.evaluate.metrics import ChangeScores, ConfusionMatrix, summarise
 from ai4land.grid import Window
+from ai4land.harmonize import class_groups, conservation_error, luh_group_fractions
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
-from ai4land.samples.features import codes_to_index
+from ai4land.samples.features import codes_to_index, input_channel_names
 from ai4land.split import load_split
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,14 @@ class ModelScores:
         return result
 
 
-def conservation_error(codes: np.ndarray, coarse_fractions: np.ndarray, *, groups: dict,
-                       factor: int, cell_mask: np.ndarray) -> float:
-    """Mean absolute group-fraction error over the coarse cells in ``cell_mask``."""
-    predicted = map_group_fractions(codes, groups=groups, factor=factor)
-    valid = cell_mask & np.isfinite(predicted).all(0) & np.isfinite(coarse_fractions).all(0)
-    if not valid.any():
-        return float("nan")
-    return float(np.abs(predicted - coarse_fractions)[:, valid].mean())
-
-
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path) -> dict:
+    from ai4land.models.card import check_inputs, load_model
     from ai4land.predict import predict_map
-    from ai4land.models.card import load_model
 
     cube = Cube.from_config(config)
     split = load_split(split_path)
     classes = config.classes.predicted
-    groups = config.datasets.coarse.groups
+    groups = class_groups(config.datasets.coarse.groups, classes)
     variables = cube.coarse_channel_names
     whole = Window(0, 0, *cube.fine_grid.shape)
     if (split.height, split.width) != cube.fine_grid.shape:
@@ -91,9 +81,9 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path) -> 
                         f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
     test_mask = split.role_mask("test")
     factor = cube.factor
-    cy, cx = cube.coarse_grid.shape
-    cell_mask = test_mask[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor).all((1, 3))
+    scored = test_mask & cube.land_mask_window(whole)
     model, card = load_model(model_dir)
+    check_inputs(card, input_channel_names(cube, classes))
 
     scores = {name: ModelScores(classes) for name in ("unet", "persistence", "coarse_majority")}
     years = [y for y in split.test_years if y - 1 in cube.target_years]
@@ -104,9 +94,9 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path) -> 
         observed = cube.target_window(year, whole)
         previous_codes = cube.target_window(year - 1, whole)
         cells = cube.coarse_cells(scenario, year, whole)
-        fractions = coarse_group_fractions(cells, variables=variables, groups=groups)
+        fractions = luh_group_fractions(cells, variables, groups)
         predictions = {
-            "unet": predict_map(config, cube=cube, model=model, card=card, scenario=scenario,
+            "unet": predict_map(config, cube=cube, model=model, scenario=scenario,
                                 year=year, prior=previous_codes, direction=1),
             "persistence": previous_codes,
             "coarse_majority": coarse_majority(fractions, groups=groups, factor=factor,
@@ -118,8 +108,8 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path) -> 
             scores[name].add(
                 year=year, target=target, prediction=codes_to_index(codes, classes),
                 previous=previous,
-                conservation_error=conservation_error(codes, fractions, groups=groups,
-                                                      factor=factor, cell_mask=cell_mask),
+                conservation_error=conservation_error(codes, groups, factor=factor, valid=scored,
+                                                      target=fractions)["mae"],
             )
 
     metrics = {
@@ -127,7 +117,7 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path) -> 
             "test_blocks": sum(b.role == "test" for b in split.blocks),
             "block_size": split.block_size,
             "test_years": years,
-            "test_pixels": int((test_mask & cube.land_mask_window(whole)).sum()),
+            "test_pixels": int(scored.sum()),
             "seed": split.seed,
         },
         "classes": classes,

@@ -1,0 +1,301 @@
+"""Re-allocate pixels inside coarse cells so a map matches coarse class-group fractions.
+
+Coarse variables are summed into *groups* (``config.datasets.coarse.groups``); a group
+maps to one or more classes and constrains the summed pixel count of those classes
+(``natural_nonforest`` → 55 + 66, the split between them is the model's). Predicted
+classes that no group mentions form an implicit ``other`` group.
+
+Per coarse cell with ``n`` valid land pixels, the target count of each group is
+``fraction × n`` rounded by largest remainder (counts sum to ``n`` exactly). Pixels
+then go to groups by the greedy rule "the highest (pixel, group) probability first,
+while the group has room" — computed as a deferred-acceptance matching (pixels propose
+to groups in order of their probability, groups keep their best proposals up to the
+quota), which for scores shared by both sides yields exactly the greedy matching, but
+runs as a handful of vectorised rounds over all cells at once. Inside a group, a pixel
+takes the group's class with the highest probability.
+
+The default target is the delta method of DESIGN.md (:func:`delta_target`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+OTHER_GROUP = "other"
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Class groups in a fixed order; ``variables`` are the coarse variables summed."""
+
+    names: tuple[str, ...]
+    classes: tuple[tuple[int, ...], ...]
+    variables: tuple[tuple[str, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def membership(self, predicted: Sequence[int]) -> np.ndarray:
+        """(K, G) bool: class index k belongs to group g."""
+        member = np.zeros((len(predicted), len(self)), dtype=bool)
+        index = {code: k for k, code in enumerate(predicted)}
+        for g, codes in enumerate(self.classes):
+            for code in codes:
+                if code in index:
+                    member[index[code], g] = True
+        return member
+
+    def code_table(self) -> np.ndarray:
+        """256-entry table from uint8 class code to group index (-1 outside every group)."""
+        table = np.full(256, -1, dtype="int64")
+        for g, codes in enumerate(self.classes):
+            table[list(codes)] = g
+        return table
+
+
+def class_groups(groups_config: Mapping, predicted: Sequence[int]) -> Groups:
+    """Groups from ``config.datasets.coarse.groups``, plus ``other`` for leftover classes.
+
+    ``groups_config`` maps names to objects (or dicts) with ``variables`` and ``classes``.
+    A class may belong to one group only.
+    """
+    names, classes, variables = [], [], []
+    seen: dict[int, str] = {}
+    for name, group in groups_config.items():
+        group_classes = getattr(group, "classes", None)
+        if group_classes is None:
+            group_classes = group["classes"]
+        group_vars = getattr(group, "variables", None)
+        if group_vars is None:
+            group_vars = group["variables"]
+        for code in group_classes:
+            if code in seen:
+                raise ValueError(f"class {code} is in coarse groups {seen[code]!r} and {name!r}")
+            seen[code] = name
+        names.append(name)
+        classes.append(tuple(int(c) for c in group_classes))
+        variables.append(tuple(group_vars))
+    leftover = tuple(int(c) for c in predicted if c not in seen)
+    if leftover:
+        names.append(OTHER_GROUP)
+        classes.append(leftover)
+        variables.append(())
+    return Groups(tuple(names), tuple(classes), tuple(variables))
+
+
+# --- fractions ----------------------------------------------------------------------
+
+
+def _renormalise(fractions: np.ndarray) -> np.ndarray:
+    total = fractions.sum(axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, fractions / np.where(total > 0, total, 1.0), 0.0)
+    return out
+
+
+def luh_group_fractions(
+    cells: np.ndarray, channel_names: Sequence[str], groups: Groups
+) -> np.ndarray:
+    """Coarse (V, hc, wc) values → (G, hc, wc) group fractions renormalised over land.
+
+    NaN (fill) counts as 0; cells with no data at all are all 0 (unconstrained). The
+    implicit ``other`` group has no coarse variables and gets 0. A group variable that
+    is missing from ``channel_names`` is an error.
+    """
+    index = {name: i for i, name in enumerate(channel_names)}
+    values = np.nan_to_num(np.asarray(cells, dtype="float64"), nan=0.0)
+    out = np.zeros((len(groups), *values.shape[1:]), dtype="float64")
+    for g, variables in enumerate(groups.variables):
+        for name in variables:
+            if name not in index:
+                raise KeyError(f"coarse variable {name!r} of group {groups.names[g]!r} is not "
+                               f"in the coarse data ({list(channel_names)})")
+            out[g] += np.clip(values[index[name]], 0.0, 1.0)
+    return _renormalise(out)
+
+
+def _cell_ids(shape: tuple[int, int], factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    h, w = shape
+    hc, wc = -(-h // factor), -(-w // factor)
+    rows = np.arange(h) // factor
+    cols = np.arange(w) // factor
+    return (rows[:, None] * wc + cols[None, :]), (hc, wc)
+
+
+def map_group_fractions(
+    codes: np.ndarray, groups: Groups, *, factor: int, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregate a class map to (G, hc, wc) group fractions over valid pixels.
+
+    Returns the fractions and the (hc, wc) count of valid pixels per cell. Valid pixels
+    whose code is in no group are left out of the denominator too.
+    """
+    cell, (hc, wc) = _cell_ids(codes.shape, factor)
+    group = groups.code_table()[np.asarray(codes, dtype="uint8")]
+    use = np.asarray(valid, dtype=bool) & (group >= 0)
+    counts = np.bincount(
+        cell[use] * len(groups) + group[use], minlength=hc * wc * len(groups)
+    ).reshape(hc, wc, len(groups))
+    n = counts.sum(axis=-1)
+    fractions = counts / np.maximum(n, 1)[..., None]
+    return np.moveaxis(fractions, -1, 0).astype("float64"), n
+
+
+def delta_target(
+    anchor_map_fractions: np.ndarray,
+    luh_mapped_t: np.ndarray,
+    luh_mapped_anchor: np.ndarray,
+    *,
+    offset_weight: float = 1.0,
+) -> np.ndarray:
+    """Delta-method target: anchor map + (LUH(t) − LUH(anchor)), clipped, renormalised.
+
+    All inputs are (G, hc, wc) group fractions. ``offset_weight`` scales the anchor
+    offset (map − LUH at the anchor): 1 is the plain delta method, 0 is raw LUH(t);
+    decaying it over a harmonisation period fades the offset out. Cells where the
+    anchor map has no land give all-zero (unconstrained) targets.
+    """
+    anchor = np.asarray(anchor_map_fractions, dtype="float64")
+    luh_t = np.nan_to_num(np.asarray(luh_mapped_t, dtype="float64"), nan=0.0)
+    luh_a = np.nan_to_num(np.asarray(luh_mapped_anchor, dtype="float64"), nan=0.0)
+    target = luh_t + offset_weight * (anchor - luh_a)
+    # A cell without LUH data keeps the anchor map's fractions.
+    no_luh = (luh_t.sum(axis=0) <= 0) | (luh_a.sum(axis=0) <= 0)
+    target = np.where(no_luh[None], anchor, target)
+    target = _renormalise(np.clip(target, 0.0, 1.0))
+    has_land = anchor.sum(axis=0) > 0
+    return np.where(has_land[None], target, 0.0)
+
+
+def largest_remainder_counts(fractions: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Whole-pixel counts (G, hc, wc) closest to ``fractions × n`` summing to ``n``.
+
+    Fractions are renormalised per cell first; cells whose fractions sum to 0 get -1
+    (unconstrained). Ties in the remainders go to the lower group index.
+    """
+    frac = _renormalise(np.clip(np.asarray(fractions, dtype="float64"), 0.0, None))
+    n = np.asarray(n, dtype="int64")
+    exact = frac * n[None]
+    counts = np.floor(exact + 1e-9).astype("int64")
+    short = n - counts.sum(axis=0)
+    remainder = exact - counts
+    # Rank groups by remainder (descending, stable): the first `short` get one more.
+    order = np.argsort(-remainder, axis=0, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(len(frac))[:, None, None], axis=0)
+    counts += ranks < short[None]
+    unconstrained = frac.sum(axis=0) <= 0
+    counts[:, unconstrained] = -1
+    return counts
+
+
+# --- allocation ---------------------------------------------------------------------
+
+
+@dataclass
+class HarmonizeResult:
+    index: np.ndarray  # (H, W) int64 class index, -1 outside valid pixels
+    counts: np.ndarray  # (G, hc, wc) target counts (-1 = unconstrained cell)
+    changed: int  # pixels whose class differs from the plain argmax
+    rounds: int  # deferred-acceptance rounds
+
+
+def harmonize(
+    probs: np.ndarray,
+    predicted: Sequence[int],
+    *,
+    factor: int,
+    valid: np.ndarray,
+    targets: np.ndarray,
+    groups: Groups,
+) -> HarmonizeResult:
+    """Class indices (H, W) whose group counts per coarse cell match ``targets``.
+
+    ``probs``: (H, W, K) class probabilities in the order of ``predicted``;
+    ``valid``: (H, W) bool, the pixels to allocate (land with data);
+    ``targets``: (G, hc, wc) group fractions (rows of cells covering the grid; partial
+    edge cells allowed). Cells whose targets are all 0 keep the argmax.
+    """
+    probs = np.asarray(probs)
+    height, width, k = probs.shape
+    valid = np.asarray(valid, dtype=bool)
+    n_groups = len(groups)
+    member = groups.membership(predicted)  # (K, G)
+    if not member.any(axis=1).all():
+        missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
+        raise ValueError(f"classes {missing} are in no group")
+    cell, (hc, wc) = _cell_ids((height, width), factor)
+    if targets.shape != (n_groups, hc, wc):
+        raise ValueError(f"targets have shape {targets.shape}, expected {(n_groups, hc, wc)}")
+
+    flat = np.flatnonzero(valid)
+    p = probs.reshape(-1, k)[flat].astype("float32")
+    pixel_cell = cell.reshape(-1)[flat]
+    n = np.bincount(pixel_cell, minlength=hc * wc).reshape(hc, wc)
+    counts = largest_remainder_counts(targets, n)
+    quota = np.moveaxis(counts, 0, -1).reshape(-1, n_groups)  # (cells, G)
+
+    group_p = p @ member.astype("float32")  # (N, G)
+    argmax_class = p.argmax(axis=1)
+    group_of_class = member.argmax(axis=1)
+    assigned = group_of_class[argmax_class].copy()
+
+    constrained = quota[pixel_cell, 0] >= 0
+    idx = np.flatnonzero(constrained)
+    rounds = 0
+    if idx.size:
+        gp = group_p[idx]
+        pc = pixel_cell[idx]
+        pref = np.argsort(-gp, axis=1, kind="stable")  # (M, G) groups by preference
+        rank = np.zeros(idx.size, dtype="int64")
+        held = np.full(idx.size, -1, dtype="int64")
+        local = np.arange(idx.size)
+        while True:
+            free = held < 0
+            if not free.any():
+                break
+            rounds += 1
+            if (rank[free] >= n_groups).any():  # cannot happen when quotas sum to n
+                raise RuntimeError("harmonisation failed to place every pixel")
+            proposers = local[free]
+            held[proposers] = pref[proposers, rank[proposers]]
+            # Only (cell, group) pairs that received proposals need re-ranking.
+            keys = pc * n_groups + held
+            touched = np.zeros(hc * wc * n_groups, dtype=bool)
+            touched[keys[proposers]] = True
+            cand = local[(held >= 0) & touched[np.where(held >= 0, keys, 0)]]
+            ck = keys[cand]
+            score = gp[cand, held[cand]]
+            order = np.lexsort((cand, -score, ck))
+            sorted_keys = ck[order]
+            first = np.searchsorted(sorted_keys, sorted_keys, side="left")
+            within = np.arange(order.size) - first
+            limit = quota.reshape(-1)[sorted_keys]
+            rejected = cand[order[within >= limit]]
+            held[rejected] = -1
+            rank[rejected] += 1
+        assigned[idx] = held
+
+    # Within a group, take the group's most probable class.
+    masked = np.where(member.T[assigned], p, -1.0)
+    chosen = masked.argmax(axis=1)
+    index = np.full(height * width, -1, dtype="int64")
+    index[flat] = chosen
+    changed = int((chosen != argmax_class).sum())
+    return HarmonizeResult(index=index.reshape(height, width), counts=counts,
+                           changed=changed, rounds=rounds)
+
+
+def conservation_error(
+    codes: np.ndarray, groups: Groups, *, factor: int, valid: np.ndarray, target: np.ndarray
+) -> dict[str, float]:
+    """Mean and max |map group fraction − target| over cells with land and a target."""
+    fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
+    use = (n > 0) & (np.asarray(target).sum(axis=0) > 0)
+    if not use.any():
+        return {"mae": 0.0, "max": 0.0, "cells": 0}
+    diff = np.abs(fractions - target)[:, use]
+    return {"mae": float(diff.mean()), "max": float(diff.max()), "cells": int(use.sum())}

@@ -1,0 +1,373 @@
+"""Publish the product: STAC catalog, SHA256SUMS manifest, provenance and README.
+
+Everything written here is a pure function of the products, config, model and inputs:
+no wall-clock time stamps (item datetimes come from the product year), sorted keys and
+paths, so publishing twice gives identical files. The whole publish directory is built
+in a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+import ai4land
+from ai4land.errors import OutputError
+from ai4land.grid import Grid
+from ai4land.io.atomic import atomic_path
+from ai4land.products import DEFAULT_COLOURS, probability_paths, sha256_file
+
+MANIFEST = "SHA256SUMS"
+LICENCES = [
+    ("LUH2 v2h / v2f (Hurtt et al. 2020)", "CC-BY-4.0",
+     "https://luh.umd.edu/ , input4MIPs (ESGF)"),
+    ("HILDA+ v1.0 (Winkler et al. 2021), PANGAEA 921846", "CC-BY-4.0",
+     "https://doi.org/10.1594/PANGAEA.921846"),
+    ("ETOPO 2022 (NOAA NCEI)", "public domain (U.S. Government work, NOAA)",
+     "https://doi.org/10.25921/fd45-gt74"),
+    ("SoilGrids 2.0 (ISRIC)", "CC-BY-4.0", "https://soilgrids.org"),
+]
+
+
+def map_path(maps_dir: Path, scenario: str, year: int) -> Path:
+    return Path(maps_dir) / scenario / f"ai4land_{scenario}_{year}.tif"
+
+
+def _relpath(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
+def _products(config, maps_dir: Path) -> list[tuple[str, int, Path]]:
+    """Every (scenario, year, COG) the config asks for; error if one is incomplete."""
+    found, missing = [], []
+    for scenario in config.product_scenarios:
+        for year in sorted(config.chain_years(scenario)):
+            path = map_path(maps_dir, scenario, year)
+            needed = [path, path.with_suffix(".json"), *probability_paths(path)]
+            if all(p.is_file() for p in needed):
+                found.append((scenario, year, path))
+            else:
+                missing.append(next(p for p in needed if not p.is_file()))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise OutputError(f"{missing[0]}: product missing{more}; run `ai4land predict` first")
+    return found
+
+
+# --- manifest -----------------------------------------------------------------------
+
+
+def manifest_lines(files: list[Path], root: Path) -> list[str]:
+    """``<sha256>  <path relative to root>`` lines, sorted by path (sha256sum -c format)."""
+    entries = sorted((_relpath(f, root), f) for f in files)
+    return [f"{sha256_file(f)}  {rel}" for rel, f in entries]
+
+
+def _store_files(store: Path) -> list[Path]:
+    return sorted(p for p in Path(store).rglob("*") if p.is_file())
+
+
+def verify_manifest(path: str | Path, root: str | Path) -> list[str]:
+    """Paths whose sha256 differs from the manifest (or are missing); empty when all verify."""
+    bad = []
+    for line in Path(path).read_text().splitlines():
+        digest, rel = line.split("  ", 1)
+        target = Path(root) / rel
+        if not target.is_file() or sha256_file(target) != digest:
+            bad.append(rel)
+    return bad
+
+
+# --- provenance ---------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(ai4land.__file__).parent,
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _software() -> dict[str, str]:
+    import pystac
+    import torch
+    import xarray
+    import zarr
+
+    return {
+        "python": platform.python_version(),
+        "ai4land": ai4land.__version__,
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "xarray": xarray.__version__,
+        "zarr": zarr.__version__,
+        "pystac": pystac.__version__,
+    }
+
+
+def provenance(config, *, model_dir: Path, metrics_path: Path | None) -> dict:
+    from ai4land.models.card import code_version
+
+    raw = Path(config.paths.raw)
+    inputs = {}
+    if raw.is_dir():
+        for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+            inputs[_relpath(path, raw)] = sha256_file(path)
+    model_dir = Path(model_dir)
+    model = {}
+    for name in ("model.pt", "model_card.json"):
+        if (model_dir / name).is_file():
+            model[name.replace(".", "_") + "_sha256"] = sha256_file(model_dir / name)
+    if (model_dir / "model_card.json").is_file():
+        model["card"] = json.loads((model_dir / "model_card.json").read_text())
+    metrics = None
+    if metrics_path is not None and Path(metrics_path).is_file():
+        metrics = {"path": Path(metrics_path).name, "sha256": sha256_file(metrics_path),
+                   "content": json.loads(Path(metrics_path).read_text())}
+    return {
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.hash(),
+        "code_version": code_version(),
+        "git_commit": _git_commit(),
+        "inputs_sha256": inputs,
+        "model": model,
+        "metrics": metrics,
+        "software": _software(),
+    }
+
+
+# --- STAC ---------------------------------------------------------------------------
+
+
+def _grid_of(path: Path) -> tuple[Grid, int | None]:
+    with rasterio.open(path) as src:
+        crs = src.crs
+        grid = Grid.from_transform(src.transform, width=src.width, height=src.height,
+                                   crs=crs.to_string() if crs else "")
+        return grid, (crs.to_epsg() if crs else None)
+
+
+def _geometry(bounds) -> dict:
+    west, south, east, north = bounds
+    return {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
+                                                [west, north], [west, south]]]}
+
+
+def _file_info(asset, path: Path) -> None:
+    from pystac.extensions.file import FileExtension
+
+    ext = FileExtension.ext(asset, add_if_missing=True)
+    ext.size = path.stat().st_size
+    ext.checksum = "1220" + sha256_file(path)  # multihash: sha2-256, 32 bytes
+
+
+def _item(config, scenario: str, year: int, cog: Path):
+    import pystac
+    from pystac.extensions.classification import Classification, ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    grid, epsg = _grid_of(cog)
+    report = json.loads(cog.with_suffix(".json").read_text())
+    start = datetime(year, 1, 1, tzinfo=UTC)
+    end = datetime(year, 12, 31, 23, 59, 59, tzinfo=UTC)
+    item = pystac.Item(
+        id=f"ai4land_{scenario}_{year}",
+        geometry=_geometry(grid.bounds),
+        bbox=list(grid.bounds),
+        datetime=datetime(year, 7, 1, tzinfo=UTC),
+        properties={
+            "start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ai4land:scenario": scenario,
+            "ai4land:direction": int(report.get("direction", 0)),
+            "ai4land:harmonized": bool(report.get("harmonized", False)),
+            "ai4land:conservation_mae": report.get("conservation", {}).get("after", {})
+            .get("delta_target", {}).get("mae"),
+        },
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    if epsg:
+        proj.epsg = epsg
+    proj.shape = [grid.height, grid.width]
+    proj.transform = list(tuple(grid.transform)[:6])
+
+    prob, ent = probability_paths(cog)
+    for key, path, title, media, roles in (
+        ("lulc", cog, "Land use / land cover class (HILDA+ codes)", pystac.MediaType.COG,
+         ["data"]),
+        ("probability", prob, "Probability of the mapped class (value / 254)",
+         pystac.MediaType.COG, ["data", "uncertainty"]),
+        ("entropy", ent, "Normalised class entropy (value / 254)", pystac.MediaType.COG,
+         ["data", "uncertainty"]),
+        ("report", cog.with_suffix(".json"), "Job report (harmonisation errors, timings)",
+         pystac.MediaType.JSON, ["metadata"]),
+    ):
+        asset = pystac.Asset(href=str(path.resolve()), title=title, media_type=media,
+                             roles=roles)
+        item.add_asset(key, asset)
+        _file_info(asset, path)
+    legend = config.classes.legend
+    classes = [
+        Classification.create(
+            value=int(code), description=name,
+            name=name.replace("/", "_").replace(" ", "_"),
+            color_hint="{:02X}{:02X}{:02X}".format(*DEFAULT_COLOURS.get(code, (code,) * 3)),
+            nodata=True if code == config.classes.nodata else None,
+        )
+        for code, name in sorted(legend.items())
+    ]
+    ClassificationExtension.ext(item.assets["lulc"], add_if_missing=True).classes = classes
+    return item, grid
+
+
+def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path, root: Path):
+    import pystac
+
+    items, grids = [], []
+    for scenario, year, cog in products:
+        item, grid = _item(config, scenario, year, cog)
+        items.append(item)
+        grids.append(grid)
+    west = min(g.west for g in grids)
+    south = min(g.south for g in grids)
+    east = max(g.east for g in grids)
+    north = max(g.north for g in grids)
+    years = sorted(year for _, year, _ in products)
+    extent = pystac.Extent(
+        pystac.SpatialExtent([[west, south, east, north]]),
+        pystac.TemporalExtent([[datetime(years[0], 1, 1, tzinfo=UTC),
+                                datetime(years[-1], 12, 31, 23, 59, 59, tzinfo=UTC)]]),
+    )
+    catalog = pystac.Catalog(
+        id=f"{config.publish.collection_id}-catalog",
+        title=config.publish.title,
+        description=f"{config.publish.title}. Run {config.run_name}, config "
+                    f"{config.hash()[:12]}.",
+    )
+    collection = pystac.Collection(
+        id=config.publish.collection_id,
+        title=config.publish.title,
+        description="Annual land-use/land-cover class maps (HILDA+ legend) downscaled from "
+                    "LUH2 coarse fractions with a U-Net, harmonised to the coarse scenario "
+                    "by the delta method. Scenarios: "
+                    + ", ".join(config.product_scenarios) + ".",
+        extent=extent,
+        license=config.publish.license,
+        summaries=pystac.Summaries({"ai4land:scenario": list(config.product_scenarios)}),
+    )
+    collection.add_asset("zarr", pystac.Asset(
+        href=str(Path(store).resolve()), title="All maps as one Zarr store "
+        "(lulc, probability, entropy; dims scenario, year, lat, lon)",
+        media_type="application/vnd+zarr", roles=["data"]))
+    for item in items:
+        collection.add_item(item)
+    catalog.add_child(collection)
+    return catalog
+
+
+# --- README -------------------------------------------------------------------------
+
+
+def readme_text(config, products: list[tuple[str, int, Path]]) -> str:
+    legend = config.classes.legend
+    rows = "\n".join(
+        f"| {code} | {name} | #{'{:02X}{:02X}{:02X}'.format(*DEFAULT_COLOURS.get(code, (code,) * 3))} |"
+        for code, name in sorted(legend.items())
+    )
+    scenarios = {}
+    for scenario, year, _ in products:
+        scenarios.setdefault(scenario, []).append(year)
+    spans = "\n".join(f"- `{s}`: {min(y)}–{max(y)} ({len(y)} maps)"
+                      for s, y in scenarios.items())
+    licences = "\n".join(f"| {name} | {licence} | {url} |" for name, licence, url in LICENCES)
+    return f"""# {config.publish.title}
+
+Annual ~1 km land-use/land-cover class maps downscaled from coarse LUH2 fractions with a
+U-Net (ai4land), harmonised per coarse cell to the scenario with the delta method.
+Dataset licence: {config.publish.license}. Config hash: `{config.hash()}`.
+
+## Contents
+{spans}
+
+- `maps/<scenario>/ai4land_<scenario>_<year>.tif`: Cloud-Optimized GeoTIFF, uint8 class
+  codes, nodata {config.classes.nodata}, colour table, mode overviews.
+- `..._probability.tif`, `..._entropy.tif`: probability of the mapped class and
+  normalised entropy, uint8 = round(value × 254), nodata 255.
+- `..._<year>.json`: per-map report (conservation error before/after harmonisation).
+- `product/ai4land.zarr`: every map as `lulc`, `probability`, `entropy`
+  (scenario, year, lat, lon), chunks (1, 1, 256, 256).
+- `publish/catalog.json`: STAC catalog; `publish/provenance.json`: config, code
+  version, input and model checksums; `publish/{MANIFEST}`: sha256 of every COG and
+  Zarr file (verify with `cd results && sha256sum -c publish/{MANIFEST}`).
+
+## Class legend (HILDA+ codes)
+| code | class | colour |
+|---|---|---|
+{rows}
+
+## Input data and licences
+| dataset | licence | source |
+|---|---|---|
+{licences}
+
+Please cite the input datasets above and the AI4Land method (Mozaffari et al.,
+arXiv 2606.11793) when using these maps.
+"""
+
+
+# --- entry point --------------------------------------------------------------------
+
+
+def run_publish(
+    config,
+    *,
+    maps_dir: str | Path,
+    store: str | Path,
+    model_dir: str | Path,
+    metrics_path: str | Path | None,
+    output_dir: str | Path,
+) -> dict:
+    """Write catalog.json (+ collection/items), SHA256SUMS, provenance.json, README.md."""
+    import pystac
+
+    maps_dir, store, output_dir = Path(maps_dir), Path(store), Path(output_dir)
+    if not Path(store).is_dir():
+        raise OutputError(f"{store}: product store not found; run `ai4land predict` first")
+    products = _products(config, maps_dir)
+    if not products:
+        raise OutputError("config asks for no product years (years.backward/forward unset)")
+    root = Path(config.paths.results)
+
+    cogs = [p for _, _, cog in products for p in (cog, *probability_paths(cog))]
+    lines = manifest_lines([*cogs, *_store_files(store)], root)
+    with atomic_path(output_dir) as tmp:
+        tmp.mkdir()
+        catalog = build_catalog(config, products, store=store, root=root)
+        # Trailing slash: pystac takes a root with a suffix (".tmp") for a file name.
+        catalog.normalize_hrefs(str(tmp.resolve()) + "/")
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
+        prov = provenance(config, model_dir=Path(model_dir),
+                          metrics_path=Path(metrics_path) if metrics_path else None)
+        (tmp / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(readme_text(config, products))
+    return {
+        "catalog": str(output_dir / "catalog.json"),
+        "items": len(products),
+        "manifest_entries": len(lines),
+        "config_hash": config.hash(),
+    }

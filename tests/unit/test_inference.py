@@ -1,0 +1,145 @@
+"""Window planning, Gaussian blending and the batched inference loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ai4land.inference import (
+    autocast_dtype,
+    coverage_count,
+    gaussian_weights,
+    plan_windows,
+    predict_probabilities,
+    probability_layers,
+    tile_rows,
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "overlap"),
+    [((100, 130), 32, 8), ((64, 64), 32, 0), ((20, 50), 32, 8), ((33, 97), 16, 7), ((5, 5), 8, 2)],
+)
+def test_plan_covers_every_pixel_and_stays_in_bounds(shape, tile, overlap):
+    windows = plan_windows(shape, tile_size=tile, overlap=overlap)
+    assert coverage_count(windows, shape).min() >= 1
+    height, width = shape
+    sizes = {(w.height, w.width) for w in windows}
+    assert sizes == {(min(tile, height), min(tile, width))}
+    for w in windows:
+        assert w.row >= 0 and w.col >= 0
+        assert w.row + w.height <= height and w.col + w.width <= width
+    # The last row/column of tiles is flush with the edges.
+    assert max(w.row + w.height for w in windows) == height
+    assert max(w.col + w.width for w in windows) == width
+    # Neighbouring tiles overlap by at least `overlap` (exactly, except the flush one).
+    rows = sorted({w.row for w in windows})
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert a + min(tile, height) - b >= overlap
+    assert len(windows) == len(set(windows))
+    assert [w for row in tile_rows(windows) for w in row] == windows
+
+
+def test_gaussian_weights_peak_in_the_centre():
+    w = gaussian_weights(32, 48)
+    assert w.shape == (32, 48) and w.dtype == np.float32
+    assert w.max() == pytest.approx(1.0, abs=1e-3) and w.min() > 0
+    assert w[16, 24] > w[0, 0]
+    np.testing.assert_allclose(w, w[::-1, ::-1], rtol=1e-6)
+
+
+class ConstantModel(nn.Module):
+    """Logits that are the same everywhere (softmax = ``probs``) whatever the input."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = nn.Parameter(torch.log(torch.tensor(probs)), requires_grad=False)
+        self.conv = nn.Conv2d(3, 1, 1)  # exercises channels_last / autocast
+
+    def forward(self, x):
+        zero = self.conv(x)[:, :1] * 0
+        return self.logits.view(1, -1, 1, 1) + zero.float()
+
+
+class PositionModel(nn.Module):
+    """Logits from the input (so each window sees different data)."""
+
+    depth = 2
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _loader(image):
+    return lambda w: image[(slice(None), *w.slices)]
+
+
+def test_constant_model_blends_to_its_probabilities():
+    probs = [0.1, 0.2, 0.3, 0.4]
+    image = np.zeros((3, 50, 70), dtype="float32")
+    windows = plan_windows((50, 70), tile_size=32, overlap=8)
+    out = predict_probabilities(
+        ConstantModel(probs), load_window=_loader(image), shape=(50, 70), windows=windows,
+        batch_size=3, device="cpu", amp=False, progress=False,
+    )
+    assert out.shape == (50, 70, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.broadcast_to(probs, out.shape), atol=1e-6)
+
+
+def test_inference_is_deterministic_and_normalised():
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, 45, 61)).astype("float32")
+    windows = plan_windows((45, 61), tile_size=24, overlap=6)
+    model = PositionModel()
+    kwargs = {"load_window": _loader(image), "shape": (45, 61), "windows": windows,
+              "device": "cpu", "progress": False}
+    a = predict_probabilities(model, batch_size=4, **kwargs)
+    b = predict_probabilities(model, batch_size=4, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+    # fp32 without tiling: a single window over the whole image gives the plain softmax
+    # in the interior (equal weights do not change a single prediction).
+    single = predict_probabilities(model, load_window=_loader(image), shape=(45, 61),
+                                   windows=plan_windows((45, 61), tile_size=64, overlap=0),
+                                   device="cpu", amp=False, progress=False)
+    with torch.no_grad():
+        x = torch.nn.functional.pad(torch.from_numpy(image)[None], (0, 3, 0, 3), mode="reflect")
+        ref = torch.softmax(model(x)[0, :, :45, :61], 0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(single, ref, atol=1e-5)
+
+
+def test_autocast_choice():
+    assert autocast_dtype(torch.device("cpu"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
+
+
+def test_probability_layers():
+    probs = np.array([[[1.0, 0.0], [0.5, 0.5]]], dtype="float32")
+    chosen = np.array([[0, -1]])
+    p, h = probability_layers(probs, chosen)
+    assert p[0, 0] == 1.0 and h[0, 0] == 0.0
+    assert np.isnan(p[0, 1]) and np.isnan(h[0, 1])
+    p, h = probability_layers(probs, np.array([[0, 1]]))
+    assert p[0, 1] == 0.5 and h[0, 1] == pytest.approx(1.0)
+
+
+def test_fold_batchnorm_keeps_outputs_and_the_original_model():
+    from ai4land.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5),
+                          nn.ReLU()).eval()
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nn.Identity) and isinstance(model[1], nn.BatchNorm2d)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,153 @@
+"""End-to-end prediction jobs on a tiny cube with a tiny random U-Net."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+
+from ai4land.config import parse_config
+from ai4land.errors import GridError, InputDataError, ModelCardError
+from ai4land.grid import Grid, Window
+from ai4land.io.cube import Cube
+from ai4land.models import ModelCard, UNet, save_model
+from ai4land.predict import run_predict
+from ai4land.products import read_year, validate_cog, write_cog
+from ai4land.samples.features import input_channel_names
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from tiny_cube import write_tiny_cube  # noqa: E402
+
+OBSERVED = range(1960, 1966)
+
+
+def _rewrite_coarse(root: Path, scenario: str, years: list[int]) -> None:
+    """Give ``scenario`` the coarse years ``years`` (values copied from the nearest year)."""
+    path = root / "coarse" / f"{scenario}.zarr"
+    ds = xr.open_zarr(path, chunks=None).load()
+    have = [int(y) for y in ds["year"].values]
+    pick = [have.index(min(max(y, have[0]), have[-1])) for y in years]
+    new = ds.isel(year=pick).assign_coords(year=np.asarray(years, dtype="int64"))
+    for var in new.variables.values():
+        var.encoding = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        new.to_zarr(path, mode="w", consolidated=True)
+
+
+def _config(root: Path, **predict):
+    data = {
+        "run_name": "tiny",
+        "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
+                  "results": str(root / "results")},
+        "datasets": {
+            "coarse": {"historical": "unused.nc", "scenarios": {"ssp126": "unused2.nc"}},
+            "fine": {"pattern": "unused_{year}.tif", "years": [OBSERVED[0], OBSERVED[-1]]},
+        },
+        "years": {"train": [1960, 1963], "test": [1964, 1965], "backward": [1958, 1959],
+                  "forward": [1966, 1967]},
+        "scenarios": ["ssp126"],
+        "predict": {"tile_size": 32, "overlap": 8, "batch_size": 4, "device": "cpu",
+                    **predict},
+    }
+    return parse_config(data, source="test")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    write_tiny_cube(root / "cube", size=48, factor=8, years=OBSERVED,
+                    scenarios=("historical", "ssp126"))
+    _rewrite_coarse(root / "cube", "historical", list(range(1958, 1966)))
+    _rewrite_coarse(root / "cube", "ssp126", list(range(1964, 1968)))
+    config = _config(root)
+    cube = Cube.from_config(config)
+    names = input_channel_names(cube, list(config.classes.predicted))
+    torch.manual_seed(0)
+    model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2)
+    card = ModelCard(input_channels=names, classes=list(config.classes.predicted),
+                     architecture=model.config, tile_size=32)
+    save_model(root / "model", model, card)
+    return root, config
+
+
+def _job(root, config, scenario, year, prior=None, **kwargs):
+    out = root / "results" / "maps" / scenario / f"ai4land_{scenario}_{year}.tif"
+    return out, run_predict(config, scenario=scenario, year=year, model_dir=root / "model",
+                            prior_path=prior, output=out,
+                            store=root / "results" / "product" / "ai4land.zarr", **kwargs)
+
+
+def test_forward_chain_writes_products(world):
+    root, config = world
+    out, report = _job(root, config, "ssp126", 1966)
+    assert validate_cog(out) == []
+    for suffix in ("_probability.tif", "_entropy.tif"):
+        assert validate_cog(out.with_name(out.stem + suffix)) == []
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["direction"] == 1 and saved["prior"] == "observed 1965"
+    after = saved["conservation"]["after"]["delta_target"]
+    before = saved["conservation"]["before"]["delta_target"]
+    assert after["mae"] <= before["mae"] + 1e-12
+    assert after["max"] <= before["max"] + 1e-12
+    assert after["mae"] < 0.02  # only whole-pixel rounding is left
+    with rasterio.open(out) as src:
+        codes = src.read(1)
+    cube = Cube.from_config(config)
+    land = cube.land_mask_window(Window(0, 0, 48, 48))
+    assert (codes[~land] == 0).all()
+    assert set(np.unique(codes[land])) <= set(config.classes.predicted) | {99}
+    stored = read_year(root / "results" / "product" / "ai4land.zarr", scenario="ssp126",
+                       year=1966)
+    np.testing.assert_array_equal(stored, codes)
+
+    # Next year uses this map as prior; deterministic re-run gives identical bytes.
+    out2, report2 = _job(root, config, "ssp126", 1967, prior=out)
+    assert report2["prior"] == out.name
+    first = out2.read_bytes()
+    _job(root, config, "ssp126", 1967, prior=out)
+    assert out2.read_bytes() == first
+
+
+def test_backward_chain_and_no_harmonisation(world):
+    root, config = world
+    out, report = _job(root, config, "historical", 1959)
+    assert report["direction"] == -1 and report["prior"] == "observed 1960"
+    plain = _config(root, harmonize=False)
+    _, report = _job(root, plain, "historical", 1958, prior=out)
+    assert report["changed_pixels"] == 0
+    assert report["conservation"]["before"] == report["conservation"]["after"]
+
+
+def test_prior_on_another_grid_is_refused(world, tmp_path):
+    root, config = world
+    other = Grid(west=5.0, north=48.0, res=0.01, width=48, height=48)
+    bad = write_cog(tmp_path / "bad.tif", np.full((48, 48), 22, "uint8"), other,
+                    legend=config.classes.legend)
+    with pytest.raises(GridError, match="prior map"):
+        _job(root, config, "ssp126", 1967, prior=bad)
+
+
+def test_missing_year_is_a_clear_error(world):
+    root, config = world
+    with pytest.raises(InputDataError, match="ssp126.*1970"):
+        _job(root, config, "ssp126", 1970)
+    assert not (root / "results" / "maps" / "ssp126" / "ai4land_ssp126_1970.json").exists()
+
+
+def test_model_with_other_inputs_is_refused(world, tmp_path):
+    root, config = world
+    model = UNet(3, 7, base_channels=4, depth=2)
+    card = ModelCard(input_channels=["a", "b", "c"], classes=list(config.classes.predicted),
+                     architecture=model.config, tile_size=32)
+    save_model(tmp_path / "m", model, card)
+    with pytest.raises(ModelCardError):
+        run_predict(config, scenario="ssp126", year=1966, model_dir=tmp_path / "m",
+                    prior_path=None, output=tmp_path / "x.tif", store=tmp_path / "s.zarr")
