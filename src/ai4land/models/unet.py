@@ -1,0 +1,92 @@
+"""A vanilla U-Net: double 3x3 conv-norm-ReLU blocks, max-pool down, transpose-conv up."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORMS = ("batch", "group")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"unknown norm {kind!r}; use one of {NORMS}")
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, *, norm: str, dropout: float):
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net returning logits (B, num_classes, H, W); H and W must divide by 2**depth."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        base_channels: int = 16,
+        depth: int = 3,
+        norm: str = "batch",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.config = {
+            "in_channels": int(in_channels),
+            "num_classes": int(num_classes),
+            "base_channels": int(base_channels),
+            "depth": int(depth),
+            "norm": norm,
+            "dropout": float(dropout),
+        }
+        self.depth = depth
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for width in widths[:-1]:
+            self.down.append(DoubleConv(channels, width, norm=norm, dropout=0.0))
+            channels = width
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = DoubleConv(channels, widths[-1], norm=norm, dropout=dropout)
+        self.up = nn.ModuleList()
+        self.up_conv = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
+            self.up_conv.append(DoubleConv(width * 2, width, norm=norm, dropout=0.0))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        multiple = 2**self.depth
+        if x.shape[-2] % multiple or x.shape[-1] % multiple:
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} must be a multiple of {multiple} (2**depth) "
+                "in height and width"
+            )
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips), strict=True):
+            x = conv(torch.cat([up(x), skip], dim=1))
+        return self.head(x)

@@ -1,0 +1,125 @@
+"""The dataset: what a planned sample holds (inputs, target, prior mask).
+
+Inputs come from ``ai4land.samples.features.build_inputs``, the one definition of the
+network input. The prior is the observed map of the adjacent year (``year - 1`` going
+forward, ``year + 1`` going backward), partially hidden as configured by
+``train.prior_mask``. All randomness of loading comes from a generator seeded with
+(seed, stream, epoch, index in the epoch's plan), so a sample is the same whatever
+worker, rank or resumed run loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ai4land.config import PriorMaskConfig
+from ai4land.io.cube import Cube
+from ai4land.samples.features import build_inputs, codes_to_index
+from ai4land.samples.plan import SampleSpec, stream_id
+
+
+def prior_keep_mask(
+    rng: np.random.Generator, shape: tuple[int, int], config: PriorMaskConfig
+) -> np.ndarray | None:
+    """Which prior pixels the network may see; ``None`` means no prior at all.
+
+    With probability ``p_none`` there is no prior. Otherwise a fraction drawn uniformly
+    from [0, max_fraction] of the pixels is hidden: about half of it (at random) by
+    square blocks of ``block_size`` pixels, the rest by single random pixels, so the
+    hidden count matches the drawn fraction exactly.
+    """
+    height, width = shape
+    if rng.random() < config.p_none:
+        return None
+    n_pixels = height * width
+    target = int(round(rng.uniform(0.0, config.max_fraction) * n_pixels))
+    hidden = np.zeros(shape, dtype=bool)
+    block_budget = int(target * rng.uniform(0.0, 1.0))
+    size = min(config.block_size, height, width)
+    covered = 0
+    # Blocks first; stop before one would overshoot the budget (blocks may overlap).
+    for _ in range(1000):
+        if covered + size * size > block_budget:
+            break
+        r = int(rng.integers(0, height - size + 1))
+        c = int(rng.integers(0, width - size + 1))
+        hidden[r : r + size, c : c + size] = True
+        covered = int(hidden.sum())
+    remaining = target - covered
+    if remaining > 0:
+        free = np.flatnonzero(~hidden)
+        hidden.flat[rng.choice(free, size=remaining, replace=False)] = True
+    return ~hidden
+
+
+class WindowDataset(Dataset):
+    """Samples of a plan as dicts of arrays.
+
+    Each item: ``inputs`` float32 (C, h, w); ``target`` int64 (h, w) class indices,
+    -1 for ocean/no data/unpredicted codes (ignored by the loss); ``prior_keep_fraction``
+    (share of the window's pixels whose prior is shown, 0 without a prior); ``year``,
+    ``direction``, ``row``, ``col``, ``index``.
+
+    ``mask_prior=False`` shows the whole prior (evaluation of the unmasked task).
+    """
+
+    def __init__(
+        self,
+        cube: Cube,
+        plan: Sequence[SampleSpec],
+        *,
+        predicted: list[int],
+        prior_mask: PriorMaskConfig,
+        seed: int,
+        stream: str = "load",
+        mask_prior: bool = True,
+    ):
+        self.cube = cube
+        self.plan = list(plan)
+        self.predicted = list(predicted)
+        self.prior_mask = prior_mask
+        self.seed = int(seed)
+        self.stream = stream
+        self.mask_prior = mask_prior
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def rng(self, spec: SampleSpec) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream_id(self.stream), spec.epoch, spec.index])
+
+    def __getitem__(self, i: int) -> dict:
+        spec = self.plan[i]
+        window = spec.window
+        shape = (window.height, window.width)
+        rng = self.rng(spec)
+        if self.mask_prior:
+            keep = prior_keep_mask(rng, shape, self.prior_mask)
+        else:
+            keep = np.ones(shape, dtype=bool)
+        prior = None if keep is None else self.cube.target_window(spec.prior_year, window)
+        inputs = build_inputs(
+            self.cube,
+            scenario=spec.scenario,
+            year=spec.year,
+            window=window,
+            predicted=self.predicted,
+            prior=prior,
+            direction=spec.direction,
+            prior_keep=keep,
+        )
+        target = codes_to_index(self.cube.target_window(spec.year, window), self.predicted)
+        return {
+            "inputs": torch.from_numpy(inputs),
+            "target": torch.from_numpy(np.ascontiguousarray(target, dtype="int64")),
+            "prior_keep_fraction": 0.0 if keep is None else float(keep.mean()),
+            "year": spec.year,
+            "direction": spec.direction,
+            "row": window.row,
+            "col": window.col,
+            "index": spec.index,
+        }

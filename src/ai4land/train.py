@@ -1,0 +1,654 @@
+"""Training: the ``torchrun`` entry point (DDP; gloo on CPU, nccl on GPU).
+
+Run as ``torchrun --standalone --nproc_per_node=N -m ai4land.train --config C --output O
+--split S`` or as a single process (no process group) with ``python -m ai4land.train``
+or ``run_training(config, output_dir=..., split_path=...)``.
+
+Exact resume: the data of step ``s`` of epoch ``e`` is a pure function of
+(seed, e, s) (see ``ai4land.samples.plan``), and ``checkpoints/last.pt`` holds the
+model, optimiser, scheduler, scaler, position, partial-epoch statistics, early-stopping
+state and the RNG states of every rank. A run killed and resumed logs the same losses
+as an uninterrupted one (bit for bit on CPU).
+
+Outputs (rank 0) under ``output_dir``: ``model.pt`` + ``model_card.json`` (best
+validation weights), ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch),
+``steps.jsonl`` (one row per optimiser step), ``checkpoints/{last,best}.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ai4land.errors import Ai4landError, ConfigError, InputDataError
+from ai4land.io.atomic import atomic_path
+from ai4land.io.cube import Cube
+from ai4land.models.card import ModelCard, code_version, save_model
+from ai4land.models.unet import UNet
+from ai4land.samples.dataset import WindowDataset
+from ai4land.samples.features import IGNORE_INDEX, input_channel_names
+from ai4land.samples.plan import SamplePlanner, largest_tile, shard
+from ai4land.split import load_split
+
+log = logging.getLogger("ai4land.train")
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+CHECKPOINT_FORMAT = 1
+# Training and validation windows need at least this share of land pixels.
+MIN_LAND_FRACTION = 0.1
+METRIC_FIELDS = [
+    "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_oa", "val_miou",
+    "best_val_loss", "samples_per_s", "epoch_s",
+]
+
+
+# --- run-time environment ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    distributed: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class Precision:
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    grad_scaler: bool
+
+    def describe(self) -> str:
+        if self.autocast_dtype is None:
+            return "fp32"
+        name = str(self.autocast_dtype).removeprefix("torch.")
+        return f"{name} autocast" + (" + channels_last" if self.channels_last else "") + (
+            " + GradScaler" if self.grad_scaler else ""
+        )
+
+
+def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_backend(setting: str, device: torch.device) -> str:
+    if setting == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if setting == "nccl" and device.type != "cuda":
+        raise ConfigError("train.backend 'nccl' needs a CUDA device; use 'gloo' or 'auto' on CPU")
+    return setting
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, amp: bool) -> Precision:
+    if not amp:
+        return Precision(None, False, False)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, True, False)
+        return Precision(torch.float16, True, True)
+    if cpu_supports_bf16():
+        return Precision(torch.bfloat16, True, False)
+    return Precision(None, False, False)
+
+
+def _init_distributed(backend_setting: str, device_setting: str) -> tuple[DistInfo, torch.device, bool]:
+    """Read torchrun's environment; start the process group when there are several ranks."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_setting, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    started = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=resolve_backend(backend_setting, device))
+        started = True
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    if distributed:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world_size, local_rank, distributed), device, started
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype("uint32"), *rest))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def training_hash(config) -> str:
+    """Hash of the settings that change the training trajectory (resume must match it)."""
+    relevant = {
+        "seed": config.seed,
+        "train": config.train.model_dump(mode="json", exclude={"nproc", "backend", "device"}),
+        "classes": config.classes.model_dump(mode="json"),
+        "years": config.years.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def lr_factor(step: int, total: int) -> float:
+    """Linear warmup over 5 % of the steps, then cosine decay to 1 % of the peak."""
+    warmup = max(1, round(0.05 * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+class _Logs:
+    """Rank-0 metric files; on resume rows after the checkpoint's step are dropped."""
+
+    def __init__(self, output_dir: Path, *, enabled: bool):
+        self.enabled = enabled
+        self.steps_path = output_dir / "steps.jsonl"
+        self.epochs_path = output_dir / "metrics.jsonl"
+        self.csv_path = output_dir / "metrics.csv"
+
+    @staticmethod
+    def _rows(path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                break
+        return rows
+
+    def reset(self, keep_until_step: int) -> None:
+        if not self.enabled:
+            return
+        for path in (self.steps_path, self.epochs_path):
+            rows = [r for r in self._rows(path) if r["step"] <= keep_until_step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv()
+
+    def step(self, row: dict) -> None:
+        if self.enabled:
+            with self.steps_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def epoch(self, row: dict) -> None:
+        if self.enabled:
+            with self.epochs_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            self._write_csv()
+
+    def _write_csv(self) -> None:
+        rows = self._rows(self.epochs_path)
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def epoch_rows(self) -> list[dict]:
+        return self._rows(self.epochs_path)
+
+
+def _loader(dataset: WindowDataset, batch_size: int) -> DataLoader:
+    # Its own generator: creating an iterator draws a seed from it, and drawing from the
+    # global generator would shift dropout after a resume (which creates more loaders).
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                      drop_last=False, generator=torch.Generator().manual_seed(0))
+
+
+def _batch_stats(model, batch, *, device, precision, num_classes, confusion=False):
+    inputs = batch["inputs"].to(device, non_blocking=True)
+    if precision.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    target = batch["target"].to(device, non_blocking=True)
+    context = (torch.autocast(device.type, dtype=precision.autocast_dtype)
+               if precision.autocast_dtype is not None else nullcontext())
+    with context:
+        logits = model(inputs)
+    logits = logits.float()
+    loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = target != IGNORE_INDEX
+    pred = logits.detach().argmax(1)
+    stats = torch.stack([
+        loss_sum.detach().double(), valid.sum().double(), ((pred == target) & valid).sum().double()
+    ])
+    matrix = None
+    if confusion:
+        index = target[valid] * num_classes + pred[valid]
+        matrix = torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return loss_sum, stats, matrix
+
+
+def _all_reduce(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def validate(model, loader, *, device, precision, num_classes, info: DistInfo) -> dict:
+    """Loss, overall accuracy and mIoU over the (sharded) validation plan."""
+    net = getattr(model, "module", model)
+    was_training = net.training
+    net.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    for batch in loader:
+        _, stats, matrix = _batch_stats(net, batch, device=device, precision=precision,
+                                        num_classes=num_classes, confusion=True)
+        totals += stats
+        confusion += matrix.double()
+    _all_reduce(totals, info)
+    _all_reduce(confusion, info)
+    net.train(was_training)
+    confusion = confusion.cpu().numpy()
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    valid = float(totals[1])
+    return {
+        "val_loss": float(totals[0]) / max(valid, 1.0),
+        "val_oa": float(totals[2]) / max(valid, 1.0),
+        "val_miou": float((intersection[present] / union[present]).mean()) if present.any() else 0.0,
+    }
+
+
+def run_training(
+    config,
+    *,
+    output_dir: str | Path,
+    split_path: str | Path | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+) -> dict:
+    """Train the U-Net of ``config``; works under ``torchrun`` and as a single process.
+
+    ``max_steps`` stops after that many optimiser steps in total (counting steps done
+    before a resume), writing a checkpoint first; the schedule still spans
+    ``epochs * steps_per_epoch``. Returns a summary dict (rank 0's view).
+    """
+    train_cfg = config.train
+    info, device, started = _init_distributed(train_cfg.backend, train_cfg.device)
+    try:
+        return _run(config, info=info, device=device, output_dir=Path(output_dir),
+                    split_path=split_path, resume=resume, max_steps=max_steps)
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume, max_steps) -> dict:
+    started_at = time.perf_counter()
+    train_cfg = config.train
+    world = info.world_size
+    if train_cfg.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size {train_cfg.batch_size} does not divide over {world} processes"
+        )
+    multiple = 2**train_cfg.depth
+    if train_cfg.tile_size % multiple:
+        raise ConfigError(
+            f"train.tile_size {train_cfg.tile_size} must be a multiple of 2**depth = {multiple}"
+        )
+    per_rank = train_cfg.batch_size // world
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    precision = resolve_precision(device, train_cfg.amp)
+
+    # --- data --------------------------------------------------------------------
+    cube = Cube.from_config(config)
+    split_path = Path(split_path or Path(config.paths.results) / "split" / "split.json")
+    split = load_split(split_path)
+    if (split.height, split.width) != cube.fine_grid.shape:
+        raise InputDataError(
+            f"{split_path}: split covers {split.height}x{split.width} pixels but the cube grid is "
+            f"{cube.fine_grid.height}x{cube.fine_grid.width}; run `ai4land split` again"
+        )
+    predicted = list(config.classes.predicted)
+    num_classes = len(predicted)
+    channels = input_channel_names(cube, predicted)
+    years = [y for y in split.train_years if y in cube.target_years]
+    land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
+    planner = SamplePlanner(
+        split.role_mask("train"), tile_size=train_cfg.tile_size, years=years, seed=config.seed,
+        scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
+        min_land_fraction=MIN_LAND_FRACTION, stream="train", role="train",
+    )
+    val_loader = None
+    val_mask = split.role_mask("val")
+    val_tile = largest_tile(val_mask, multiple=multiple, at_most=train_cfg.tile_size,
+                            land_mask=land_mask, min_land_fraction=MIN_LAND_FRACTION)
+    if val_tile:
+        val_planner = SamplePlanner(
+            val_mask, tile_size=val_tile, years=years, seed=config.seed,
+            scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
+            min_land_fraction=MIN_LAND_FRACTION, stream="val", role="val",
+        )
+        val_plan = val_planner.epoch(0, train_cfg.val_batches * train_cfg.batch_size)
+        val_loader = _loader(
+            WindowDataset(cube, shard(val_plan, info.rank, world), predicted=predicted,
+                          prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load"),
+            per_rank,
+        )
+    elif info.is_main:
+        log.warning("no validation window fits the val blocks: no validation or early stopping")
+
+    # --- model, optimiser --------------------------------------------------------
+    seed_everything(config.seed)
+    arch = dict(base_channels=train_cfg.base_channels, depth=train_cfg.depth, norm="batch",
+                dropout=train_cfg.dropout)
+    net = UNet(len(channels), num_classes, **arch).to(device)
+    if precision.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = (DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+             if info.distributed else net)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr,
+                                  weight_decay=train_cfg.weight_decay)
+    total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
+
+    # --- state / resume ----------------------------------------------------------
+    ckpt_dir = output_dir / CHECKPOINTS
+    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
+    logs = _Logs(output_dir, enabled=info.is_main)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": math.inf,
+             "best_epoch": -1, "bad_epochs": 0, "finished": False, "epoch_stats": [0.0, 0.0, 0.0],
+             "train_time": 0.0, "train_samples": 0}
+    config_hash = training_hash(config)
+    if resume and last_path.exists():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        if ckpt.get("training_hash") != config_hash:
+            raise ConfigError(
+                f"{last_path}: checkpoint was written with other training settings; "
+                "restore them or start afresh (resume=False / --no-resume)"
+            )
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["state"])
+        rng_states = ckpt["rng"]
+        _set_rng_state(rng_states[info.rank] if info.rank < len(rng_states) else rng_states[0], device)
+        logs.reset(state["global_step"])
+        if info.is_main:
+            log.info("resumed from %s at step %d (epoch %d)", last_path, state["global_step"],
+                     state["epoch"])
+    else:
+        if info.is_main:
+            for path in (last_path, best_path, logs.steps_path, logs.epochs_path):
+                path.unlink(missing_ok=True)
+            logs.reset(0)
+        torch.manual_seed(config.seed + 1 + info.rank)  # dropout streams differ per rank
+
+    def save_checkpoint() -> None:
+        rng = _rng_state(device)
+        if info.distributed:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rng)
+        else:
+            gathered = [rng]
+        if info.is_main:
+            payload = {
+                "format": CHECKPOINT_FORMAT, "training_hash": config_hash, "world_size": world,
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "state": dict(state), "rng": gathered,
+            }
+            with atomic_path(last_path) as tmp:
+                torch.save(payload, tmp)
+        if info.distributed:
+            dist.barrier()
+
+    if info.is_main:
+        log.info(
+            "training on %s x%d (%s), %d channels, tile %d, batch %d (%d per rank), %d steps",
+            device, world, precision.describe(), len(channels), train_cfg.tile_size,
+            train_cfg.batch_size, per_rank, total_steps,
+        )
+
+    # --- loop --------------------------------------------------------------------
+    step_losses: list[float] = []
+    stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
+    model.train()
+    while not state["finished"] and state["epoch"] < train_cfg.epochs:
+        epoch = state["epoch"]
+        if state["global_step"] >= stop_at and state["step_in_epoch"] < train_cfg.steps_per_epoch:
+            break
+        plan = planner.epoch(epoch, train_cfg.steps_per_epoch * train_cfg.batch_size)
+        mine = shard(plan, info.rank, world)[state["step_in_epoch"] * per_rank :]
+        loader = _loader(WindowDataset(cube, mine, predicted=predicted,
+                                       prior_mask=train_cfg.prior_mask, seed=config.seed), per_rank)
+        bar = None
+        if info.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=train_cfg.steps_per_epoch, initial=state["step_in_epoch"],
+                       desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
+        tick = time.perf_counter()
+        done_in_call = 0
+        for batch in loader:
+            loss_sum, stats, _ = _batch_stats(model, batch, device=device, precision=precision,
+                                              num_classes=num_classes)
+            _all_reduce(stats, info)
+            global_valid = max(float(stats[1]), 1.0)
+            # DDP averages gradients over ranks: scale so the result is the global mean.
+            loss = loss_sum * (world / global_valid)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            state["global_step"] += 1
+            state["step_in_epoch"] += 1
+            done_in_call += 1
+            for i in range(3):
+                state["epoch_stats"][i] += float(stats[i])
+            step_loss = float(stats[0]) / global_valid
+            step_losses.append(step_loss)
+            logs.step({"step": state["global_step"], "epoch": epoch, "loss": step_loss,
+                       "acc": float(stats[2]) / global_valid, "lr": lr})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+            at_epoch_end = state["step_in_epoch"] >= train_cfg.steps_per_epoch
+            if not at_epoch_end and (state["global_step"] % train_cfg.checkpoint_every == 0
+                                     or state["global_step"] >= stop_at):
+                state["train_time"] += time.perf_counter() - tick
+                state["train_samples"] += done_in_call * train_cfg.batch_size
+                tick, done_in_call = time.perf_counter(), 0
+                save_checkpoint()
+            if not at_epoch_end and state["global_step"] >= stop_at:
+                break
+        if bar is not None:
+            bar.close()
+        state["train_time"] += time.perf_counter() - tick
+        state["train_samples"] += done_in_call * train_cfg.batch_size
+        if state["step_in_epoch"] < train_cfg.steps_per_epoch:
+            break  # stopped by max_steps mid-epoch; the checkpoint is written
+
+        # --- epoch end: validation, early stopping, logs, checkpoint --------------
+        loss_total, valid_total, correct_total = state["epoch_stats"]
+        row = {
+            "epoch": epoch + 1, "step": state["global_step"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_total / max(valid_total, 1.0),
+            "train_acc": correct_total / max(valid_total, 1.0),
+            "samples_per_s": state["train_samples"] / max(state["train_time"], 1e-9),
+            "epoch_s": state["train_time"],
+        }
+        if val_loader is not None:
+            row.update(validate(model, val_loader, device=device, precision=precision,
+                                num_classes=num_classes, info=info))
+            if row["val_loss"] < state["best_val_loss"]:
+                state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = (
+                    row["val_loss"], epoch + 1, 0)
+                if info.is_main:
+                    with atomic_path(best_path) as tmp:
+                        torch.save({"model": net.state_dict(), "epoch": epoch + 1,
+                                    "metrics": row}, tmp)
+            else:
+                state["bad_epochs"] += 1
+                if state["bad_epochs"] >= train_cfg.early_stopping_patience:
+                    state["finished"] = True
+                    if info.is_main:
+                        log.info("early stopping after epoch %d (best epoch %d)", epoch + 1,
+                                 state["best_epoch"])
+        row["best_val_loss"] = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None
+        logs.epoch(row)
+        if info.is_main:
+            log.info(
+                "epoch %d/%d step %d: train loss %.4f acc %.3f%s, %.1f samples/s",
+                epoch + 1, train_cfg.epochs, state["global_step"], row["train_loss"],
+                row["train_acc"],
+                (f", val loss {row['val_loss']:.4f} OA {row['val_oa']:.3f} mIoU "
+                 f"{row['val_miou']:.3f}") if "val_loss" in row else "",
+                row["samples_per_s"],
+            )
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_stats=[0.0, 0.0, 0.0],
+                     train_time=0.0, train_samples=0)
+        if state["epoch"] >= train_cfg.epochs:
+            state["finished"] = True
+        save_checkpoint()
+        if state["global_step"] >= stop_at:
+            break
+
+    # --- final model (rank 0) ----------------------------------------------------
+    summary = {
+        "global_step": state["global_step"],
+        "epochs_completed": state["epoch"],
+        "finished": state["finished"],
+        "best_val_loss": state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None,
+        "best_epoch": state["best_epoch"],
+        "step_losses": step_losses,
+        "precision": precision.describe(),
+        "world_size": world,
+        "device": str(device),
+        "output_dir": str(output_dir),
+    }
+    if info.is_main:
+        rows = logs.epoch_rows()
+        best_row = next((r for r in rows if r["epoch"] == state["best_epoch"]), rows[-1] if rows else {})
+        final = UNet(len(channels), num_classes, **arch)
+        if best_path.exists():
+            final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
+        else:
+            final.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+        speeds = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+        metrics = {k: best_row.get(k) for k in ("epoch", "val_loss", "val_oa", "val_miou",
+                                                "train_loss", "train_acc")}
+        metrics.update(steps=state["global_step"], finished=state["finished"],
+                       samples_per_s=float(np.mean(speeds)) if speeds else None,
+                       precision=precision.describe(), world_size=world, device=device.type)
+        card = ModelCard(
+            input_channels=channels, classes=predicted, architecture=final.config,
+            tile_size=train_cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
+            seed=config.seed, trained_years=years, metrics=metrics,
+        )
+        save_model(output_dir, final, card)
+        summary["metrics"] = metrics
+        summary["wall_s"] = time.perf_counter() - started_at
+        log.info("wrote %s (best epoch %s) in %.1f s", output_dir / "model.pt",
+                 state["best_epoch"], summary["wall_s"])
+    if info.distributed:
+        dist.barrier()
+    return summary
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ai4land.train`` / ``torchrun -m ai4land.train`` entry point."""
+    from ai4land.config import load_config
+
+    parser = argparse.ArgumentParser(prog="ai4land.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", required=True, help="config YAML file(s)")
+    parser.add_argument("--output", required=True, help="model directory (results/model)")
+    parser.add_argument("--split", default=None, help="split.json (default: results/split/split.json)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = load_config(*args.config)
+        run_training(config, output_dir=args.output, split_path=args.split,
+                     resume=not args.no_resume, max_steps=args.max_steps)
+    except Ai4landError as exc:
+        print(f"ai4land: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Sample plans (where) and the dataset (what): leak-free, deterministic, sharded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
+
+from ai4land.config import PriorMaskConfig  # noqa: E402
+from ai4land.errors import InputDataError  # noqa: E402
+from ai4land.io.cube import Cube  # noqa: E402
+from ai4land.samples.dataset import WindowDataset, prior_keep_mask  # noqa: E402
+from ai4land.samples.features import input_channel_names  # noqa: E402
+from ai4land.samples.plan import (  # noqa: E402
+    SamplePlanner,
+    largest_tile,
+    shard,
+    valid_corners,
+)
+from ai4land.split import make_split  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_cube(root / "cube")
+    config = tiny_config(root / "cube")
+    cube = Cube.from_config(config)
+    land = np.asarray(cube.static["land_mask"].values).astype(bool)
+    split = make_split(land, block_size=16, n_test=2, n_val=2, buffer=1,
+                       train_years=config.years.train, test_years=config.years.test, seed=0)
+    return config, cube, split, land
+
+
+def test_valid_corners_match_brute_force():
+    rng = np.random.default_rng(0)
+    mask = rng.random((20, 23)) < 0.9
+    mask[5:15, 3:18] = True
+    for tile in (1, 3, 8):
+        corners = {tuple(c) for c in valid_corners(mask, tile)}
+        brute = {(r, c) for r in range(20 - tile + 1) for c in range(23 - tile + 1)
+                 if mask[r : r + tile, c : c + tile].all()}
+        assert corners == brute
+    assert len(valid_corners(mask, 30)) == 0
+    land = np.zeros_like(mask)
+    land[0, 0] = True
+    assert {tuple(c) for c in valid_corners(np.ones_like(mask), 2, land_mask=land)} == {(0, 0)}
+    assert largest_tile(mask, multiple=4, at_most=16) == 8
+
+
+def test_plan_windows_lie_inside_allowed_pixels_and_are_deterministic(world):
+    config, cube, split, land = world
+    allowed = split.role_mask("train")
+    years = list(split.train_years)
+    planner = SamplePlanner(allowed, tile_size=32, years=years, seed=7,
+                            scenario_for_year=cube.scenario_for_year)
+    plan = planner.epoch(0, 200)
+    for spec in plan:
+        assert allowed[spec.window.slices].all()
+        assert spec.window.height == spec.window.width == 32
+        assert spec.year in years and spec.prior_year in years
+        assert spec.direction in (1, -1)
+        assert spec.scenario == "historical"
+    assert {s.direction for s in plan} == {1, -1}
+    assert [s.index for s in plan] == list(range(200))
+    assert plan == SamplePlanner(allowed, tile_size=32, years=years, seed=7,
+                                 scenario_for_year=cube.scenario_for_year).epoch(0, 200)
+    assert plan != planner.epoch(1, 200)
+    assert plan != SamplePlanner(allowed, tile_size=32, years=years, seed=8).epoch(0, 200)
+
+
+def test_rank_shards_are_disjoint_and_cover_the_plan(world):
+    _, _, split, _ = world
+    plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
+                         seed=1).epoch(3, 24)
+    shards = [shard(plan, r, 3) for r in range(3)]
+    indices = [{s.index for s in part} for part in shards]
+    assert all(not (a & b) for i, a in enumerate(indices) for b in indices[i + 1 :])
+    assert set().union(*indices) == set(range(24))
+    # Per-rank batches of 2 make the global batch of step s equal plan[6s:6s+6].
+    step1 = sorted(s.index for part in shards for s in part[2:4])
+    assert step1 == list(range(6, 12))
+    with pytest.raises(ValueError):
+        shard(plan, 3, 3)
+
+
+def test_planner_errors_clearly(world):
+    _, _, split, _ = world
+    with pytest.raises(InputDataError, match="no 64x64 window fits inside the val blocks"):
+        SamplePlanner(split.role_mask("val"), tile_size=64, years=[1960, 1961], seed=0, role="val")
+    with pytest.raises(InputDataError, match="no train year has an observed prior"):
+        SamplePlanner(split.role_mask("train"), tile_size=16, years=[1960, 1962], seed=0)
+    # Only the forward direction has a prior inside the allowed prior years.
+    planner = SamplePlanner(split.role_mask("train"), tile_size=16, years=[1961],
+                            prior_years=[1960], seed=0)
+    assert {s.direction for s in planner.epoch(0, 20)} == {1}
+
+
+def test_no_test_or_val_pixel_in_any_training_window(world):
+    _, _, split, land = world
+    forbidden = split.role_mask("test") | split.role_mask("buffer") | split.role_mask("val")
+    planner = SamplePlanner(split.role_mask("train"), tile_size=32, years=list(split.train_years),
+                            seed=0, land_mask=land, min_land_fraction=0.1)
+    seen = np.zeros_like(forbidden)
+    for epoch in range(5):
+        for spec in planner.epoch(epoch, 400):
+            seen[spec.window.slices] = True
+    assert seen.any()
+    assert not (seen & forbidden).any()
+    # Every valid corner is reachable: the whole plan covers the allowed region well.
+    assert seen.sum() > 0.5 * (split.role_mask("train") & land).sum()
+
+
+def _dataset(world, plan, **prior):
+    config, cube, _, _ = world
+    mask = PriorMaskConfig(**prior) if prior else config.train.prior_mask
+    return WindowDataset(cube, plan, predicted=config.classes.predicted, prior_mask=mask, seed=3)
+
+
+def test_dataset_sample_shapes_dtypes_and_ocean(world):
+    config, cube, split, land = world
+    predicted = config.classes.predicted
+    plan = SamplePlanner(split.role_mask("train"), tile_size=32, years=list(split.train_years),
+                         seed=0).epoch(0, 40)
+    data = _dataset(world, plan, p_none=0.0, max_fraction=0.0)
+    names = input_channel_names(cube, predicted)
+    ocean_seen = False
+    for i in range(len(data)):
+        item = data[i]
+        spec = plan[i]
+        assert item["inputs"].dtype == torch.float32
+        assert item["inputs"].shape == (len(names), 32, 32)
+        assert item["target"].dtype == torch.int64 and item["target"].shape == (32, 32)
+        codes = cube.target_window(spec.year, spec.window)
+        target = item["target"].numpy()
+        assert (target[(codes == 0) | (codes == 99)] == -1).all()
+        assert (target[np.isin(codes, predicted)] >= 0).all()
+        assert target.max() < len(predicted)
+        ocean_seen |= bool((codes == 0).any())
+        # The prior is the adjacent year's map, fully shown here.
+        assert item["prior_keep_fraction"] == 1.0
+        prior = cube.target_window(spec.prior_year, spec.window)
+        known = item["inputs"][names.index("prior:known")].numpy().astype(bool)
+        assert (known == np.isin(prior, predicted)).all()
+        assert (item["inputs"][names.index("direction")] == spec.direction).all()
+    assert ocean_seen
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    assert batch["inputs"].shape == (2, len(names), 32, 32)
+    # Loading is a pure function of (seed, epoch, index).
+    masked = _dataset(world, plan)
+    torch.testing.assert_close(masked[5]["inputs"], _dataset(world, plan)[5]["inputs"])
+
+
+def test_prior_masking_statistics():
+    config = PriorMaskConfig(p_none=0.25, max_fraction=0.5, block_size=8)
+    keeps, nones = [], 0
+    for i in range(800):
+        keep = prior_keep_mask(np.random.default_rng([1, i]), (32, 32), config)
+        if keep is None:
+            nones += 1
+        else:
+            keeps.append(keep.mean())
+    assert abs(nones / 800 - 0.25) < 0.05
+    keeps = np.asarray(keeps)
+    assert keeps.min() >= 0.5 - 1e-9 and keeps.max() <= 1.0
+    assert abs(keeps.mean() - 0.75) < 0.02  # hidden fraction ~ U[0, 0.5]
+    assert abs(np.median(keeps) - 0.75) < 0.03
+    # Blocks are used: some masks have a fully hidden block_size square.
+    keep = prior_keep_mask(np.random.default_rng(5), (64, 64),
+                           PriorMaskConfig(p_none=0.0, max_fraction=1.0, block_size=8))
+    assert keep is not None
+    never = prior_keep_mask(np.random.default_rng(0), (16, 16),
+                            PriorMaskConfig(p_none=1.0, max_fraction=0.5, block_size=4))
+    assert never is None
+
+
+def test_dataset_p_none_drops_the_whole_prior(world):
+    config, cube, split, _ = world
+    names = input_channel_names(cube, config.classes.predicted)
+    plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
+                         seed=0).epoch(0, 6)
+    data = _dataset(world, plan, p_none=1.0)
+    first_prior = names.index(f"prior:{config.classes.predicted[0]}")
+    for i in range(len(data)):
+        item = data[i]
+        assert item["prior_keep_fraction"] == 0.0
+        assert (item["inputs"][first_prior:names.index("direction")] == 0).all()
+    half = _dataset(world, plan, p_none=0.0, max_fraction=1.0, block_size=4)
+    fractions = [half[i]["prior_keep_fraction"] for i in range(len(half))]
+    assert all(0.0 <= f <= 1.0 for f in fractions) and len(set(fractions)) > 1
