@@ -10,7 +10,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: f"{workflow.basedir}/config/demo.yaml"
+DEFAULT_CONFIG = f"{workflow.basedir}/config/demo.yaml"
+
+
+configfile: DEFAULT_CONFIG
 
 
 include: "workflow/rules/common.smk"

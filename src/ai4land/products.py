@@ -103,6 +103,7 @@ def _write_cog(
     path = Path(path)
     profile = _cog_profile(grid, nodata=nodata, blocksize=blocksize, compress=compress)
     profile["overview_resampling"] = resampling
+    profile["overview_count"] = overview_count(grid.shape)
     with atomic_path(path) as tmp:
         env = {"GDAL_TIFF_INTERNAL_MASK": "YES", "TIFF_USE_OVR": "NO"}
         with rasterio.Env(**env), rasterio.open(tmp, "w", **profile) as dst:
@@ -115,6 +116,19 @@ def _write_cog(
                 dst.write_colormap(1, colormap)
                 dst.colorinterp = [ColorInterp.palette]
     return path
+
+
+def overview_count(shape: tuple[int, int], *, smallest: int = 64) -> int:
+    """Halvings until the larger side drops below ``smallest`` pixels.
+
+    GDAL's default stops once an overview fits in one tile, which leaves small regions
+    with none; QGIS needs them to draw a coarse view quickly.
+    """
+    count, size = 0, max(shape)
+    while size // 2 >= smallest:
+        size //= 2
+        count += 1
+    return count
 
 
 def legend_tags(legend: Mapping[int, str]) -> dict[str, str]:

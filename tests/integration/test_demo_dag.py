@@ -56,6 +56,9 @@ def test_every_stage_produced_its_outputs(tiny_run):
         assert (workdir / path).exists(), path
     # 2 backward years + 2 SSPs x 2 forward years
     assert len(_maps(workdir)) == 6
+    # every CLI call saw the merged config (tiny.yaml over the default demo config)
+    card = json.loads((workdir / "results/model/model_card.json").read_text())
+    assert card["tile_size"] == 32
 
 
 @pytest.mark.slow
@@ -79,8 +82,9 @@ def test_cogs_hold_class_codes_and_open_with_gdal(tiny_run):
 @pytest.mark.slow
 def test_zarr_store_equals_the_cogs(tiny_run):
     _, workdir = tiny_run
-    store = xr.open_zarr(workdir / "results/product/ai4land.zarr")
+    store = xr.open_zarr(workdir / "results/product/ai4land.zarr", mask_and_scale=False)
     assert store["lulc"].dims == ("scenario", "year", "lat", "lon")
+    assert store["lulc"].dtype == np.uint8
     assert list(store["scenario"].values) == ["historical", "ssp126", "ssp585"]
     assert list(store["year"].values) == [1958, 1959, 2020, 2021]
     for path in _maps(workdir):

@@ -32,8 +32,8 @@ def test_production_dry_run_has_every_stage(repo):
     assert int(predict_line.split()[-1]) == 110 + 8 * 81
 
 
-def test_demo_dry_run(repo):
-    result = _run(["-n", "--quiet", "rules"], repo)
+def test_demo_dry_run(repo, tmp_path):
+    result = _run(["-n", "--quiet", "rules", "--directory", str(tmp_path)], repo)
     assert result.returncode == 0, result.stderr
     assert "demo_world" in result.stdout + result.stderr
 

@@ -6,12 +6,17 @@ from ai4land.config import parse_config
 from ai4land.errors import Ai4landError
 
 try:
-    CFG = parse_config(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+    CFG = parse_config(config, source=", ".join(map(str, workflow.configfiles)))
 except Ai4landError as exc:
     sys.exit(f"ai4land: error: {exc}")
 
-# Every CLI call sees exactly the config files Snakemake merged, in the same order.
-CONFIG_ARGS = " ".join(f"--config {path}" for path in workflow.configfiles)
+# Every CLI call sees exactly the config files Snakemake merged, in the same order:
+# the default first, then each --configfile (later files win).
+CONFIG_FILES = [DEFAULT_CONFIG] + [
+    str(path) for path in workflow.configfiles
+    if os.path.abspath(path) != os.path.abspath(DEFAULT_CONFIG)
+]
+CONFIG_ARGS = " ".join(f"--config {path}" for path in CONFIG_FILES)
 RAW = CFG.paths.raw
 CUBE = CFG.paths.cube
 RESULTS = CFG.paths.results
