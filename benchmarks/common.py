@@ -1,0 +1,59 @@
+"""Shared helpers: timing, machine description, and the result JSON of DESIGN.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def best_of(func: Callable[[], object], *, repeats: int = 3) -> float:
+    """Fastest wall time of ``repeats`` runs (seconds): the least disturbed by noise."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def write_result(name: str, *, metric: str, ours: float, reference: float | None,
+                 reference_name: str | None, target: str | None, meets_target: bool | None,
+                 params: dict, higher_is_better: bool = False) -> dict:
+    ratio = ours / reference if reference else None
+    result = {
+        "name": name,
+        "metric": metric,
+        "ours": round(ours, 4),
+        "reference": None if reference is None else round(reference, 4),
+        "reference_name": reference_name,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "higher_is_better": higher_is_better,
+        "target": target,
+        "meets_target": meets_target,
+        "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "params": params,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return result
