@@ -67,8 +67,8 @@ def write_lock(path: Path, entries: dict) -> None:
 def sha256_of(path: Path, *, progress: bool = False) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                      desc=f"sha256 {path.name}", disable=not progress,
-                                      leave=False) as bar:
+                                      desc=f"sha256 {path.name}", leave=False,
+                                      disable=None if progress else True) as bar:
         while block := fh.read(CHUNK):
             digest.update(block)
             bar.update(len(block))
@@ -181,7 +181,7 @@ def download_file(url: str, dest: str | Path, *, size: int | None = None, sha256
     part = dest.with_name(dest.name + ".part")
     failures = 0
     with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc or dest.name,
-              disable=not progress, leave=False) as bar:
+              disable=None if progress else True, leave=False) as bar:
         while True:
             before = part.stat().st_size if part.exists() else 0
             try:
@@ -254,7 +254,9 @@ def extract_members(archive: str | Path, dest_dir: str | Path, *, pattern: str =
                 raise DownloadError(f"{archive}: member {name!r} is a symbolic link; refusing to extract")
             targets.append((info, safe_member_path(dest_dir, name)))
         written = []
-        for info, target in tqdm(targets, desc=f"extract {archive.name}", disable=not progress, leave=False):
+        bar = tqdm(targets, desc=f"extract {archive.name}", disable=None if progress else True,
+                   leave=False)
+        for info, target in bar:
             if not (target.is_file() and target.stat().st_size == info.file_size):
                 with atomic_path(target) as tmp, zf.open(info) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)

@@ -38,6 +38,13 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        if name == "short":  # no Content-Length, the body simply ends early: looks complete
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         content_type = "application/octet-stream"
         if name == "html":
             content_type = "text/html; charset=utf-8"
@@ -73,7 +80,7 @@ def server():
     httpd.drops_left = 2
     httpd.failures_left = 2
     httpd.files = {"data.bin": PAYLOAD, "drop": PAYLOAD, "flaky": PAYLOAD, "norange": PAYLOAD,
-                   "html": HTML, "sniffed": b"  <html><head></head></html>"}
+                   "html": HTML, "sniffed": b"  <html><head></head></html>", "short": PAYLOAD}
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -169,6 +176,13 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match="sha256 .* does not match"):
         fetch(f"{server.url}/data.bin", dest, sha256="0" * 64)
     assert not dest.exists() and not dest.with_name("data.bin.part").exists()
+
+
+def test_truncated_download_leaves_nothing(server, tmp_path):
+    dest = tmp_path / "short.bin"
+    with pytest.raises(DownloadError, match=r"short\.bin\.part: size 524288 bytes, expected 1048576 from .*/short"):
+        fetch(f"{server.url}/short", dest, size=len(PAYLOAD))
+    assert not dest.exists() and not dest.with_name("short.bin.part").exists()
 
 
 def test_lock_catches_changed_content(server, tmp_path):

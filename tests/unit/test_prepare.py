@@ -8,6 +8,10 @@ elevation NetCDF with latitude ascending, a clay GeoTIFF in Interrupted Goode Ho
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+import yaml
 from affine import Affine
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
@@ -286,6 +291,46 @@ def test_target_grids_that_do_not_nest(world, grid, message):
     assert not (Path(config.paths.cube) / "grids.json").exists()
 
 
+def test_target_map_without_crs(world):
+    plain = world / "plain"
+    for year in YEARS:
+        write_tif(plain / f"map_{year}.tif", fine_map(year), transform=FINE.transform,
+                  crs="EPSG:4326" if year != YEARS[0] else None, nodata=99)
+    config = make_config(world, **{"datasets.fine.archive": None,
+                                   "datasets.fine.pattern": str(plain / "map_{year}.tif")})
+    with pytest.raises(InputDataError, match=r"map_2000\.tif: has no CRS; fine maps must be in EPSG:4326"):
+        prepare_target(config, progress=False)
+    assert not (Path(config.paths.cube) / "target.zarr").exists()
+
+
+def test_cli_bad_input_exit_code_one_line_and_earlier_output_kept(world):
+    """A bad input through `ai4land prepare`: exit 2, one stderr line, the old cube intact."""
+    config = make_config(world)
+    path = world / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def prepare_target_cli():
+        return subprocess.run([sys.executable, "-m", "ai4land", "prepare", "target", "-c", str(path)],
+                              capture_output=True, text=True, env=env)
+
+    assert prepare_target_cli().returncode == 0
+    store = Path(config.paths.cube) / "target.zarr"
+    before = xr.open_zarr(store, chunks=None)["lulc"].values
+
+    maps = {2002: fine_map(2002)}
+    maps[2002][11, 23] = 123
+    write_fine_zip(world / "raw", maps=maps)
+    result = prepare_target_cli()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ai4land: error: ")
+    assert re.search(r"hilda_plus_2002_states.*\.tif: year 2002 holds class code 123 "
+                     r"\(first at row 11, col 23\).*code_mapping", lines[0])
+    np.testing.assert_array_equal(xr.open_zarr(store, chunks=None)["lulc"].values, before)
+    assert sorted(p.name for p in Path(config.paths.cube).iterdir()) == ["grids.json", "target.zarr"]
+
+
 # --- static --------------------------------------------------------------------------------
 
 
@@ -425,6 +470,8 @@ def _bad(name, index, value):
         (_bad("c3ann", (3, 9, 10), 1.2), r"states\.nc: variable 'c3ann' is 1\.2 at year 2001, lat 43\.6250, lon 4\.6250, outside \[0, 1\]"),
         (_bad("pastr", (4, 10, 12), 1e20), r"variable 'pastr' is missing .* year 2002, lat 43\.3750, lon 5\.1250"),
         (_bad("range", (2, 9, 11), 0.5), r"fractions primf\+.*\+icwtr sum to 1\.3.* year 2000, lat 43\.6250, lon 4\.8750"),
+        (_bad("secdf", (5, 12, 10), -0.3), r"variable 'secdf' is -0\.3 at year 2003, lat 42\.8750, lon 4\.6250, outside \[0, 1\]"),
+        (_bad("urban", (3, 8, 14), np.nan), r"variable 'urban' is missing \(fill value or NaN\) at year 2001, lat 43\.8750, lon 5\.6250"),
     ],
 )
 def test_coarse_bad_fractions(world, tweak, message):
@@ -466,3 +513,9 @@ def test_validate_inputs(world):
     config = make_config(world, **{"years.forward": [2016, 2030], "scenarios": ["ssp126"]})
     with pytest.raises(InputDataError, match=r"ssp126\.nc: lacks year\(s\) 2021\.\.2030"):
         validate_inputs(config)
+
+
+def test_coarse_groups_must_sum_known_variables(world):
+    groups = {"cropland": {"variables": ["crops", "c3ann"], "classes": [22]}}
+    with pytest.raises(ConfigError, match=r"datasets\.coarse: groups\.cropland sums \['crops'\], which are neither"):
+        make_config(world, **{"datasets.coarse.groups": groups})

@@ -1,4 +1,4 @@
-"""Helpers shared by the prepare steps: grids.json, Zarr store creation, the land mask."""
+"""Helpers shared by the prepare steps: grids.json, Zarr store creation, land per coarse cell."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import rasterio
 import xarray as xr
 import zarr
 from tqdm.auto import tqdm
@@ -16,18 +17,28 @@ from tqdm.auto import tqdm
 from ai4land.errors import InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
-from ai4land.io.cube import TARGET_VARIABLE, TILE_CHUNK, CubePaths
+from ai4land.io.cube import LAND_MASK, TARGET_VARIABLE, TILE_CHUNK, CubePaths
 
 # Rows processed at once: a multiple of the tile chunk, so each write fills whole chunks.
 STRIP_ROWS = 4 * TILE_CHUNK
+# GDAL's block cache (default 5 % of RAM) would otherwise hold every block read in a
+# pass over a global raster; strips are read once, so a small cache loses nothing.
+GDAL_CACHE_MB = 256
 
 
 def cube_paths(config) -> CubePaths:
     return CubePaths(config.paths.cube)
 
 
+def gdal_env() -> rasterio.Env:
+    """The GDAL settings of the prepare steps (bounded block cache)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def progress_bar(iterable: Iterable, *, desc: str, total: int | None = None, enabled: bool = True):
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, unit="step", leave=False)
+    """A tqdm bar on a terminal; silent when disabled or when stderr is not a TTY (logs, CI)."""
+    return tqdm(iterable, desc=desc, total=total, disable=None if enabled else True, unit="step",
+                leave=False)
 
 
 def read_grids(config) -> tuple[Grid, Grid, int]:
@@ -86,27 +97,34 @@ def open_store(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, chunks=None)
 
 
-def land_mask_from_target(config, grid: Grid, *, progress: bool = True) -> np.ndarray:
-    """1 where a pixel is not ocean in any observed year of target.zarr (bool, fine grid)."""
-    paths = cube_paths(config)
-    lulc = open_store(paths.target)[TARGET_VARIABLE]
-    if (lulc.sizes["lat"], lulc.sizes["lon"]) != grid.shape:
-        raise InputDataError(f"{paths.target}: shape does not match grids.json; rerun `ai4land prepare target`")
-    ocean = config.classes.ocean
-    land = np.zeros(grid.shape, dtype=bool)
-    strips = range(0, grid.height, STRIP_ROWS)
-    for row0 in progress_bar(strips, desc="land mask", enabled=progress):
-        rows = slice(row0, min(row0 + STRIP_ROWS, grid.height))
-        for index in range(lulc.sizes["year"]):
-            land[rows] |= np.asarray(lulc.isel(year=index, lat=rows).values) != ocean
-    return land
+def land_share(config, grid: Grid, factor: int, *, progress: bool = True) -> np.ndarray:
+    """Share of land pixels in each coarse cell (float64, coarse shape).
 
-
-def land_mask(config, grid: Grid, *, progress: bool = True) -> np.ndarray:
-    """The land mask from static.zarr if written, else computed from target.zarr."""
+    Land is static.zarr's land_mask when written, else "not ocean in any observed year"
+    of target.zarr. The fine mask is read a strip of whole coarse rows at a time, so
+    memory stays at one strip however large the fine grid is.
+    """
     paths = cube_paths(config)
-    if paths.static.exists():
-        ds = open_store(paths.static)
-        if "land_mask" in ds and ds["land_mask"].shape == grid.shape:
-            return np.asarray(ds["land_mask"].values).astype(bool)
-    return land_mask_from_target(config, grid, progress=progress)
+    mask = open_store(paths.static).get(LAND_MASK) if paths.static.exists() else None
+    lulc = None
+    if mask is None or mask.shape != grid.shape:
+        mask = None
+        lulc = open_store(paths.target)[TARGET_VARIABLE]
+        if (lulc.sizes["lat"], lulc.sizes["lon"]) != grid.shape:
+            raise InputDataError(f"{paths.target}: shape does not match grids.json; "
+                                 "rerun `ai4land prepare target`")
+    height, width = grid.height // factor, grid.width // factor
+    share = np.zeros((height, width), dtype="float64")
+    cells_per_strip = max(1, STRIP_ROWS // factor)
+    strips = range(0, height, cells_per_strip)
+    for cell0 in progress_bar(strips, desc="land share", enabled=progress):
+        cell1 = min(cell0 + cells_per_strip, height)
+        rows = slice(cell0 * factor, cell1 * factor)
+        if mask is not None:
+            land = np.asarray(mask.isel(lat=rows).values) != 0
+        else:
+            land = np.zeros((rows.stop - rows.start, grid.width), dtype=bool)
+            for index in range(lulc.sizes["year"]):
+                land |= np.asarray(lulc.isel(year=index, lat=rows).values) != config.classes.ocean
+        share[cell0:cell1] = land.reshape(cell1 - cell0, factor, width, factor).mean(axis=(1, 3))
+    return share

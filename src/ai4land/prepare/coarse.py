@@ -31,7 +31,7 @@ from ai4land.prepare._common import (
     create_store,
     cube_paths,
     finish_store,
-    land_mask,
+    land_share,
     latlon_coords,
     progress_bar,
     read_grids,
@@ -144,9 +144,7 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
             )
 
         # Coarse cells that are mostly land in the fine maps.
-        land = land_mask(config, fine, progress=progress)
-        share = land.reshape(grid.height, factor, grid.width, factor).mean(axis=(1, 3))
-        land_cells = share >= LAND_CELL_SHARE
+        land_cells = land_share(config, fine, factor, progress=progress) >= LAND_CELL_SHARE
 
         # Water: a (lat, lon) fraction from the static file (or the states file itself).
         water = None

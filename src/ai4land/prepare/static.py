@@ -28,10 +28,10 @@ from ai4land.io.rasters import (
     require_variable,
 )
 from ai4land.prepare._common import (
-    STRIP_ROWS,
     create_store,
     cube_paths,
     finish_store,
+    gdal_env,
     latlon_coords,
     open_store,
     progress_bar,
@@ -44,6 +44,9 @@ COVERAGE_TOLERANCE = 1e-3
 SOURCE_MARGIN = 3
 _FILL_ATTRIBUTES = ("_FillValue", "_Fillvalue", "missing_value", "fill_value")
 _FILL_THRESHOLD = 1e19
+# Fine rows warped at once: one chunk row, so a global-width strip (36000 columns) and the
+# float64 slope arrays derived from it stay at tens of MB each.
+STATIC_ROWS = TILE_CHUNK
 
 
 def _wgs84_metres_per_degree(lat_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,13 +311,13 @@ def prepare_static(config, *, progress: bool = True) -> Path:
         })
         stats = {name: _Stats() for name, _, _ in outputs}
 
-        with atomic_path(paths.static) as tmp:
+        with gdal_env(), atomic_path(paths.static) as tmp:
             group = create_store(tmp, variables, coords=latlon_coords(fine),
                                  attrs={"title": "ai4land static features", "Conventions": "CF-1.8",
                                         "crs": "EPSG:4326"})
-            strips = range(0, fine.height, STRIP_ROWS)
+            strips = range(0, fine.height, STATIC_ROWS)
             for row0 in progress_bar(strips, desc="static layers", enabled=progress):
-                row1 = min(row0 + STRIP_ROWS, fine.height)
+                row1 = min(row0 + STATIC_ROWS, fine.height)
                 land = np.zeros((row1 - row0, fine.width), dtype=bool)
                 always_water = np.ones((row1 - row0, fine.width), dtype=bool)
                 for index in range(lulc.sizes["year"]):

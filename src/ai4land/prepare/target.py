@@ -22,6 +22,7 @@ from ai4land.prepare._common import (
     create_store,
     cube_paths,
     finish_store,
+    gdal_env,
     latlon_coords,
     progress_bar,
     write_grids,
@@ -195,24 +196,21 @@ def map_codes(values: np.ndarray, table: np.ndarray, known: np.ndarray, *, path:
         raise InputDataError(
             f"{path}: band 1 has type {values.dtype}, expected integer class codes"
         )
-    flat = values.ravel()
-    if flat.size == 0:
+    if values.size == 0:
         return values.astype("uint8")
-    low, high = int(flat.min()), int(flat.max())
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high >= table.size:
-        code = low if low < 0 else high
-        bad = code
+        bad = low if low < 0 else high
     else:
-        present = np.flatnonzero(np.bincount(flat, minlength=table.size))
-        unknown = present[~known[present]]
-        bad = int(unknown[0]) if unknown.size else None
-    if bad is not None:
-        row, col = (int(i) for i in np.argwhere(values == bad)[0])
-        raise InputDataError(
-            f"{path}: year {year} holds class code {bad} (first at row {row0 + row}, "
-            f"col {col0 + col}) that datasets.fine.code_mapping does not list; add it to the mapping"
-        )
-    return table[values]
+        listed = np.take(known, values)
+        if listed.all():
+            return np.take(table, values)
+        bad = int(values[~listed][0])
+    row, col = (int(i) for i in np.argwhere(values == bad)[0])
+    raise InputDataError(
+        f"{path}: year {year} holds class code {bad} (first at row {row0 + row}, "
+        f"col {col0 + col}) that datasets.fine.code_mapping does not list; add it to the mapping"
+    )
 
 
 def flag_attrs(config) -> dict:
@@ -258,7 +256,7 @@ def prepare_target(config, *, progress: bool = True) -> Path:
         "source": config.datasets.fine.archive or config.datasets.fine.pattern,
         "crs": "EPSG:4326",
     }
-    with atomic_path(paths.target) as tmp:
+    with gdal_env(), atomic_path(paths.target) as tmp:
         group = create_store(tmp, variables, coords=coords, attrs=attrs)
         lulc = group[TARGET_VARIABLE]
         for index, year in enumerate(progress_bar(years, desc="target maps", enabled=progress)):
