@@ -11,8 +11,14 @@ state and the RNG states of every rank. A run killed and resumed logs the same l
 as an uninterrupted one (bit for bit on CPU).
 
 Outputs (rank 0) under ``output_dir``: ``model.pt`` + ``model_card.json`` (best
-validation weights), ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch),
-``steps.jsonl`` (one row per optimiser step), ``checkpoints/{last,best}.pt``.
+validation weights), ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch, with
+``data_wait``: the share of training time spent waiting for batches),
+``steps.jsonl`` (one row per optimiser step), ``checkpoints/{last,best}.pt`` and, with
+``train.tensorboard``, TensorBoard scalars under ``tensorboard/``.
+
+Batches are loaded by a background thread ``train.prefetch`` batches ahead of the
+model (a thread, not worker processes: the Zarr v3 reader keeps an event-loop thread
+that must not be forked, and loading is mostly decompression outside the GIL).
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import sys
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +48,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ai4land.errors import Ai4landError, ConfigError, InputDataError
+from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
 from ai4land.samples.dataset import WindowDataset
-from ai4land.samples.features import IGNORE_INDEX, input_channel_names
-from ai4land.samples.plan import SamplePlanner, largest_tile, shard
+from ai4land.samples.features import (
+    IGNORE_INDEX,
+    codes_to_index,
+    group_channels,
+    input_channel_names,
+    input_normalisation,
+)
+from ai4land.samples.plan import SamplePlanner, change_counts, largest_tile, shard
 from ai4land.split import load_split
 
 log = logging.getLogger("ai4land.train")
@@ -54,12 +70,13 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 CHECKPOINT_FORMAT = 1
-# Training and validation windows need at least this share of land pixels.
-MIN_LAND_FRACTION = 0.1
+TENSORBOARD = "tensorboard"
 METRIC_FIELDS = [
     "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_oa", "val_miou",
-    "best_val_loss", "samples_per_s", "epoch_s",
+    "best_val_loss", "samples_per_s", "data_wait", "epoch_s",
 ]
+# Settings that do not change the trajectory of a run (a resume may change them).
+NOT_TRAJECTORY = {"nproc", "backend", "device", "tensorboard", "prefetch"}
 
 
 # --- run-time environment ------------------------------------------------------------
@@ -182,7 +199,7 @@ def training_hash(config) -> str:
     """Hash of the settings that change the training trajectory (resume must match it)."""
     relevant = {
         "seed": config.seed,
-        "train": config.train.model_dump(mode="json", exclude={"nproc", "backend", "device"}),
+        "train": config.train.model_dump(mode="json", exclude=NOT_TRAJECTORY),
         "classes": config.classes.model_dump(mode="json"),
         "years": config.years.model_dump(mode="json"),
     }
@@ -204,11 +221,14 @@ def lr_factor(step: int, total: int) -> float:
 class _Logs:
     """Rank-0 metric files; on resume rows after the checkpoint's step are dropped."""
 
-    def __init__(self, output_dir: Path, *, enabled: bool):
+    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
+        self.output_dir = output_dir
         self.steps_path = output_dir / "steps.jsonl"
         self.epochs_path = output_dir / "metrics.jsonl"
         self.csv_path = output_dir / "metrics.csv"
+        self.tensorboard = tensorboard and enabled
+        self.writer = None
 
     @staticmethod
     def _rows(path: Path) -> list[dict]:
@@ -230,17 +250,33 @@ class _Logs:
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv()
+        if self.tensorboard:
+            self.writer = _tensorboard_writer(self.output_dir / TENSORBOARD,
+                                              purge_step=keep_until_step + 1)
 
     def step(self, row: dict) -> None:
         if self.enabled:
             with self.steps_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "acc", "lr"):
+                self.writer.add_scalar(f"step/{key}", row[key], row["step"])
 
     def epoch(self, row: dict) -> None:
         if self.enabled:
             with self.epochs_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self._write_csv()
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step") and isinstance(value, int | float):
+                    self.writer.add_scalar(f"epoch/{key}", value, row["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def _write_csv(self) -> None:
         rows = self._rows(self.epochs_path)
@@ -251,6 +287,66 @@ class _Logs:
 
     def epoch_rows(self) -> list[dict]:
         return self._rows(self.epochs_path)
+
+
+def _tensorboard_writer(directory: Path, *, purge_step: int):
+    """A SummaryWriter, or None (with a warning) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("train.tensorboard is true but the tensorboard package is not installed; "
+                    "metrics go to metrics.csv/jsonl only (pip install tensorboard)")
+        return None
+    return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
+
+
+_END = object()
+
+
+class _Prefetch:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
+
+    Exceptions of the producer are raised in the consumer; ``close`` stops the thread
+    when the consumer leaves early.
+    """
+
+    def __init__(self, items: Iterable, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True,
+                                        name="ai4land-prefetch")
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, items: Iterable) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((_END, None))
+        except BaseException as exc:  # handed to the consumer
+            self._put((_END, exc))
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item, error = self._queue.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _loader(dataset: WindowDataset, batch_size: int) -> DataLoader:
@@ -374,25 +470,37 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
     channels = input_channel_names(cube, predicted)
     years = [y for y in split.train_years if y in cube.target_years]
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
+    with_prior = train_cfg.uses_prior
+    train_mask = split.role_mask("train")
+    change = None
+    if train_cfg.change_balanced > 0:
+        whole = Window(0, 0, *cube.fine_grid.shape)
+        change = change_counts(
+            lambda year: codes_to_index(cube.target_window(year, whole), predicted), years,
+            block_size=train_cfg.tile_size, allowed=train_mask,
+        )
     planner = SamplePlanner(
-        split.role_mask("train"), tile_size=train_cfg.tile_size, years=years, seed=config.seed,
+        train_mask, tile_size=train_cfg.tile_size, years=years, seed=config.seed,
         scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
-        min_land_fraction=MIN_LAND_FRACTION, stream="train", role="train",
+        min_land_fraction=train_cfg.min_land_fraction, stream="train", role="train",
+        with_prior=with_prior, change=change, change_share=train_cfg.change_balanced,
     )
     val_loader = None
     val_mask = split.role_mask("val")
     val_tile = largest_tile(val_mask, multiple=multiple, at_most=train_cfg.tile_size,
-                            land_mask=land_mask, min_land_fraction=MIN_LAND_FRACTION)
+                            land_mask=land_mask, min_land_fraction=train_cfg.min_land_fraction)
     if val_tile:
         val_planner = SamplePlanner(
             val_mask, tile_size=val_tile, years=years, seed=config.seed,
             scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
-            min_land_fraction=MIN_LAND_FRACTION, stream="val", role="val",
+            min_land_fraction=train_cfg.min_land_fraction, stream="val", role="val",
+            with_prior=with_prior,
         )
         val_plan = val_planner.epoch(0, train_cfg.val_batches * train_cfg.batch_size)
         val_loader = _loader(
             WindowDataset(cube, shard(val_plan, info.rank, world), predicted=predicted,
-                          prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load"),
+                          prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
+                          with_prior=with_prior),
             per_rank,
         )
     elif info.is_main:
@@ -400,8 +508,10 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
 
     # --- model, optimiser --------------------------------------------------------
     seed_everything(config.seed)
-    arch = dict(base_channels=train_cfg.base_channels, depth=train_cfg.depth, norm="batch",
-                dropout=train_cfg.dropout)
+    dropped = train_cfg.dropped_inputs
+    arch = dict(base_channels=train_cfg.base_channels, depth=train_cfg.depth,
+                norm=train_cfg.norm, dropout=train_cfg.dropout,
+                zero_channels=group_channels(channels, dropped))
     net = UNet(len(channels), num_classes, **arch).to(device)
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -416,12 +526,12 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
     # --- state / resume ----------------------------------------------------------
     ckpt_dir = output_dir / CHECKPOINTS
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
-    logs = _Logs(output_dir, enabled=info.is_main)
+    logs = _Logs(output_dir, enabled=info.is_main, tensorboard=train_cfg.tensorboard)
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": math.inf,
              "best_epoch": -1, "bad_epochs": 0, "finished": False, "epoch_stats": [0.0, 0.0, 0.0],
-             "train_time": 0.0, "train_samples": 0}
+             "train_time": 0.0, "train_samples": 0, "data_wait": 0.0}
     config_hash = training_hash(config)
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
@@ -469,8 +579,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
 
     if info.is_main:
         log.info(
-            "training on %s x%d (%s), %d channels, tile %d, batch %d (%d per rank), %d steps",
-            device, world, precision.describe(), len(channels), train_cfg.tile_size,
+            "training on %s x%d (%s), %d channels%s, tile %d (validation tile %d), batch %d "
+            "(%d per rank), %d steps", device, world, precision.describe(), len(channels),
+            f" ({', '.join(dropped)} zeroed)" if dropped else "", train_cfg.tile_size, val_tile,
             train_cfg.batch_size, per_rank, total_steps,
         )
 
@@ -485,7 +596,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         plan = planner.epoch(epoch, train_cfg.steps_per_epoch * train_cfg.batch_size)
         mine = shard(plan, info.rank, world)[state["step_in_epoch"] * per_rank :]
         loader = _loader(WindowDataset(cube, mine, predicted=predicted,
-                                       prior_mask=train_cfg.prior_mask, seed=config.seed), per_rank)
+                                       prior_mask=train_cfg.prior_mask, seed=config.seed,
+                                       with_prior=with_prior), per_rank)
+        batches = _Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
         bar = None
         if info.is_main and sys.stderr.isatty():
             from tqdm import tqdm
@@ -494,7 +607,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
                        desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
         tick = time.perf_counter()
         done_in_call = 0
-        for batch in loader:
+        waiting_since = time.perf_counter()
+        for batch in batches:
+            state["data_wait"] += time.perf_counter() - waiting_since
             loss_sum, stats, _ = _batch_stats(model, batch, device=device, precision=precision,
                                               num_classes=num_classes)
             _all_reduce(stats, info)
@@ -530,6 +645,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
                 save_checkpoint()
             if not at_epoch_end and state["global_step"] >= stop_at:
                 break
+            waiting_since = time.perf_counter()
+        if isinstance(batches, _Prefetch):
+            batches.close()
         if bar is not None:
             bar.close()
         state["train_time"] += time.perf_counter() - tick
@@ -545,6 +663,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             "train_loss": loss_total / max(valid_total, 1.0),
             "train_acc": correct_total / max(valid_total, 1.0),
             "samples_per_s": state["train_samples"] / max(state["train_time"], 1e-9),
+            "data_wait": state["data_wait"] / max(state["train_time"], 1e-9),
             "epoch_s": state["train_time"],
         }
         if val_loader is not None:
@@ -576,7 +695,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
                 row["samples_per_s"],
             )
         state.update(epoch=epoch + 1, step_in_epoch=0, epoch_stats=[0.0, 0.0, 0.0],
-                     train_time=0.0, train_samples=0)
+                     train_time=0.0, train_samples=0, data_wait=0.0)
         if state["epoch"] >= train_cfg.epochs:
             state["finished"] = True
         save_checkpoint()
@@ -605,21 +724,26 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         else:
             final.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
         speeds = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+        waits = [r["data_wait"] for r in rows if r.get("data_wait") is not None]
         metrics = {k: best_row.get(k) for k in ("epoch", "val_loss", "val_oa", "val_miou",
                                                 "train_loss", "train_acc")}
         metrics.update(steps=state["global_step"], finished=state["finished"],
                        samples_per_s=float(np.mean(speeds)) if speeds else None,
-                       precision=precision.describe(), world_size=world, device=device.type)
+                       data_wait=float(np.mean(waits)) if waits else None,
+                       val_tile_size=val_tile, precision=precision.describe(),
+                       world_size=world, device=device.type)
         card = ModelCard(
             input_channels=channels, classes=predicted, architecture=final.config,
             tile_size=train_cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
-            seed=config.seed, trained_years=years, metrics=metrics,
+            seed=config.seed, trained_years=years, dropped_inputs=dropped,
+            normalisation=input_normalisation(cube), metrics=metrics,
         )
         save_model(output_dir, final, card)
         summary["metrics"] = metrics
         summary["wall_s"] = time.perf_counter() - started_at
         log.info("wrote %s (best epoch %s) in %.1f s", output_dir / "model.pt",
                  state["best_epoch"], summary["wall_s"])
+    logs.close()
     if info.distributed:
         dist.barrier()
     return summary

@@ -51,7 +51,7 @@ def _steps(directory: Path) -> list[float]:
 def _epochs(directory: Path) -> list[dict]:
     rows = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     for row in rows:  # timings differ run to run
-        for key in ("samples_per_s", "epoch_s"):
+        for key in ("samples_per_s", "data_wait", "epoch_s"):
             row.pop(key)
     return rows
 

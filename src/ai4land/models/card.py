@@ -1,9 +1,11 @@
 """Model cards: a trained model is ``model.pt`` (state_dict) + ``model_card.json``.
 
 The card says what the weights expect (input channels in order, predicted classes,
-architecture, tile size) and where they came from (config hash, code version, seed,
-trained years, metrics). ``load_model`` rebuilds the U-Net from the card and loads the
-weights with ``torch.load(weights_only=True)``: no pickled code is ever executed.
+architecture, tile size, the input groups the model zeroes, the normalisation of each
+input group with the static features' mean/std) and where they came from (config
+hash, code version, seed, trained years, metrics). ``load_model`` rebuilds the U-Net
+from the card and loads the weights with ``torch.load(weights_only=True)``: no
+pickled code is ever executed.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ class ModelCard:
     code_version: str = ""
     seed: int = 0
     trained_years: list[int] = field(default_factory=list)
-    normalisation: str = (
-        "coarse fractions as stored (NaN -> 0); static features standardised with the "
-        "mean/std attributes of static.zarr (NaN -> 0); prior one-hot + known mask; "
-        "direction +1/-1"
-    )
+    # Input groups ('coarse', 'static', 'prior') zeroed by the model
+    # (``architecture['zero_channels']`` holds their channel indices).
+    dropped_inputs: list[str] = field(default_factory=list)
+    # Per input group how it is scaled; static: {name: {"mean": m, "std": s}}.
+    normalisation: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     format: int = CARD_FORMAT
 

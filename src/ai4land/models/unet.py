@@ -1,6 +1,13 @@
-"""A vanilla U-Net: double 3x3 conv-norm-ReLU blocks, max-pool down, transpose-conv up."""
+"""A vanilla U-Net: double 3x3 conv-norm-ReLU blocks, max-pool down, transpose-conv up.
+
+``zero_channels`` lists input channels the network multiplies by 0 before its first
+layer (input ablation, or a model trained without a prior): they are part of the
+architecture, so every caller (training, evaluation, prediction) gets the same.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -44,12 +51,16 @@ class UNet(nn.Module):
         depth: int = 3,
         norm: str = "batch",
         dropout: float = 0.0,
+        zero_channels: Sequence[int] = (),
     ):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        zero_channels = sorted({int(c) for c in zero_channels})
+        if zero_channels and not (0 <= zero_channels[0] and zero_channels[-1] < in_channels):
+            raise ValueError(f"zero_channels {zero_channels} outside 0..{in_channels - 1}")
         self.config = {
             "in_channels": int(in_channels),
             "num_classes": int(num_classes),
@@ -57,8 +68,15 @@ class UNet(nn.Module):
             "depth": int(depth),
             "norm": norm,
             "dropout": float(dropout),
+            "zero_channels": zero_channels,
         }
         self.depth = depth
+        scale = None
+        if zero_channels:
+            scale = torch.ones(1, in_channels, 1, 1)
+            scale[:, zero_channels] = 0.0
+        # Derived from the config, not learned: kept out of the state_dict.
+        self.register_buffer("input_scale", scale, persistent=False)
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         channels = in_channels
@@ -81,6 +99,8 @@ class UNet(nn.Module):
                 f"input {tuple(x.shape[-2:])} must be a multiple of {multiple} (2**depth) "
                 "in height and width"
             )
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)
         skips = []
         for block in self.down:
             x = block(x)

@@ -6,10 +6,15 @@ forward, ``year + 1`` going backward), partially hidden as configured by
 ``train.prior_mask``. All randomness of loading comes from a generator seeded with
 (seed, stream, epoch, index in the epoch's plan), so a sample is the same whatever
 worker, rank or resumed run loads it.
+
+The coarse cells of the whole region are read once per (scenario, year) and kept (up
+to ``COARSE_CACHE_BYTES``, least recently used first out); each window upsamples its
+own cells from them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ai4land.config import PriorMaskConfig
+from ai4land.grid import Window
 from ai4land.io.cube import Cube
 from ai4land.samples.features import build_inputs, codes_to_index
 from ai4land.samples.plan import SampleSpec, stream_id
@@ -64,8 +70,11 @@ class WindowDataset(Dataset):
     (share of the window's pixels whose prior is shown, 0 without a prior); ``year``,
     ``direction``, ``row``, ``col``, ``index``.
 
-    ``mask_prior=False`` shows the whole prior (evaluation of the unmasked task).
+    ``mask_prior=False`` shows the whole prior (evaluation of the unmasked task);
+    ``with_prior=False`` gives no sample a prior (all-zero prior channels).
     """
+
+    COARSE_CACHE_BYTES = 1 << 30
 
     def __init__(
         self,
@@ -77,6 +86,7 @@ class WindowDataset(Dataset):
         seed: int,
         stream: str = "load",
         mask_prior: bool = True,
+        with_prior: bool = True,
     ):
         self.cube = cube
         self.plan = list(plan)
@@ -85,6 +95,21 @@ class WindowDataset(Dataset):
         self.seed = int(seed)
         self.stream = stream
         self.mask_prior = mask_prior
+        self.with_prior = with_prior
+        self._coarse: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def coarse_cells(self, scenario: str, year: int) -> np.ndarray:
+        """The coarse cells of the whole region for (scenario, year), cached."""
+        key = (scenario, year)
+        if key in self._coarse:
+            self._coarse.move_to_end(key)
+        else:
+            whole = Window(0, 0, *self.cube.fine_grid.shape)
+            self._coarse[key] = self.cube.coarse_cells(scenario, year, whole)
+            while (len(self._coarse) > 1 and sum(a.nbytes for a in self._coarse.values())
+                   > self.COARSE_CACHE_BYTES):
+                self._coarse.popitem(last=False)
+        return self._coarse[key]
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -97,7 +122,9 @@ class WindowDataset(Dataset):
         window = spec.window
         shape = (window.height, window.width)
         rng = self.rng(spec)
-        if self.mask_prior:
+        if not self.with_prior:
+            keep = None
+        elif self.mask_prior:
             keep = prior_keep_mask(rng, shape, self.prior_mask)
         else:
             keep = np.ones(shape, dtype=bool)
@@ -111,6 +138,7 @@ class WindowDataset(Dataset):
             prior=prior,
             direction=spec.direction,
             prior_keep=keep,
+            coarse_cells=self.coarse_cells(spec.scenario, spec.year),
         )
         target = codes_to_index(self.cube.target_window(spec.year, window), self.predicted)
         return {

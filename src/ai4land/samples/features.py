@@ -7,6 +7,10 @@ Channel order (recorded in the model card, checked at predict time):
 2. static features, normalised;
 3. the prior: one-hot over the predicted classes, then a "prior known" channel;
 4. the chain direction: +1 forward (prior from the previous year), -1 backward.
+
+Channels form three input groups (``input_groups``): ``coarse``, ``static`` and
+``prior`` (the prior channels and the direction). A model trained without a group
+zeroes its channels itself (``UNet(zero_channels=...)``), so the layout never changes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from ai4land.grid import Window
-from ai4land.io.cube import Cube
+from ai4land.io.cube import Cube, upsample_cells
 
 IGNORE_INDEX = -1
+INPUT_GROUPS = ("coarse", "static", "prior")
 
 
 def class_lookup(predicted: list[int]) -> np.ndarray:
@@ -37,6 +42,35 @@ def input_channel_names(cube: Cube, predicted: list[int]) -> list[str]:
         + [f"prior:{code}" for code in predicted]
         + ["prior:known", "direction"]
     )
+
+
+def input_normalisation(cube: Cube) -> dict:
+    """How each input group is scaled, with the static mean/std (for the model card)."""
+    return {
+        "coarse": "fractions as stored in the cube, upsampled (nearest); NaN -> 0",
+        "static": {
+            name: {"mean": float(cube.static[name].attrs["mean"]),
+                   "std": float(cube.static[name].attrs["std"])}
+            for name in cube.static_names
+        },
+        "static_formula": "(value - mean) / std; NaN -> 0",
+        "prior": "one-hot over the predicted classes, 0 where hidden or unpredicted; "
+                 "prior:known 1 where shown",
+        "direction": "+1 forward (prior = previous year), -1 backward (prior = next year)",
+    }
+
+
+def channel_group(name: str) -> str:
+    """The input group of a channel name from ``input_channel_names``."""
+    return "prior" if name == "direction" else name.split(":", 1)[0]
+
+
+def group_channels(channel_names: list[str], groups) -> list[int]:
+    """Indices of the channels that belong to ``groups`` (names from ``INPUT_GROUPS``)."""
+    unknown = sorted(set(groups) - set(INPUT_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown input group(s) {unknown}; use {list(INPUT_GROUPS)}")
+    return [i for i, name in enumerate(channel_names) if channel_group(name) in set(groups)]
 
 
 def prior_channels(
@@ -67,10 +101,21 @@ def build_inputs(
     prior: np.ndarray | None,
     direction: int,
     prior_keep: np.ndarray | None = None,
+    coarse_cells: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``."""
+    """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``.
+
+    ``coarse_cells``: the cube's coarse cells of the *whole* region for (scenario, year)
+    (``cube.coarse_cells(scenario, year, whole)``) when the caller holds them; saves
+    reading the coarse store for every window.
+    """
     shape = (window.height, window.width)
-    coarse = np.nan_to_num(cube.coarse_window(scenario, year, window), nan=0.0)
+    if coarse_cells is None:
+        coarse = cube.coarse_window(scenario, year, window)
+    else:
+        rows, cols = window.coarse_slices(cube.factor)
+        coarse = upsample_cells(coarse_cells[:, rows, cols], factor=cube.factor, window=window)
+    coarse = np.nan_to_num(coarse, nan=0.0)
     static = cube.static_window(window)
     prior_part = prior_channels(prior, predicted=predicted, keep=prior_keep, shape=shape)
     direction_part = np.full((1, *shape), float(direction), dtype="float32")

@@ -10,6 +10,12 @@ reads its own shard ``plan[rank::world_size]``; with a per-rank batch of
 Windows are drawn uniformly among the top-left corners whose *whole* window lies inside
 the allowed pixels (a summed-area table over the mask finds them), so a training window
 never touches a validation, test or buffer block.
+
+Change-balanced sampling (``change_share`` > 0) draws that share of an epoch's samples
+in proportion to the number of changed pixels between the two years of a sample
+(prior and target) inside the tile-sized block holding the window's centre
+(``ChangeCounts``, counted on allowed pixels only), so years and places with more
+change are seen more often; the rest stay uniform.
 """
 
 from __future__ import annotations
@@ -117,6 +123,48 @@ def years_with_prior(years: Iterable[int], prior_years: Iterable[int], direction
     return [y for y in sorted(set(years)) if y - direction in prior]
 
 
+@dataclass(frozen=True)
+class ChangeCounts:
+    """Changed pixels between consecutive years, per square block of the grid.
+
+    ``counts[i]`` is (ceil(H / block_size), ceil(W / block_size)) for the year pair
+    (``first_years[i]``, ``first_years[i] + 1``).
+    """
+
+    block_size: int
+    first_years: tuple[int, ...]
+    counts: np.ndarray
+
+
+def change_counts(
+    read_classes: Callable[[int], np.ndarray],
+    years: Sequence[int],
+    *,
+    block_size: int,
+    allowed: np.ndarray,
+) -> ChangeCounts:
+    """Count class changes between each pair of consecutive ``years`` per block.
+
+    ``read_classes(year)`` gives the (H, W) class indices of a year (-1 = ignored);
+    only ``allowed`` pixels valid in both years count, so held-out blocks never
+    influence the sampling.
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    height, width = allowed.shape
+    rows, cols = -(-height // block_size), -(-width // block_size)
+    firsts = [y for y in sorted(set(years)) if y + 1 in set(years)]
+    counts = np.zeros((len(firsts), rows, cols), dtype="int64")
+    padded = np.zeros((rows * block_size, cols * block_size), dtype=bool)
+    previous_year, previous = None, None
+    for i, year in enumerate(firsts):
+        before = previous if previous_year == year else read_classes(year)
+        after = read_classes(year + 1)
+        padded[:height, :width] = allowed & (before >= 0) & (after >= 0) & (before != after)
+        counts[i] = padded.reshape(rows, block_size, cols, block_size).sum(axis=(1, 3))
+        previous_year, previous = year + 1, after
+    return ChangeCounts(block_size=int(block_size), first_years=tuple(firsts), counts=counts)
+
+
 class SamplePlanner:
     """Deterministic plans of ``SampleSpec`` over the allowed pixels of a split role.
 
@@ -124,6 +172,9 @@ class SamplePlanner:
     years that may be predicted; ``prior_years``: the years whose maps may serve as a
     prior (defaults to ``years``, so a prior never comes from a held-out year);
     ``scenario_for_year``: mapping or callable giving the coarse scenario of a year.
+    ``with_prior=False`` plans samples without a prior (single-year data): every year
+    is a target, the direction is +1 and no adjacent year is needed.
+    ``change`` and ``change_share``: change-balanced sampling (see the module notes).
     """
 
     def __init__(
@@ -140,6 +191,9 @@ class SamplePlanner:
         min_land_fraction: float = 0.0,
         stream: str = "train",
         role: str = "train",
+        with_prior: bool = True,
+        change: ChangeCounts | None = None,
+        change_share: float = 0.0,
     ):
         self.tile_size = int(tile_size)
         self.seed = int(seed)
@@ -155,14 +209,19 @@ class SamplePlanner:
                 + "); lower train.tile_size or raise split.block_size"
             )
         prior_years = list(years) if prior_years is None else list(prior_years)
-        self.years_by_direction = {
-            d: years_with_prior(years, prior_years, d) for d in directions
-        }
+        if with_prior:
+            self.years_by_direction = {
+                d: years_with_prior(years, prior_years, d) for d in directions
+            }
+        else:
+            self.years_by_direction = {FORWARD: sorted(set(years))}
+            directions = (FORWARD,)
         self.directions = [d for d in directions if self.years_by_direction[d]]
         if not self.directions:
             raise InputDataError(
                 f"no {role} year has an observed prior year (years {sorted(set(years))}, "
-                f"prior years {sorted(set(prior_years))}); the prior needs two adjacent years"
+                f"prior years {sorted(set(prior_years))}); the prior needs two adjacent "
+                "years (set train.prior: false for single-year data)"
             )
         all_years = sorted({y for d in self.directions for y in self.years_by_direction[d]})
         if scenario_for_year is None:
@@ -171,6 +230,32 @@ class SamplePlanner:
             self.scenarios = {y: scenario_for_year(y) for y in all_years}
         else:
             self.scenarios = {y: scenario_for_year[y] for y in all_years}
+        self.change_share = float(change_share) if change is not None else 0.0
+        if self.change_share > 0:
+            self._init_change(change)
+
+    def _init_change(self, change: ChangeCounts) -> None:
+        """Group corners by the block of their window's centre; weight (pair, block)."""
+        n_rows, n_cols = change.counts.shape[1:]
+        centre = self.corners + self.tile_size // 2
+        block = (np.minimum(centre[:, 0] // change.block_size, n_rows - 1) * n_cols
+                 + np.minimum(centre[:, 1] // change.block_size, n_cols - 1))
+        self._corner_order = np.argsort(block, kind="stable")
+        per_block = np.bincount(block, minlength=n_rows * n_cols)
+        self._block_start = np.concatenate([[0], np.cumsum(per_block)[:-1]])
+        self._corners_in_block = per_block
+        # A pair (y, y + 1) serves forward (target y + 1) and backward (target y).
+        self._pair_directions = []
+        weights = []
+        for first, counts in zip(change.first_years, change.counts, strict=True):
+            options = [d for d in self.directions
+                       if (first + 1 if d == FORWARD else first) in self.years_by_direction[d]]
+            self._pair_directions.append((first, options))
+            weights.append(counts.ravel() * (per_block > 0) * bool(options))
+        weights = np.asarray(weights, dtype="float64").ravel()
+        total = weights.sum()
+        self._change_p = weights / total if total > 0 else None
+        self._n_blocks = n_rows * n_cols
 
     def rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream_id(self.stream), int(epoch)])
@@ -192,7 +277,29 @@ class SamplePlanner:
                 year=year, direction=d, scenario=self.scenarios[year],
                 epoch=int(epoch), index=i,
             ))
+        if self.change_share > 0 and self._change_p is not None:
+            self._balance(plan, rng)
         return plan
+
+    def _balance(self, plan: list[SampleSpec], rng: np.random.Generator) -> None:
+        """Redraw ``change_share`` of ``plan`` in proportion to the change (in place)."""
+        chosen = np.flatnonzero(rng.random(len(plan)) < self.change_share)
+        picks = rng.choice(len(self._change_p), size=len(chosen), p=self._change_p)
+        offsets = rng.random(len(chosen))
+        direction_draw = rng.random(len(chosen))
+        for i, pick, offset, draw in zip(chosen, picks, offsets, direction_draw, strict=True):
+            pair, block = divmod(int(pick), self._n_blocks)
+            first, options = self._pair_directions[pair]
+            d = options[min(int(draw * len(options)), len(options) - 1)]
+            year = first + 1 if d == FORWARD else first
+            k = self._block_start[block] + min(int(offset * self._corners_in_block[block]),
+                                               self._corners_in_block[block] - 1)
+            row, col = (int(v) for v in self.corners[self._corner_order[k]])
+            plan[i] = SampleSpec(
+                window=Window(row=row, col=col, height=self.tile_size, width=self.tile_size),
+                year=year, direction=d, scenario=self.scenarios[year],
+                epoch=plan[i].epoch, index=plan[i].index,
+            )
 
 
 def shard(plan: Sequence[SampleSpec], rank: int, world_size: int) -> list[SampleSpec]:
