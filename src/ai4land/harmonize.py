@@ -289,13 +289,44 @@ def harmonize(
                            changed=changed, rounds=rounds)
 
 
+class ErrorTally:
+    """Mean and max |map group fraction − target| over cells with land and a target,
+    accumulated band by band (bands of whole coarse-cell rows)."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.max, self.cells = 0.0, 0, 0.0, 0
+
+    def add(self, codes: np.ndarray, groups: Groups, *, factor: int, valid: np.ndarray,
+            target: np.ndarray) -> None:
+        fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
+        use = (n > 0) & (np.asarray(target).sum(axis=0) > 0)
+        diff = np.abs(fractions - target)[:, use]
+        if diff.size:
+            self.total += float(diff.sum())
+            self.count += diff.size
+            self.max = max(self.max, float(diff.max()))
+            self.cells += int(use.sum())
+
+    def result(self) -> dict[str, float]:
+        mae = self.total / self.count if self.count else 0.0
+        return {"mae": mae, "max": self.max, "cells": self.cells}
+
+
 def conservation_error(
     codes: np.ndarray, groups: Groups, *, factor: int, valid: np.ndarray, target: np.ndarray
 ) -> dict[str, float]:
     """Mean and max |map group fraction − target| over cells with land and a target."""
-    fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
-    use = (n > 0) & (np.asarray(target).sum(axis=0) > 0)
-    if not use.any():
-        return {"mae": 0.0, "max": 0.0, "cells": 0}
-    diff = np.abs(fractions - target)[:, use]
-    return {"mae": float(diff.mean()), "max": float(diff.max()), "cells": int(use.sum())}
+    tally = ErrorTally()
+    tally.add(codes, groups, factor=factor, valid=valid, target=target)
+    return tally.result()
+
+
+def offset_weight(year: int, anchor: int, *, decay_years: int | None) -> float:
+    """Weight of the anchor offset in :func:`delta_target` for ``year``.
+
+    1 without decay (the plain delta method); with ``decay_years`` it falls linearly
+    from 1 at the anchor year to 0 (raw LUH) ``decay_years`` years away and stays 0.
+    """
+    if decay_years is None:
+        return 1.0
+    return max(0.0, 1.0 - abs(int(year) - int(anchor)) / decay_years)

@@ -1,20 +1,24 @@
-"""Tiled sliding-window inference with Gaussian blending.
+"""Tiled sliding-window inference with Gaussian blending, streamed row band by row band.
 
 Two separate steps:
 
 * :func:`plan_windows` says *where*: equal-sized tiles with a fixed overlap covering the
   grid, the last row/column of tiles flush with the bottom/right edge.
-* :func:`predict_probabilities` says *what*: it streams batches of windows through the
+* :func:`stream_probabilities` says *what*: it runs batches of windows through the
   model under ``torch.inference_mode`` (channels_last; bf16 autocast on CPUs that
   support it, bf16 or fp16 on GPUs), turns logits into softmax probabilities in float32
   and accumulates them weighted by a Gaussian centred on each tile, so tile seams vanish.
 
-The accumulation lives in :class:`BlendAccumulator`. For the regions this project runs
-(up to a few thousand pixels a side) a full (H, W, K) accumulator is fine. For global
-maps, windows are planned row by row (:func:`tile_rows`): once a row of tiles is done,
-every pixel above the next row's first pixel is final, so the accumulator can be a
-rolling band of ``tile_size`` rows that is flushed to the writer row by row. The code
-keeps that structure (windows are processed in row order) so the change is local.
+Memory does not grow with the region: windows run in row-major order, and once the last
+tile of a row of tiles is added, every pixel above the next row's first pixel is final.
+:class:`BandAccumulator` holds only one tile height of rows; final rows leave it as a
+band, in order, so callers can harmonise and write them before the next band exists.
+
+Optional ensembles (:data:`ENSEMBLES`): test-time augmentation (the model on flipped
+inputs, outputs flipped back) or MC dropout (dropout layers left on). The blended
+probability is the member mean; two extra channels carry the member spread: the
+standard deviation over members of the probability of the mean's most probable class,
+and the share of members whose most probable class differs from the mean's.
 """
 
 from __future__ import annotations
@@ -121,27 +125,46 @@ def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype
     return None
 
 
-class BlendAccumulator:
-    """Gaussian-weighted sum of tile probabilities over an (H, W, K) grid."""
+class BandAccumulator:
+    """Gaussian-weighted sum of tile outputs over a rolling band of full-width rows.
 
-    def __init__(self, shape: tuple[int, int], num_classes: int, tile_shape: tuple[int, int]):
+    Holds rows ``top .. top + capacity`` of a (H, W, C) grid; :meth:`pop` returns the
+    blended rows above a given row and moves the band down. Each pixel sees the same
+    additions in the same order as a whole-grid accumulator, so the result is identical.
+    """
+
+    def __init__(self, shape: tuple[int, int], channels: int, tile_shape: tuple[int, int]):
         self.shape = shape
-        self.num_classes = num_classes
-        self.sum = np.zeros((*shape, num_classes), dtype="float32")
-        self.weight = np.zeros(shape, dtype="float32")
+        self.top = 0
+        self.capacity = min(tile_shape[0], shape[0])
+        self.sum = np.zeros((self.capacity, shape[1], channels), dtype="float32")
+        self.weight = np.zeros((self.capacity, shape[1]), dtype="float32")
         self.tile_weight = gaussian_weights(*tile_shape)
 
-    def add(self, window: Window, probs_hwk: np.ndarray) -> None:
-        rows, cols = window.slices
+    def add(self, window: Window, values_hwc: np.ndarray) -> None:
+        row = window.row - self.top
+        if row < 0 or row + window.height > self.capacity:
+            raise RuntimeError(f"window {window} lies outside the band of rows "
+                               f"{self.top}..{self.top + self.capacity}")
+        rows, cols = slice(row, row + window.height), slice(window.col, window.col + window.width)
         w = self.tile_weight[: window.height, : window.width]
-        self.sum[rows, cols] += probs_hwk * w[..., None]
+        self.sum[rows, cols] += values_hwc * w[..., None]
         self.weight[rows, cols] += w
 
-    def result(self) -> np.ndarray:
-        if (self.weight <= 0).any():
+    def pop(self, until: int) -> np.ndarray:
+        """Blended rows ``top .. until`` (final: no later window may touch them)."""
+        n = until - self.top
+        if not 0 < n <= self.capacity:
+            raise RuntimeError(f"cannot finalise rows {self.top}..{until}")
+        if (self.weight[:n] <= 0).any():
             raise RuntimeError("some pixels are not covered by any window")
-        self.sum /= self.weight[..., None]
-        return self.sum
+        band = self.sum[:n] / self.weight[:n, :, None]
+        self.sum[: self.capacity - n] = self.sum[n:]
+        self.weight[: self.capacity - n] = self.weight[n:]
+        self.sum[self.capacity - n :] = 0
+        self.weight[self.capacity - n :] = 0
+        self.top = until
+        return band
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -162,6 +185,22 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+ENSEMBLES = ("none", "tta", "mc_dropout")
+# Test-time augmentation members: the flips (tensor dims) applied to input and output.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+SPREAD_CHANNELS = 2  # after the K class channels: std of the top class, disagreement
+
+
+def enable_mc_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch the dropout layers of an eval-mode ``model`` back on (MC dropout)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    if not layers:
+        raise ValueError("the model has no dropout layers (train it with train.dropout > 0)")
+    for layer in layers:
+        layer.train()
+    return model
+
+
 def _batches(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -176,7 +215,32 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int,
     return x, h, w
 
 
-def predict_probabilities(
+def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | None,
+             flip: tuple[int, ...] = ()) -> torch.Tensor:
+    """(B, K, h, w) float32 softmax of one forward pass (on ``x`` flipped by ``flip``)."""
+    if flip:
+        x = torch.flip(x, flip).contiguous(memory_format=torch.channels_last)
+    context = (torch.autocast(device_type=x.device.type, dtype=dtype) if dtype is not None
+               else contextlib.nullcontext())
+    with context:
+        logits = model(x)
+    if flip:
+        logits = torch.flip(logits, flip)
+    return torch.softmax(logits[..., :h, :w].float(), dim=1)
+
+
+def _ensemble(members: list[torch.Tensor]) -> torch.Tensor:
+    """Member softmaxes (M x (B, K, h, w)) → (B, K + 2, h, w): mean, top-class std, disagreement."""
+    stack = torch.stack(members)
+    mean = stack.mean(dim=0)
+    top = mean.argmax(dim=1, keepdim=True)  # (B, 1, h, w)
+    p_top = torch.gather(stack, 2, top.expand(len(members), *top.shape))[:, :, 0]
+    std = p_top.std(dim=0, unbiased=False)
+    disagree = (stack.argmax(dim=2) != top[:, 0]).float().mean(dim=0)
+    return torch.cat([mean, std[:, None], disagree[:, None]], dim=1)
+
+
+def stream_probabilities(
     model: torch.nn.Module,
     *,
     load_window: Callable[[Window], np.ndarray],
@@ -186,61 +250,80 @@ def predict_probabilities(
     device: str | torch.device = "auto",
     amp: bool | None = None,
     pad_multiple: int | None = None,
+    ensemble: str = "none",
+    members: int = 1,
+    seed: int = 0,
     progress: bool | None = None,
     description: str = "inference",
-) -> np.ndarray:
-    """Blend the model's softmax over ``windows``: (H, W, K) float32 probabilities.
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(row, band)``: blended (h, W, C) float32 rows, top to bottom, covering the grid.
 
-    ``load_window(window)`` returns the (C, h, w) float32 input of one window (built with
-    :func:`ai4land.samples.features.build_inputs`). Windows whose size is not a multiple
-    of ``pad_multiple`` (default ``2**model.depth``, else 16) are padded (reflect) and
-    the logits cropped back. ``amp=None`` picks bf16 autocast where the hardware has it.
-    ``progress=None`` shows a bar only on a terminal.
+    ``load_window(window)`` returns the (C_in, h, w) float32 input of one window (built
+    with :func:`ai4land.samples.features.build_inputs`). Windows whose size is not a
+    multiple of ``pad_multiple`` (default ``2**model.depth``, else 16) are padded
+    (reflect) and the logits cropped back. ``amp=None`` picks bf16 autocast where the
+    hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an ensemble of
+    ``members`` (``tta``: up to 4 flips; ``mc_dropout``: dropout on, torch seeded with
+    ``seed``). ``progress=None`` shows a bar only on a terminal.
     """
     from tqdm.auto import tqdm
 
     if not windows:
         raise ValueError("no windows to predict")
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
+    if ensemble == "tta" and not 2 <= members <= len(TTA_FLIPS):
+        raise ValueError(f"tta has 2 to {len(TTA_FLIPS)} members (flips), got {members}")
+    if ensemble == "mc_dropout" and members < 2:
+        raise ValueError(f"mc_dropout needs at least 2 members, got {members}")
     device = resolve_device(device)
     dtype = autocast_dtype(device, amp)
     model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
+    if ensemble == "mc_dropout":
+        enable_mc_dropout(model)
+    flips = TTA_FLIPS[:members] if ensemble == "tta" else ((),) * max(members, 1)
     if pad_multiple is None:
         pad_multiple = 2 ** int(getattr(model, "depth", 4))
     tile_shape = (max(w.height for w in windows), max(w.width for w in windows))
+    rows = tile_rows(windows)
+    last_of_row = {row[-1]: (rows[i + 1][0].row if i + 1 < len(rows) else shape[0])
+                   for i, row in enumerate(rows)}
 
-    accumulator: BlendAccumulator | None = None
-    # Keep row-major order: rows of tiles complete in turn (see module docstring).
-    ordered = [w for row in tile_rows(windows) for w in row]
-    bar = tqdm(total=len(ordered), desc=description, unit="tile",
-               disable=None if progress is None else not progress,
-               leave=False)
-    with torch.inference_mode():
-        for batch_windows in _batches(ordered, batch_size):
+    accumulator: BandAccumulator | None = None
+    bar = tqdm(total=len(windows), desc=description, unit="tile",
+               disable=None if progress is None else not progress, leave=False)
+    rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
+    with rng, torch.inference_mode():
+        if ensemble == "mc_dropout":
+            torch.manual_seed(seed)
+        for batch_windows in _batches([w for row in rows for w in row], batch_size):
             shapes = {(w.height, w.width) for w in batch_windows}
+            outputs: dict[Window, np.ndarray] = {}
             for group_shape in sorted(shapes):
                 group = [w for w in batch_windows if (w.height, w.width) == group_shape]
                 inputs = np.stack([load_window(w) for w in group]).astype("float32", copy=False)
                 x = torch.from_numpy(inputs).to(device)
                 x, h, w = _pad_to_multiple(x, pad_multiple)
                 x = x.contiguous(memory_format=torch.channels_last)
-                context = (
-                    torch.autocast(device_type=device.type, dtype=dtype)
-                    if dtype is not None
-                    else contextlib.nullcontext()
-                )
-                with context:
-                    logits = model(x)
-                logits = logits[..., :h, :w].float()
-                probs = torch.softmax(logits, dim=1).permute(0, 2, 3, 1).contiguous()
-                probs_np = probs.cpu().numpy()
+                probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
+                out = probs[0] if ensemble == "none" else _ensemble(probs)
+                values = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+                outputs.update(zip(group, values, strict=True))
+            for window in batch_windows:  # row-major, so rows of tiles complete in turn
+                tile = outputs[window]
                 if accumulator is None:
-                    accumulator = BlendAccumulator(shape, probs_np.shape[-1], tile_shape)
-                for window, tile in zip(group, probs_np, strict=True):
-                    accumulator.add(window, tile)
+                    accumulator = BandAccumulator(shape, tile.shape[-1], tile_shape)
+                accumulator.add(window, tile)
+                if window in last_of_row:
+                    top = accumulator.top
+                    yield top, accumulator.pop(last_of_row[window])
             bar.update(len(batch_windows))
     bar.close()
-    assert accumulator is not None
-    return accumulator.result()
+
+
+def predict_probabilities(model: torch.nn.Module, **kwargs) -> np.ndarray:
+    """The whole (H, W, C) blend of :func:`stream_probabilities` (small regions, tests)."""
+    return np.concatenate([band for _, band in stream_probabilities(model, **kwargs)])
 
 
 def coverage_count(windows: Iterable[Window], shape: tuple[int, int]) -> np.ndarray:
@@ -268,3 +351,20 @@ def probability_layers(probs: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarra
     p_chosen[invalid] = np.nan
     entropy[invalid] = np.nan
     return p_chosen, entropy
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, values), not of the file.
+
+    ``torch.save`` zip archives carry the name of the file they were written to, so
+    byte hashes of ``model.pt`` can differ for identical weights; this one does not.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16
+                      else value.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()

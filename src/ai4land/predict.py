@@ -5,15 +5,26 @@ next year's map); each SSP runs forward (direction +1: the prior is the previous
 year's map). The first job of a chain gets ``prior_path=None`` and starts from the
 observed map of the cube (first observed year going backward, last going forward).
 
+Memory is bounded whatever the region size: inference yields final rows band by band
+(:func:`ai4land.inference.stream_probabilities`); bands are regrouped into whole
+coarse-cell rows of at most :data:`BAND_PIXELS` pixels, which are harmonised on their
+own (harmonisation never crosses a coarse cell), then into rows of
+:data:`STORE_TILE`, which are written to the Zarr slice and to staged GTiffs. Inputs
+(cube, prior COG) are read window by window.
+
 Outputs are written in an order that keeps a killed job visible as incomplete: the
-Zarr region, then the probability/entropy COGs, then the class COG, then the JSON
-report (both atomically), so a present report means every product of the job is there.
+Zarr region (streamed), then the probability/entropy(/spread) COGs, then the class
+COG, then the JSON report (each atomically), so a present report means every product
+of the job is there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,82 +33,151 @@ import rasterio
 from ai4land.errors import InputDataError, ModelCardError
 from ai4land.grid import Grid, Window
 from ai4land.harmonize import (
+    ErrorTally,
+    Groups,
     class_groups,
-    conservation_error,
     delta_target,
     harmonize,
     luh_group_fractions,
     map_group_fractions,
+    offset_weight,
 )
 from ai4land.inference import (
     autocast_dtype,
     plan_windows,
-    predict_probabilities,
     probability_layers,
     resolve_device,
+    stream_probabilities,
+    weights_digest,
 )
 from ai4land.io.atomic import atomic_path
-from ai4land.io.cube import Cube
+from ai4land.io.cube import Cube, upsample_cells
 from ai4land.products import (
+    GDAL_ENV,
+    CogLayer,
+    StoreWriter,
+    class_layer,
     init_store,
-    probability_paths,
-    sha256_file,
-    write_cog,
-    write_probability_cogs,
-    write_year,
+    layer_path,
+    product_layers,
+    quantise,
+    quantised_layer,
+    require_writable,
+    staging_dir,
 )
 from ai4land.samples.features import build_inputs, input_channel_names
 
-
 STORE_TILE = 256
+BAND_PIXELS = 1 << 21  # pixels harmonised at once: ~0.3 GiB of working arrays
+
+PriorReader = Callable[[Window], np.ndarray]
+
+
+def _ensemble_seed(config, scenario: str, year: int) -> int:
+    """MC dropout seed: a pure function of (config seed, scenario, year)."""
+    text = f"{config.seed}:{scenario}:{year}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+class _CoarseInMemory:
+    """The cube, with one year's coarse cells held in memory for window inputs.
+
+    Coarse data are small (a global year is ~50 MB), but reading them back from Zarr for
+    every window costs more than the model's forward pass on a CPU.
+    """
+
+    def __init__(self, cube: Cube, *, scenario: str, year: int):
+        self._cube, self._key = cube, (scenario, year)
+        self._cells = cube.coarse_cells(scenario, year, Window(0, 0, *cube.fine_grid.shape))
+
+    def __getattr__(self, name: str):
+        return getattr(self._cube, name)
+
+    def coarse_window(self, scenario: str, year: int, window: Window) -> np.ndarray:
+        if (scenario, year) != self._key:
+            return self._cube.coarse_window(scenario, year, window)
+        rows, cols = window.coarse_slices(self._cube.factor)
+        return upsample_cells(self._cells[:, rows, cols], factor=self._cube.factor, window=window)
+
+
+def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
+                      prior: PriorReader | None, direction: int, device=None,
+                      progress: bool | None = None) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
+    """Blended (h, W, C) probability bands of the region, top to bottom; and the window count.
+
+    C is the number of classes, plus the two spread channels of an ensemble.
+    """
+    grid = cube.fine_grid
+    windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
+                           overlap=config.predict.overlap)
+    predicted = list(config.classes.predicted)
+    inputs_cube = _CoarseInMemory(cube, scenario=scenario, year=year)
+
+    def load_window(window: Window) -> np.ndarray:
+        return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
+                            predicted=predicted,
+                            prior=None if prior is None else prior(window),
+                            direction=direction)
+
+    ensemble = config.predict.ensemble
+    stream = stream_probabilities(
+        model, load_window=load_window, shape=grid.shape, windows=windows,
+        batch_size=config.predict.batch_size,
+        device=device if device is not None else resolve_device(config.predict.device),
+        ensemble=ensemble.kind, members=ensemble.members,
+        seed=_ensemble_seed(config, scenario, year),
+        progress=progress, description=f"{scenario} {year}",
+    )
+    return stream, len(windows)
 
 
 def year_probabilities(config, *, cube: Cube, model, scenario: str, year: int,
                        prior: np.ndarray | None, direction: int, device=None,
                        progress: bool | None = None) -> tuple[np.ndarray, int]:
-    """Blended class probabilities (H, W, K) of the whole region for one year."""
-    grid = cube.fine_grid
-    windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
-                           overlap=config.predict.overlap)
-    predicted = list(config.classes.predicted)
-
-    def load_window(window: Window) -> np.ndarray:
-        return build_inputs(cube, scenario=scenario, year=year, window=window,
-                            predicted=predicted,
-                            prior=None if prior is None else prior[window.slices],
-                            direction=direction)
-
-    probs = predict_probabilities(
-        model, load_window=load_window, shape=grid.shape, windows=windows,
-        batch_size=config.predict.batch_size,
-        device=device if device is not None else resolve_device(config.predict.device),
-        progress=progress, description=f"{scenario} {year}",
-    )
-    return probs, len(windows)
+    """Blended class probabilities (H, W, K) of the whole region for one year (in memory)."""
+    stream, n_windows = probability_bands(
+        config, cube=cube, model=model, scenario=scenario, year=year,
+        prior=None if prior is None else (lambda window: prior[window.slices]),
+        direction=direction, device=device, progress=progress)
+    k = len(config.classes.predicted)
+    return np.concatenate([band[..., :k] for _, band in stream]), n_windows
 
 
-def predict_map(config, *, cube: Cube, model, scenario: str, year: int,
-                prior: np.ndarray | None, direction: int) -> np.ndarray:
-    """The network's most probable class codes (no harmonisation); ocean stays ocean."""
-    probs, _ = year_probabilities(config, cube=cube, model=model, scenario=scenario,
-                                  year=year, prior=prior, direction=direction, progress=False)
-    code_of = np.asarray(config.classes.predicted, dtype="uint8")
-    land = cube.land_mask_window(Window(0, 0, *cube.fine_grid.shape))
-    return np.where(land, code_of[probs.argmax(axis=-1)], config.classes.ocean).astype("uint8")
+def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int,
+            height: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Regroup consecutive row bands into bands of ``multiple`` rows starting on a
+    multiple of it (the last one ends at ``height``); holds less than one band extra."""
+    top, pending = 0, []
+    for row, band in bands:
+        if row != top + sum(len(b) for b in pending):
+            raise RuntimeError(f"row band starting at {row} is out of order")
+        pending.append(band)
+        end = row + len(band)
+        cut = end if end == height else end // multiple * multiple
+        if cut > top:
+            data = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            for start in range(top, cut, multiple):
+                yield start, data[start - top : min(start + multiple, cut) - top]
+            rest = data[cut - top :]
+            pending = [rest.copy()] if len(rest) else []
+            top = cut
 
 
 def init_product_store(config, *, store: str | Path) -> Path:
     """Create the empty product store and its layout marker (the Snakemake target)."""
     store = Path(store)
     cube = Cube.from_config(config)
+    layers = product_layers(spread=config.predict.ensemble.write_layer)
     init_store(store, grid=cube.fine_grid, scenarios=config.product_scenarios,
-               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend)
+               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
+               layers=layers)
     layout = {
         "store": store.name,
         "scenarios": config.product_scenarios,
         "years": config.product_years,
         "grid": cube.fine_grid.to_dict(),
         "chunk": [1, 1, STORE_TILE, STORE_TILE],
+        "layers": layers,
     }
     marker = store.with_name(store.name + ".layout.json")
     with atomic_path(marker) as tmp:
@@ -118,22 +198,29 @@ def anchor_year(cube: Cube, direction: int) -> int:
     return max(years) if direction > 0 else min(years)
 
 
-def read_prior(path: Path, grid: Grid) -> np.ndarray:
-    """The class codes of a previous job's COG; GridError if it is on another grid."""
+@contextmanager
+def open_prior(path: str | Path, grid: Grid) -> Iterator[PriorReader]:
+    """A window reader of a previous job's COG; GridError if it is on another grid."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path}: prior map not found (run the previous year of the chain)")
     try:
-        with rasterio.open(path) as src:
-            crs = src.crs.to_string() if src.crs else "unknown CRS"
-            found = Grid.from_transform(src.transform, width=src.width, height=src.height,
-                                        crs=crs)
-            grid.require_same(found, what=f"prior map {path}")
-            if src.count != 1 or src.dtypes[0] != "uint8":
-                raise InputDataError(f"{path}: prior map must be one uint8 band of class codes")
-            return src.read(1)
+        src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise InputDataError(f"{path}: cannot read prior map ({exc})") from None
+    with src:
+        crs = src.crs.to_string() if src.crs else "unknown CRS"
+        found = Grid.from_transform(src.transform, width=src.width, height=src.height, crs=crs)
+        grid.require_same(found, what=f"prior map {path}")
+        if src.count != 1 or src.dtypes[0] != "uint8":
+            raise InputDataError(f"{path}: prior map must be one uint8 band of class codes, "
+                                 f"got {src.count} band(s) of {src.dtypes[0]}")
+
+        def read(window: Window) -> np.ndarray:
+            return src.read(1, window=rasterio.windows.Window(
+                window.col, window.row, window.width, window.height))
+
+        yield read
 
 
 def _check_year(cube: Cube, scenario: str, year: int) -> None:
@@ -142,14 +229,100 @@ def _check_year(cube: Cube, scenario: str, year: int) -> None:
         held = f"{years[0]}-{years[-1]}" if years else "no years"
         raise InputDataError(
             f"{cube.paths.coarse(scenario)}: scenario {scenario!r} has no coarse data for "
-            f"year {year} (holds {held})"
+            f"year {year} (holds {held}); add the year to the scenario file or drop it from "
+            "years.backward/forward"
         )
 
 
-def _fractions(codes: np.ndarray, valid: np.ndarray, classes: list[int]) -> dict[str, float]:
-    total = max(int(valid.sum()), 1)
-    values = codes[valid]
-    return {str(c): round(float((values == c).sum()) / total, 6) for c in classes}
+class _Finaliser:
+    """Turns whole coarse-cell rows of probabilities into product layers, and tallies
+    the per-year report (conservation errors, class fractions, spread) as it goes."""
+
+    def __init__(self, config, *, cube: Cube, scenario: str, year: int, anchor: int,
+                 anchor_scenario: str, classes: list[int], groups: Groups, weight: float,
+                 layers: list[str]):
+        self.config, self.cube = config, cube
+        self.scenario, self.year = scenario, year
+        self.anchor, self.anchor_scenario = anchor, anchor_scenario
+        self.classes, self.groups, self.weight, self.layers = classes, groups, weight, layers
+        self.code_of = np.asarray(classes, dtype="uint8")
+        self.errors = {(when, target): ErrorTally() for when in ("before", "after")
+                       for target in ("delta_target", "luh")}
+        self.class_counts = np.zeros(len(classes), dtype="int64")
+        self.pixels = {"land": 0, "valid": 0, "nodata": 0}
+        self.changed = self.rounds = 0
+        self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
+        self.seconds = 0.0
+
+    def __call__(self, row: int, band: np.ndarray) -> tuple[int, np.ndarray]:
+        start = time.perf_counter()
+        cube, config, factor = self.cube, self.config, self.cube.factor
+        k = len(self.classes)
+        window = Window(row, 0, band.shape[0], band.shape[1])
+        probs = band[..., :k]
+        land = cube.land_mask_window(window)
+        cells = cube.coarse_cells(self.scenario, self.year, window)
+        cell_nodata = np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
+        valid = land & ~upsample_cells(cell_nodata, factor=factor, window=window)
+
+        argmax = np.where(valid, probs.argmax(axis=-1), -1)
+        argmax_codes = np.where(valid, self.code_of[np.maximum(argmax, 0)],
+                                config.classes.nodata).astype("uint8")
+        names = cube.coarse_channel_names
+        luh_t = luh_group_fractions(cells, names, self.groups)
+        luh_anchor = luh_group_fractions(
+            cube.coarse_cells(self.anchor_scenario, self.anchor, window), names, self.groups)
+        anchor_fractions, _ = map_group_fractions(cube.target_window(self.anchor, window),
+                                                  self.groups, factor=factor, valid=land)
+        target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
+
+        index = argmax
+        if config.predict.harmonize:
+            result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
+                               groups=self.groups)
+            index = result.index
+            self.changed += result.changed
+            self.rounds = max(self.rounds, result.rounds)
+        codes = np.where(valid, self.code_of[np.maximum(index, 0)], config.classes.nodata)
+        codes = np.where(land, codes, config.classes.ocean).astype("uint8")
+        for when, mapped in (("before", argmax_codes), ("after", codes)):
+            for name, goal in (("delta_target", target), ("luh", luh_t)):
+                self.errors[when, name].add(mapped, self.groups, factor=factor, valid=valid,
+                                            target=goal)
+        self.class_counts += np.bincount(index[valid], minlength=k)[:k]
+        n_valid = int(valid.sum())
+        self.pixels["land"] += int(land.sum())
+        self.pixels["valid"] += n_valid
+        self.pixels["nodata"] += int(land.sum()) - n_valid
+
+        probability, entropy = probability_layers(probs, index)
+        out = {"lulc": codes, "probability": quantise(probability),
+               "entropy": quantise(entropy)}
+        if band.shape[-1] > k:  # ensemble: member std of the top class, disagreement
+            self.spread_sums += band[valid][:, k : k + 2].sum(axis=0, dtype="float64")
+            out["spread"] = quantise(np.where(valid, band[..., k], np.nan))
+        self.seconds += time.perf_counter() - start
+        return row, np.stack([out[name] for name in self.layers], axis=-1)
+
+    def report(self) -> dict:
+        valid = max(self.pixels["valid"], 1)
+        fractions = {str(c): round(float(n) / valid, 6)
+                     for c, n in zip(self.classes, self.class_counts, strict=True)}
+        ensemble = self.config.predict.ensemble
+        spread = {"kind": ensemble.kind, "members": ensemble.members}
+        if ensemble.kind != "none":
+            spread.update(mean_std=round(float(self.spread_sums[0]) / valid, 6),
+                          mean_disagreement=round(float(self.spread_sums[1]) / valid, 6))
+        return {
+            "conservation": {when: {name: self.errors[when, name].result()
+                                    for name in ("delta_target", "luh")}
+                             for when in ("before", "after")},
+            "changed_pixels": int(self.changed),
+            "harmonize_rounds": int(self.rounds),
+            "class_fractions": fractions,
+            "pixels": dict(self.pixels),
+            "ensemble": spread,
+        }
 
 
 def run_predict(
@@ -167,95 +340,42 @@ def run_predict(
 
     Returns the report (also written as JSON beside ``output``).
     """
-    from ai4land.models.card import check_inputs, code_version, load_model
+    from ai4land.models.card import CARD, check_inputs, code_version, load_model
 
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     output, store, model_dir = Path(output), Path(store), Path(model_dir)
+    require_writable(output.parent)
+    require_writable(store.parent)
     direction = chain_direction(scenario)
     cube = Cube.from_config(config)
     grid = cube.fine_grid
-    full = Window(0, 0, grid.height, grid.width)
-    factor = cube.factor
     _check_year(cube, scenario, year)
 
     model, card = load_model(model_dir)
     predicted = list(config.classes.predicted)
-    check_inputs(card, input_channel_names(cube, predicted))
+    try:
+        check_inputs(card, input_channel_names(cube, predicted))
+    except ModelCardError as exc:
+        raise ModelCardError(f"{model_dir / CARD}: {exc}; train a model on this cube or pass "
+                             "a matching --model") from None
     classes = [int(c) for c in card.classes]
+    if classes != predicted:
+        raise ModelCardError(f"{model_dir / CARD}: classes {classes} differ from "
+                             f"classes.predicted {predicted} of the config")
     groups = class_groups(config.datasets.coarse.groups, classes)
-    missing = sorted({c for g in groups.classes for c in g} - set(classes))
-    if missing:
-        raise ModelCardError(f"{model_dir}: the model does not predict classes {missing} "
-                             "named in datasets.coarse.groups")
+    if config.predict.ensemble.kind == "mc_dropout" and not model.config.get("dropout"):
+        raise ModelCardError(f"{model_dir / CARD}: predict.ensemble.kind mc_dropout needs a "
+                             "model with dropout; train with train.dropout > 0 or use tta")
 
     anchor = anchor_year(cube, direction)
-    if prior_path is None:
-        prior = cube.target_window(anchor, full)
-        prior_source = f"observed {anchor}"
-    else:
-        prior = read_prior(Path(prior_path), grid)
-        prior_source = Path(prior_path).name
-    timings["load"] = time.perf_counter() - t_start
-
-    # --- inference -------------------------------------------------------------------
-    t0 = time.perf_counter()
-    device = resolve_device(config.predict.device)
-    probs, n_windows = year_probabilities(
-        config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-        direction=direction, device=device, progress=progress,
-    )
-    if probs.shape[-1] != len(classes):
-        raise ModelCardError(f"{model_dir}: model returns {probs.shape[-1]} classes, "
-                             f"card lists {len(classes)}")
-    timings["inference"] = time.perf_counter() - t0
-
-    # --- masks, argmax, harmonisation ------------------------------------------------
-    t0 = time.perf_counter()
-    land = cube.land_mask_window(full)
-    cells = cube.coarse_cells(scenario, year, full)
-    n_frac = len(cube.coarse_variables)
-    cell_nodata = np.isnan(cells[:n_frac]).all(axis=0)
-    pixel_nodata = np.repeat(np.repeat(cell_nodata, factor, 0), factor, 1)[: grid.height,
-                                                                          : grid.width]
-    valid = land & ~pixel_nodata
-    code_of = np.asarray(classes, dtype="uint8")
-
-    argmax = np.where(valid, probs.argmax(axis=-1), -1)
-    argmax_codes = np.where(valid, code_of[np.maximum(argmax, 0)], config.classes.nodata)
-    argmax_codes = argmax_codes.astype("uint8")
-
-    channel_names = cube.coarse_channel_names
-    luh_t = luh_group_fractions(cells, channel_names, groups)
     anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
-    luh_anchor = luh_group_fractions(cube.coarse_cells(anchor_scenario, anchor, full),
-                                     channel_names, groups)
-    anchor_codes = cube.target_window(anchor, full)
-    anchor_fractions, _ = map_group_fractions(anchor_codes, groups, factor=factor, valid=land)
-    target = delta_target(anchor_fractions, luh_t, luh_anchor)
-
-    def errors(codes: np.ndarray) -> dict:
-        return {
-            "delta_target": conservation_error(codes, groups, factor=factor, valid=valid,
-                                               target=target),
-            "luh": conservation_error(codes, groups, factor=factor, valid=valid, target=luh_t),
-        }
-
-    before = errors(argmax_codes)
-    index, changed, rounds = argmax, 0, 0
-    if config.predict.harmonize:
-        result = harmonize(probs, classes, factor=factor, valid=valid, targets=target,
-                           groups=groups)
-        index, changed, rounds = result.index, result.changed, result.rounds
-    codes = np.where(valid, code_of[np.maximum(index, 0)], config.classes.nodata)
-    codes = np.where(land, codes, config.classes.ocean).astype("uint8")
-    after = errors(codes)
-    probability, entropy = probability_layers(probs, index)
-    timings["harmonize"] = time.perf_counter() - t0
-
-    # --- products --------------------------------------------------------------------
-    t0 = time.perf_counter()
-    model_hash = sha256_file(model_dir / "model.pt")
+    weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
+    layers = product_layers(spread=config.predict.ensemble.write_layer)
+    finalise = _Finaliser(config, cube=cube, scenario=scenario, year=year, anchor=anchor,
+                          anchor_scenario=anchor_scenario, classes=classes, groups=groups,
+                          weight=weight, layers=layers)
+    model_hash = weights_digest(model)
+    prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
     tags = {
         "AI4LAND_SCENARIO": scenario,
         "AI4LAND_YEAR": int(year),
@@ -263,19 +383,52 @@ def run_predict(
         "AI4LAND_PRIOR": prior_source,
         "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
         "AI4LAND_CONFIG_HASH": config.hash(),
-        "AI4LAND_MODEL_SHA256": model_hash,
+        "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
         "AI4LAND_CODE_VERSION": code_version(),
     }
+    device = resolve_device(config.predict.device)
     init_store(store, grid=grid, scenarios=config.product_scenarios,
-               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend)
-    write_year(store, scenario=scenario, year=year, codes=codes, probability=probability,
-               entropy=entropy)
-    write_probability_cogs(output, probability, entropy, grid, tags=tags)
-    write_cog(output, codes, grid, legend=config.classes.legend, tags=tags)
-    timings["write"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
+               layers=layers)
+    writer = StoreWriter(store, scenario=scenario, year=year)
+    timings = {"load": time.perf_counter() - t_start, "write": 0.0}
 
-    prob_path, ent_path = probability_paths(output)
+    rows_per_band = cube.factor * max(1, BAND_PIXELS // (cube.factor * grid.width))
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(**GDAL_ENV))
+        if prior_path is None:
+            def prior(window: Window) -> np.ndarray:
+                return cube.target_window(anchor, window)
+        else:
+            prior = stack.enter_context(open_prior(prior_path, grid))
+        workdir = stack.enter_context(staging_dir(output))
+        cogs = {}
+        for name in layers:
+            spec = (class_layer(config.classes.legend, tags=tags) if name == "lulc"
+                    else quantised_layer(name, tags=tags))
+            cogs[name] = stack.enter_context(
+                CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
+        stream, n_windows = probability_bands(
+            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
+            direction=direction, device=device, progress=progress)
+        bands = (finalise(row, band)
+                 for row, band in rebands(stream, multiple=rows_per_band, height=grid.height))
+        for row, block in rebands(bands, multiple=STORE_TILE, height=grid.height):
+            t0 = time.perf_counter()
+            values = {name: np.ascontiguousarray(block[..., i]) for i, name in enumerate(layers)}
+            writer.write(row, values)
+            for name, cog in cogs.items():
+                cog.write(row, values[name])
+            timings["write"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for name in [*layers[1:], layers[0]]:  # the class map last: it marks completion
+            cogs[name].finish()
+        timings["convert"] = time.perf_counter() - t0
+    timings["harmonize"] = finalise.seconds
+    timings["total"] = time.perf_counter() - t_start
+    timings["inference"] = timings["total"] - sum(
+        timings[k] for k in ("load", "write", "convert", "harmonize"))
+
     dtype = autocast_dtype(device)
     report = {
         "scenario": scenario,
@@ -285,20 +438,16 @@ def run_predict(
         "anchor_year": anchor,
         "anchor_scenario": anchor_scenario,
         "harmonized": bool(config.predict.harmonize),
-        "conservation": {"before": before, "after": after},
-        "changed_pixels": int(changed),
-        "harmonize_rounds": int(rounds),
-        "class_fractions": _fractions(codes, valid, classes),
-        "pixels": {"land": int(land.sum()), "valid": int(valid.sum()),
-                   "nodata": int((land & ~valid).sum())},
+        "harmonize_offset_weight": weight,
+        "harmonize_decay_years": config.predict.harmonize_decay_years,
+        **finalise.report(),
         "windows": n_windows,
         "device": str(device),
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "outputs": {"lulc": output.name, "probability": prob_path.name,
-                    "entropy": ent_path.name, "store": str(store)},
+        "outputs": {name: layer_path(output, name).name for name in layers} | {"store": str(store)},
         "config_hash": config.hash(),
-        "model_sha256": model_hash,
+        "model_weights_sha256": model_hash,
     }
     with atomic_path(output.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

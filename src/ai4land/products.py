@@ -1,16 +1,19 @@
 """Product writers: Cloud-Optimized GeoTIFFs and the product Zarr store.
 
-COGs are written with GDAL's COG driver (through rasterio) into a temporary sibling and
-renamed, so a killed job never leaves a file that looks complete. Bytes are
-deterministic: no TIFFTAG_DATETIME, no software/time tags, fixed creation options.
+COGs are staged row block by row block in a tiled GTiff (:class:`CogLayer`), then
+converted with GDAL's COG driver (through rasterio) into a temporary sibling and
+renamed, so memory stays bounded and a killed job never leaves a file that looks
+complete. Bytes are deterministic: no TIFFTAG_DATETIME, no software/time tags, fixed
+creation options.
 
 The Zarr store holds one array per layer with dims (scenario, year, lat, lon) and
 chunks (1, 1, tile, tile): every chunk belongs to exactly one (scenario, year), so
 jobs writing different years never touch the same file. The store uses Zarr format 2
 (fully specified for fixed-length string coordinates, read by GDAL, xarray, zarr-js);
 ``lulc`` is uint8 codes with fill 99 and CF flag_values/flag_meanings, probability and
-entropy are uint8 packed with CF scale_factor 1/254 and fill 255. The store is created once
-(:func:`init_store`, idempotent and race-safe) and filled by :func:`write_year`.
+entropy (and the optional ensemble ``spread``) are uint8 packed with CF scale_factor 1/254
+and fill 255. The store is created once (:func:`init_store`, idempotent and race-safe) and
+filled band by band by :class:`StoreWriter` (:func:`write_year` for a whole slice).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
+from rasterio.windows import Window
 
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
@@ -61,61 +67,130 @@ def colour_table(legend: Mapping[int, str], colours: Mapping[int, tuple] | None 
     return table
 
 
-def _cog_profile(grid: Grid, *, nodata: int, blocksize: int, compress: str) -> dict:
+def _cog_options(*, nodata: int, blocksize: int, compress: str, resampling: str,
+                 shape: tuple[int, int]) -> dict:
+    """Creation options of the COG driver (fixed, so the bytes are deterministic)."""
     return {
-        "driver": "COG",
-        "width": grid.width,
-        "height": grid.height,
-        "count": 1,
-        "dtype": "uint8",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": nodata,
         "blocksize": blocksize,
         "compress": compress,
         "predictor": "NO",
         "level": 9 if compress.upper() == "DEFLATE" else 15,
         "overviews": "AUTO",
+        "overview_resampling": resampling,
+        "overview_count": overview_count(shape),
         "bigtiff": "IF_SAFER",
         "num_threads": "ALL_CPUS",
     }
 
 
-def _write_cog(
-    path: Path,
-    data: np.ndarray,
-    grid: Grid,
-    *,
-    nodata: int,
-    resampling: str,
-    tags: Mapping[str, str],
-    band_tags: Mapping[str, str] | None = None,
-    description: str,
-    colormap: dict | None = None,
-    blocksize: int = COG_BLOCKSIZE,
-    compress: str = "DEFLATE",
-) -> Path:
+# GDAL's block cache while streaming and converting: bounded, whatever the raster size.
+GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": "YES", "TIFF_USE_OVR": "NO", "GDAL_CACHEMAX": 256}
+
+
+class CogLayer:
+    """One uint8 COG written row block by row block, so memory does not grow with size.
+
+    The GDAL COG driver cannot write incrementally: rows go to a tiled, uncompressed
+    GTiff in ``workdir`` (:meth:`write`), then :meth:`finish` converts it with the COG
+    driver (overviews, compression, ghost header) into a temporary sibling of ``path``
+    and renames it. Until then ``path`` does not exist, so a killed job leaves no COG
+    that looks complete. Use as a context manager; :meth:`finish` inside it.
+    """
+
+    def __init__(self, path: str | Path, grid: Grid, *, workdir: str | Path, nodata: int,
+                 resampling: str, tags: Mapping[str, str], description: str,
+                 band_tags: Mapping[str, str] | None = None, colormap: dict | None = None,
+                 blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE"):
+        self.path = Path(path)
+        self.grid = grid
+        self.options = _cog_options(nodata=nodata, blocksize=blocksize, compress=compress,
+                                    resampling=resampling, shape=grid.shape)
+        self.staging = Path(workdir) / f"{self.path.stem}.staging.tif"
+        self._env = rasterio.Env(**GDAL_ENV)
+        self._env.__enter__()
+        self._dst = rasterio.open(
+            self.staging, "w", driver="GTiff", width=grid.width, height=grid.height,
+            count=1, dtype="uint8", crs=grid.crs, transform=grid.transform, nodata=nodata,
+            tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="NONE",
+            bigtiff="IF_SAFER",
+        )
+        self._dst.set_band_description(1, description)
+        self._dst.update_tags(**{k: str(v) for k, v in tags.items()})
+        if band_tags:
+            self._dst.update_tags(1, **{k: str(v) for k, v in band_tags.items()})
+        if colormap is not None:
+            self._dst.write_colormap(1, colormap)
+            self._dst.colorinterp = [ColorInterp.palette]
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        """Write full-width rows ``row .. row + len(data)`` (uint8)."""
+        data = np.asarray(data)
+        if data.dtype != np.uint8:
+            raise ValueError(f"COG layers are uint8, got {data.dtype}")
+        if data.ndim != 2 or data.shape[1] != self.grid.width or row + len(data) > self.grid.height:
+            raise ValueError(f"rows {row}..{row + len(data)} of width {data.shape[-1]} do not "
+                             f"fit grid {self.grid.shape}")
+        self._dst.write(data, 1, window=Window(0, row, self.grid.width, len(data)))
+
+    def finish(self) -> Path:
+        """Convert the staged rows to the COG at ``path`` (atomically)."""
+        from rasterio.shutil import copy as gdal_copy
+
+        self._dst.close()
+        with atomic_path(self.path) as tmp:
+            gdal_copy(str(self.staging), str(tmp), driver="COG", **self.options)
+        self.staging.unlink()
+        return self.path
+
+    def close(self) -> None:
+        if not self._dst.closed:
+            self._dst.close()
+        self._env.__exit__(None, None, None)
+
+    def __enter__(self) -> CogLayer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        self.staging.unlink(missing_ok=True)
+
+
+def _write_cog(path: Path, data: np.ndarray, grid: Grid, **layer) -> Path:
+    """Write a whole array as a COG (one :class:`CogLayer`, staged next to ``path``)."""
     data = np.asarray(data)
     if data.shape != grid.shape:
         raise ValueError(f"array shape {data.shape} does not match grid {grid.shape}")
     if data.dtype != np.uint8:
         raise ValueError(f"COG layers are uint8, got {data.dtype}")
     path = Path(path)
-    profile = _cog_profile(grid, nodata=nodata, blocksize=blocksize, compress=compress)
-    profile["overview_resampling"] = resampling
-    profile["overview_count"] = overview_count(grid.shape)
-    with atomic_path(path) as tmp:
-        env = {"GDAL_TIFF_INTERNAL_MASK": "YES", "TIFF_USE_OVR": "NO"}
-        with rasterio.Env(**env), rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data, 1)
-            dst.set_band_description(1, description)
-            dst.update_tags(**{k: str(v) for k, v in tags.items()})
-            if band_tags:
-                dst.update_tags(1, **{k: str(v) for k, v in band_tags.items()})
-            if colormap is not None:
-                dst.write_colormap(1, colormap)
-                dst.colorinterp = [ColorInterp.palette]
-    return path
+    with staging_dir(path) as workdir, CogLayer(path, grid, workdir=workdir, **layer) as cog:
+        cog.write(0, data)
+        return cog.finish()
+
+
+@contextmanager
+def staging_dir(path: str | Path) -> Iterator[Path]:
+    """A hidden temporary directory beside ``path`` (same file system), removed on exit."""
+    path = Path(path)
+    require_writable(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        yield Path(tmp)
+
+
+def require_writable(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and prove it writable by creating a file in it.
+
+    ``os.access`` says yes to root for read-only directories, so this really writes.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ai4land-write-test."):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{directory}: output directory is not writable ({exc.strerror}); "
+                          "choose another output path or fix its permissions") from None
+    return directory
 
 
 def overview_count(shape: tuple[int, int], *, smallest: int = 64) -> int:
@@ -138,6 +213,21 @@ def legend_tags(legend: Mapping[int, str]) -> dict[str, str]:
     return tags
 
 
+def class_layer(legend: Mapping[int, str], *, colours: Mapping[int, tuple] | None = None,
+                tags: Mapping[str, object] | None = None, nodata: int = NODATA,
+                blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE") -> dict:
+    """:class:`CogLayer` settings of the class map: mode overviews, palette, legend tags.
+
+    ``tags`` carry provenance (config hash, model hash, scenario, year, code version);
+    they are written sorted, as strings, after the legend. No time stamp is written.
+    """
+    all_tags = {**legend_tags(legend), **{k: str(v) for k, v in sorted((tags or {}).items())}}
+    return {"nodata": nodata, "resampling": "MODE", "tags": all_tags, "description": "lulc",
+            "colormap": colour_table(legend, colours),
+            "band_tags": {"LAYER": "class code (HILDA+ legend)"}, "blocksize": blocksize,
+            "compress": compress}
+
+
 def write_cog(
     path: str | Path,
     codes: np.ndarray,
@@ -152,20 +242,14 @@ def write_cog(
 ) -> Path:
     """Write the class map as a COG: uint8 codes, nodata 99, mode overviews, palette.
 
-    ``tags`` carry provenance (config hash, model hash, scenario, year, code version);
-    they are written sorted, as strings. No time stamp is written, so two runs with the
-    same inputs give the same bytes.
+    Two runs with the same inputs give the same bytes (see :func:`class_layer`).
     """
     unknown = sorted(set(np.unique(codes).tolist()) - set(legend) - {nodata})
     if unknown:
         raise ValueError(f"codes {unknown} are not in the class legend")
-    all_tags = {**legend_tags(legend), **{k: str(v) for k, v in sorted((tags or {}).items())}}
-    return _write_cog(
-        Path(path), codes, grid, nodata=nodata, resampling="MODE", tags=all_tags,
-        description="lulc", colormap=colour_table(legend, colours),
-        band_tags={"LAYER": "class code (HILDA+ legend)"}, blocksize=blocksize,
-        compress=compress,
-    )
+    return _write_cog(Path(path), codes, grid, **class_layer(
+        legend, colours=colours, tags=tags, nodata=nodata, blocksize=blocksize,
+        compress=compress))
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
@@ -184,13 +268,30 @@ def dequantise(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def probability_paths(class_cog: str | Path) -> tuple[Path, Path]:
-    """``X.tif`` → (``X_probability.tif``, ``X_entropy.tif``)."""
+QUANTISED_LAYERS = {
+    "probability": "probability of the mapped class",
+    "entropy": "class entropy / log(K): 0 certain, 1 uniform",
+    "spread": "ensemble spread: std over members of the mapped class's probability",
+}
+
+
+def layer_path(class_cog: str | Path, layer: str) -> Path:
+    """``X.tif`` → ``X_<layer>.tif`` (the class map itself for ``lulc``)."""
     class_cog = Path(class_cog)
-    return (
-        class_cog.with_name(f"{class_cog.stem}_probability.tif"),
-        class_cog.with_name(f"{class_cog.stem}_entropy.tif"),
-    )
+    if layer == "lulc":
+        return class_cog
+    return class_cog.with_name(f"{class_cog.stem}_{layer}.tif")
+
+
+def quantised_layer(name: str, *, tags: Mapping[str, object] | None = None,
+                    blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE") -> dict:
+    """:class:`CogLayer` settings of a [0, 1] layer stored as round(x × 254), nodata 255."""
+    base = {k: str(v) for k, v in sorted((tags or {}).items())}
+    return {"nodata": QUANT_NODATA, "resampling": "AVERAGE",
+            "tags": {**base, "LAYER": name, "SCALE": f"1/{QUANT_SCALE}",
+                     "DESCRIPTION": QUANTISED_LAYERS[name]},
+            "band_tags": {"scale_factor": repr(1 / QUANT_SCALE), "add_offset": "0"},
+            "description": name, "blocksize": blocksize, "compress": compress}
 
 
 def write_probability_cogs(
@@ -208,21 +309,11 @@ def write_probability_cogs(
     Inputs are float [0, 1] (NaN = no data) or already quantised uint8; stored as
     round(x × 254), nodata 255, average-resampled overviews.
     """
-    prob_path, ent_path = probability_paths(class_cog)
-    base = {k: str(v) for k, v in sorted((tags or {}).items())}
-    for path, values, name, meaning in (
-        (prob_path, probability, "probability", "probability of the mapped class"),
-        (ent_path, entropy, "entropy", "class entropy / log(K): 0 certain, 1 uniform"),
-    ):
+    for name, values in (("probability", probability), ("entropy", entropy)):
         data = values if np.asarray(values).dtype == np.uint8 else quantise(values)
-        _write_cog(
-            path, data, grid, nodata=QUANT_NODATA, resampling="AVERAGE",
-            tags={**base, "LAYER": name, "SCALE": f"1/{QUANT_SCALE}",
-                  "DESCRIPTION": meaning},
-            band_tags={"scale_factor": repr(1 / QUANT_SCALE), "add_offset": "0"},
-            description=name, blocksize=blocksize, compress=compress,
-        )
-    return prob_path, ent_path
+        _write_cog(layer_path(class_cog, name), data, grid,
+                   **quantised_layer(name, tags=tags, blocksize=blocksize, compress=compress))
+    return layer_path(class_cog, "probability"), layer_path(class_cog, "entropy")
 
 
 def validate_cog(path: str | Path) -> list[str]:
@@ -265,7 +356,16 @@ LAYERS = {
                     "long_name": "probability of the mapped class (value / 254)"},
     "entropy": {"fill": QUANT_NODATA,
                 "long_name": "normalised class entropy (value / 254; 0 certain, 1 uniform)"},
+    "spread": {"fill": QUANT_NODATA,
+               "long_name": "ensemble spread: std over members of the mapped class's "
+                            "probability (value / 254)"},
 }
+BASE_LAYERS = ("lulc", "probability", "entropy")
+
+
+def product_layers(*, spread: bool) -> list[str]:
+    """The layers of every (scenario, year): lulc, probability, entropy (+ ensemble spread)."""
+    return [*BASE_LAYERS, *(["spread"] if spread else [])]
 
 
 def _crs_attrs(grid: Grid) -> dict:
@@ -286,7 +386,7 @@ def _crs_attrs(grid: Grid) -> dict:
 
 
 def _store_dataset(grid: Grid, scenarios: Sequence[str], years: Sequence[int], tile: int,
-                   legend: Mapping[int, str]):
+                   legend: Mapping[int, str], layers: Sequence[str]):
     import dask.array as da
     import xarray as xr
 
@@ -295,7 +395,8 @@ def _store_dataset(grid: Grid, scenarios: Sequence[str], years: Sequence[int], t
     codes = sorted(int(c) for c in legend)
     meanings = " ".join(legend[c].replace("/", "_or_").replace(" ", "_") for c in codes)
     data_vars = {}
-    for name, spec in LAYERS.items():
+    for name in layers:
+        spec = LAYERS[name]
         attrs = {"long_name": spec["long_name"], "grid_mapping": "crs"}
         if name == "lulc":
             attrs.update(flag_values=codes, flag_meanings=meanings,
@@ -335,17 +436,19 @@ def init_store(
     years: Sequence[int],
     tile: int = COG_BLOCKSIZE,
     legend: Mapping[int, str],
+    layers: Sequence[str] = BASE_LAYERS,
 ) -> Path:
     """Create the product store (metadata and coordinates only); idempotent, race-safe.
 
     Written to a temporary sibling and renamed. If another process created the store
     first, ours is dropped and the existing one is checked for the same axes and grid.
+    ``layers`` are the variables (names of :data:`LAYERS`).
     """
     path = Path(path)
     if path.exists():
         check_store(path, grid=grid, scenarios=scenarios, years=years)
         return path
-    ds = _store_dataset(grid, scenarios, years, tile, legend)
+    ds = _store_dataset(grid, scenarios, years, tile, legend, layers)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -390,6 +493,52 @@ def check_store(path: str | Path, *, grid: Grid, scenarios: Sequence[str],
                               "remove it to rebuild")
 
 
+class StoreWriter:
+    """Writes one (scenario, year) slice of the product store, band of rows by band.
+
+    Bands whose rows start on a chunk edge (and end on one, or at the bottom) touch whole
+    chunks of that slice only, so jobs for other (scenario, year)s never collide.
+    """
+
+    def __init__(self, path: str | Path, *, scenario: str, year: int):
+        self.path = Path(path)
+        self.group = _open_group(self.path, mode="r+")
+        scenarios = _axis_values(self.group, "scenario")
+        years = _axis_values(self.group, "year")
+        if scenario not in scenarios:
+            raise OutputError(f"{path}: scenario {scenario!r} is not in the store ({scenarios}); "
+                              "remove the store and rerun init-store")
+        if int(year) not in years:
+            held = f"{years[0]}-{years[-1]}" if years else "none"
+            raise OutputError(f"{path}: year {year} is not in the store (years {held}); "
+                              "remove the store and rerun init-store")
+        self.index = (scenarios.index(scenario), years.index(int(year)))
+
+    def write(self, row: int, layers: Mapping[str, np.ndarray | None]) -> None:
+        """Write full-width rows from ``row`` of each layer (``None`` = skip).
+
+        Float probability-like layers ([0, 1], NaN = no data) are quantised; ``lulc``
+        must be uint8.
+        """
+        for name, values in layers.items():
+            if values is None:
+                continue
+            if name not in self.group:
+                raise OutputError(f"{self.path}: store has no variable {name!r}; remove it "
+                                  "and rerun init-store with this config")
+            array = self.group[name]
+            data = np.asarray(values)
+            if data.dtype != np.uint8:
+                if name == "lulc":
+                    raise ValueError(f"codes must be uint8, got {data.dtype}")
+                data = quantise(data)
+            height, width = array.shape[2:]
+            if data.ndim != 2 or data.shape[1] != width or row + data.shape[0] > height:
+                raise ValueError(f"{name} rows {row}..{row + len(data)} of shape {data.shape} "
+                                 f"do not fit the store's {(height, width)}")
+            array[(*self.index, slice(row, row + data.shape[0]))] = data
+
+
 def write_year(
     path: str | Path,
     *,
@@ -399,32 +548,17 @@ def write_year(
     probability: np.ndarray | None = None,
     entropy: np.ndarray | None = None,
 ) -> None:
-    """Write one (scenario, year) slice; touches only that slice's chunks.
+    """Write one whole (scenario, year) slice; touches only that slice's chunks.
 
     ``probability``/``entropy`` may be float [0, 1] (NaN = no data) or quantised uint8.
     """
-    path = Path(path)
-    group = _open_group(path, mode="r+")
-    scenarios = _axis_values(group, "scenario")
-    years = _axis_values(group, "year")
-    if scenario not in scenarios:
-        raise OutputError(f"{path}: scenario {scenario!r} is not in the store ({scenarios})")
-    if int(year) not in years:
-        raise OutputError(f"{path}: year {year} is not in the store "
-                          f"({years[0]}-{years[-1]})" if years else f"{path}: no years")
-    s, y = scenarios.index(scenario), years.index(int(year))
+    writer = StoreWriter(path, scenario=scenario, year=year)
+    height = writer.group["lulc"].shape[2]
     for name, values in (("lulc", codes), ("probability", probability), ("entropy", entropy)):
-        if values is None:
-            continue
-        array = group[name]
-        data = np.asarray(values)
-        if data.dtype != np.uint8:
-            if name == "lulc":
-                raise ValueError(f"codes must be uint8, got {data.dtype}")
-            data = quantise(data)
-        if data.shape != tuple(array.shape[2:]):
-            raise ValueError(f"{name} has shape {data.shape}, store expects {array.shape[2:]}")
-        array[s, y] = data
+        if values is not None and np.shape(values)[0] != height:
+            raise ValueError(f"{name} has shape {np.shape(values)}, store expects "
+                             f"{tuple(writer.group['lulc'].shape[2:])}")
+    writer.write(0, {"lulc": codes, "probability": probability, "entropy": entropy})
 
 
 def read_year(path: str | Path, *, scenario: str, year: int, layer: str = "lulc") -> np.ndarray:

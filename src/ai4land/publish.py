@@ -22,7 +22,7 @@ import ai4land
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
-from ai4land.products import DEFAULT_COLOURS, probability_paths, sha256_file
+from ai4land.products import DEFAULT_COLOURS, layer_path, product_layers, sha256_file
 
 MANIFEST = "SHA256SUMS"
 LICENCES = [
@@ -50,7 +50,8 @@ def _products(config, maps_dir: Path) -> list[tuple[str, int, Path]]:
     for scenario in config.product_scenarios:
         for year in sorted(config.chain_years(scenario)):
             path = map_path(maps_dir, scenario, year)
-            needed = [path, path.with_suffix(".json"), *probability_paths(path)]
+            layers = product_layers(spread=config.predict.ensemble.write_layer)
+            needed = [*(layer_path(path, name) for name in layers), path.with_suffix(".json")]
             if all(p.is_file() for p in needed):
                 found.append((scenario, year, path))
             else:
@@ -204,17 +205,22 @@ def _item(config, scenario: str, year: int, cog: Path):
     proj.shape = [grid.height, grid.width]
     proj.transform = list(tuple(grid.transform)[:6])
 
-    prob, ent = probability_paths(cog)
-    for key, path, title, media, roles in (
+    assets = [
         ("lulc", cog, "Land use / land cover class (HILDA+ codes)", pystac.MediaType.COG,
          ["data"]),
-        ("probability", prob, "Probability of the mapped class (value / 254)",
-         pystac.MediaType.COG, ["data", "uncertainty"]),
-        ("entropy", ent, "Normalised class entropy (value / 254)", pystac.MediaType.COG,
+        ("probability", layer_path(cog, "probability"),
+         "Probability of the mapped class (value / 254)", pystac.MediaType.COG,
          ["data", "uncertainty"]),
+        ("entropy", layer_path(cog, "entropy"), "Normalised class entropy (value / 254)",
+         pystac.MediaType.COG, ["data", "uncertainty"]),
         ("report", cog.with_suffix(".json"), "Job report (harmonisation errors, timings)",
          pystac.MediaType.JSON, ["metadata"]),
-    ):
+    ]
+    if config.predict.ensemble.write_layer:
+        assets.append(("spread", layer_path(cog, "spread"),
+                       "Ensemble spread: std over members of the mapped class's probability "
+                       "(value / 254)", pystac.MediaType.COG, ["data", "uncertainty"]))
+    for key, path, title, media, roles in assets:
         asset = pystac.Asset(href=str(path.resolve()), title=title, media_type=media,
                              roles=roles)
         item.add_asset(key, asset)
@@ -305,7 +311,8 @@ Dataset licence: {config.publish.license}. Config hash: `{config.hash()}`.
 - `maps/<scenario>/ai4land_<scenario>_<year>.tif`: Cloud-Optimized GeoTIFF, uint8 class
   codes, nodata {config.classes.nodata}, colour table, mode overviews.
 - `..._probability.tif`, `..._entropy.tif`: probability of the mapped class and
-  normalised entropy, uint8 = round(value × 254), nodata 255.
+  normalised entropy, uint8 = round(value × 254), nodata 255 (and `..._spread.tif`, the
+  ensemble spread, when the run used an ensemble layer).
 - `..._<year>.json`: per-map report (conservation error before/after harmonisation).
 - `product/ai4land.zarr`: every map as `lulc`, `probability`, `entropy`
   (scenario, year, lat, lon), chunks (1, 1, 256, 256).
@@ -351,7 +358,8 @@ def run_publish(
         raise OutputError("config asks for no product years (years.backward/forward unset)")
     root = Path(config.paths.results)
 
-    cogs = [p for _, _, cog in products for p in (cog, *probability_paths(cog))]
+    layers = product_layers(spread=config.predict.ensemble.write_layer)
+    cogs = [layer_path(cog, name) for _, _, cog in products for name in layers]
     lines = manifest_lines([*cogs, *_store_files(store)], root)
     with atomic_path(output_dir) as tmp:
         tmp.mkdir()

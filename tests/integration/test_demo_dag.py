@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,11 @@ HERE = Path(__file__).parent
 LEGEND = {0, 11, 22, 33, 44, 55, 66, 77, 99}
 
 
-def _snakemake(repo: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
-         "--directory", str(workdir), "--configfile", str(HERE / "tiny.yaml"), *args],
-        capture_output=True, text=True, env=env,
-    )
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_dag):
     repo = HERE.parents[1]
     workdir = tmp_path_factory.mktemp("tiny")
-    result = _snakemake(repo, workdir, "--cores", "2")
-    if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").rglob("*.log"))
-        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
+    tiny_dag(workdir)
     return repo, workdir
 
 
@@ -100,9 +87,13 @@ def test_zarr_store_equals_the_cogs(tiny_run):
 def test_evaluation_and_publication(tiny_run):
     _, workdir = tiny_run
     metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
-    for model in ("unet", "persistence", "coarse_majority"):
-        for key in ("oa", "miou", "kappa", "per_class_iou", "conservation_mae"):
-            assert key in metrics["models"][model], (model, key)
+    assert list(metrics["models"]) == ["unet", "unet_rollout", "persistence", "coarse_majority",
+                                       "random_allocation", "gradient_boosting"]
+    for model, values in metrics["models"].items():
+        for key in ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "per_class_iou",
+                    "conservation_mae", "by_year", "by_block"):
+            assert key in values, (model, key)
+    assert set(metrics["drift"]) == set(metrics["models"]["unet"]["by_year"])
     catalog = json.loads((workdir / "results/publish/catalog.json").read_text())
     assert catalog["type"] == "Catalog"
     lines = (workdir / "results/publish/SHA256SUMS").read_text().splitlines()
@@ -114,8 +105,25 @@ def test_evaluation_and_publication(tiny_run):
 
 
 @pytest.mark.slow
-def test_rerun_with_nothing_changed_does_nothing(tiny_run):
-    repo, workdir = tiny_run
-    result = _snakemake(repo, workdir, "--cores", "2")
+def test_rerun_with_nothing_changed_does_nothing(tiny_run, snakemake):
+    _, workdir = tiny_run
+    result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_report_shows_the_evaluation_figures(tiny_run, snakemake, tmp_path):
+    _, workdir = tiny_run
+    figures = sorted((workdir / "results/eval/figures").glob("*.png"))
+    assert [p.stem for p in figures] == sorted(["confusion_matrix", "per_class_iou", "by_year",
+                                                "tiles", "class_area", "calibration"])
+    report = tmp_path / "report.zip"
+    result = snakemake(workdir, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(report) as archive:
+        names = archive.namelist()
+        html = archive.read("report/report.html").decode()
+    for figure in figures:
+        assert any(name.endswith(f"/{figure.name}") for name in names), figure
+    assert "Confusion matrix of the teacher-forced U-Net" in html  # a caption

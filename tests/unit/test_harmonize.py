@@ -163,3 +163,13 @@ def test_luh_group_fractions_sum_variables_and_renormalise():
     assert out[natural, 0, 0] == pytest.approx(1 / 6)
     assert out[water, 0, 0] == pytest.approx(1 / 6)
     assert (out[:, 0, 1] == 0).all()
+
+
+def test_offset_weight_decays_linearly_to_zero():
+    from ai4land.harmonize import offset_weight
+
+    assert offset_weight(2050, 2019, decay_years=None) == 1.0
+    assert offset_weight(2019, 2019, decay_years=10) == 1.0
+    assert offset_weight(2024, 2019, decay_years=10) == 0.5
+    assert offset_weight(1955, 1960, decay_years=10) == 0.5  # backward chains too
+    assert offset_weight(2100, 2019, decay_years=10) == 0.0

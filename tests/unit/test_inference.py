@@ -143,3 +143,68 @@ def test_fold_batchnorm_keeps_outputs_and_the_original_model():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_bands_equal_the_whole_blend_and_stay_small():
+    from ai4land.inference import stream_probabilities
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(3, 100, 61)).astype("float32")
+    windows = plan_windows((100, 61), tile_size=24, overlap=6)
+    kwargs = {"load_window": _loader(image), "shape": (100, 61), "windows": windows,
+              "device": "cpu", "progress": False, "batch_size": 5}
+    whole = predict_probabilities(PositionModel(), **kwargs)
+    bands = list(stream_probabilities(PositionModel(), **kwargs))
+    assert [row for row, _ in bands] == [0, 18, 36, 54, 72, 76]  # tiles every 18 px, flush
+    assert max(len(band) for _, band in bands) <= 28  # never more than one tile + tail
+    np.testing.assert_array_equal(np.concatenate([b for _, b in bands]), whole)
+
+
+def test_tta_of_a_constant_model_has_no_spread():
+    probs = [0.1, 0.2, 0.3, 0.4]
+    image = np.zeros((3, 40, 40), dtype="float32")
+    out = predict_probabilities(
+        ConstantModel(probs), load_window=_loader(image), shape=(40, 40),
+        windows=plan_windows((40, 40), tile_size=32, overlap=8), device="cpu", amp=False,
+        progress=False, ensemble="tta", members=4,
+    )
+    assert out.shape == (40, 40, 6)
+    np.testing.assert_allclose(out[..., :4], np.broadcast_to(probs, (40, 40, 4)), atol=1e-6)
+    np.testing.assert_allclose(out[..., 4:], 0.0, atol=1e-6)  # std, disagreement
+
+
+def test_tta_flips_outputs_back():
+    """A model that is not flip-invariant: members disagree, but stay aligned to pixels."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(3, 32, 32)).astype("float32")
+    kwargs = {"load_window": _loader(image), "shape": (32, 32), "device": "cpu",
+              "amp": False, "progress": False,
+              "windows": plan_windows((32, 32), tile_size=32, overlap=0)}
+    model = PositionModel()
+    plain = predict_probabilities(model, **kwargs)
+    tta = predict_probabilities(model, ensemble="tta", members=2, **kwargs)
+    with torch.no_grad():
+        x = torch.from_numpy(image)[None]
+        flipped = torch.softmax(model(torch.flip(x, (-1,))).flip(-1), 1)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(tta[..., :4], (plain + flipped.numpy()) / 2, atol=1e-5)
+    assert tta[..., 4].max() > 0
+
+
+def test_ensemble_settings_are_checked():
+    image = np.zeros((3, 16, 16), dtype="float32")
+    kwargs = {"load_window": _loader(image), "shape": (16, 16), "device": "cpu",
+              "windows": plan_windows((16, 16), tile_size=16, overlap=0)}
+    with pytest.raises(ValueError, match="tta has 2 to 4"):
+        predict_probabilities(PositionModel(), ensemble="tta", members=5, **kwargs)
+    with pytest.raises(ValueError, match="no dropout layers"):
+        predict_probabilities(PositionModel(), ensemble="mc_dropout", members=2, **kwargs)
+
+
+def test_weights_digest_ignores_the_file_but_not_the_values(tmp_path):
+    from ai4land.inference import weights_digest
+
+    a, b = PositionModel(), PositionModel()
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        b.conv.bias[0] += 1e-6
+    assert weights_digest(a) != weights_digest(b)

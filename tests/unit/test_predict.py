@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from ai4land.config import parse_config
-from ai4land.errors import GridError, InputDataError, ModelCardError
+from ai4land.errors import GridError, InputDataError, ModelCardError, OutputError
 from ai4land.grid import Grid, Window
 from ai4land.io.cube import Cube
 from ai4land.models import ModelCard, UNet, save_model
@@ -131,14 +131,17 @@ def test_prior_on_another_grid_is_refused(world, tmp_path):
     other = Grid(west=5.0, north=48.0, res=0.01, width=48, height=48)
     bad = write_cog(tmp_path / "bad.tif", np.full((48, 48), 22, "uint8"), other,
                     legend=config.classes.legend)
-    with pytest.raises(GridError, match="prior map"):
+    with pytest.raises(GridError, match="prior map .*bad.tif is on grid") as info:
         _job(root, config, "ssp126", 1967, prior=bad)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_year_is_a_clear_error(world):
     root, config = world
-    with pytest.raises(InputDataError, match="ssp126.*1970"):
+    with pytest.raises(InputDataError, match="ssp126.zarr: scenario 'ssp126' has no coarse "
+                       "data for year 1970 .holds 1964-1967.") as info:
         _job(root, config, "ssp126", 1970)
+    assert "\n" not in str(info.value)
     assert not (root / "results" / "maps" / "ssp126" / "ai4land_ssp126_1970.json").exists()
 
 
@@ -148,6 +151,129 @@ def test_model_with_other_inputs_is_refused(world, tmp_path):
     card = ModelCard(input_channels=["a", "b", "c"], classes=list(config.classes.predicted),
                      architecture=model.config, tile_size=32)
     save_model(tmp_path / "m", model, card)
-    with pytest.raises(ModelCardError):
+    with pytest.raises(ModelCardError, match=r"m/model_card.json: input channel 0") as info:
         run_predict(config, scenario="ssp126", year=1966, model_dir=tmp_path / "m",
                     prior_path=None, output=tmp_path / "x.tif", store=tmp_path / "s.zarr")
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.parent.iterdir() if p.name.startswith(out.stem))
+
+
+def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch):
+    root, config = world
+    whole_out, whole = _job(root, config, "ssp126", 1966)
+    # Harmonise and write one coarse-cell row (8 pixel rows) at a time.
+    monkeypatch.setattr("ai4land.predict.BAND_PIXELS", 8 * 48)
+    out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
+    banded = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                         prior_path=None, output=out, store=tmp_path / "s.zarr")
+    assert out.read_bytes() == whole_out.read_bytes()
+    for layer in ("probability", "entropy"):
+        assert (out.with_name(f"{out.stem}_{layer}.tif").read_bytes()
+                == whole_out.with_name(f"{whole_out.stem}_{layer}.tif").read_bytes())
+    for when in ("before", "after"):
+        for target in ("delta_target", "luh"):
+            a, b = whole["conservation"][when][target], banded["conservation"][when][target]
+            assert a["cells"] == b["cells"] and a["max"] == b["max"]
+            assert a["mae"] == pytest.approx(b["mae"], abs=1e-12)
+    assert banded["class_fractions"] == whole["class_fractions"]
+
+
+def test_tta_ensemble_reports_spread_and_writes_its_layer(world, tmp_path):
+    root, _ = world
+    config = _config(root, ensemble={"kind": "tta", "members": 4, "write_layer": True})
+    out = tmp_path / "ai4land_ssp126_1966.tif"
+    report = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                         prior_path=None, output=out, store=tmp_path / "s.zarr")
+    spread = report["ensemble"]
+    assert spread["kind"] == "tta" and spread["members"] == 4
+    assert 0 < spread["mean_std"] < 0.5 and 0 <= spread["mean_disagreement"] <= 1
+    layer = out.with_name(f"{out.stem}_spread.tif")
+    assert validate_cog(layer) == [] and report["outputs"]["spread"] == layer.name
+    with rasterio.open(layer) as src:
+        stored = src.read(1)
+    np.testing.assert_array_equal(
+        read_year(tmp_path / "s.zarr", scenario="ssp126", year=1966, layer="spread"), stored)
+    assert (stored[stored != 255] <= 127).all()  # a std of probabilities is at most 0.5
+
+
+def test_mc_dropout_is_seeded_and_needs_dropout(world, tmp_path):
+    root, _ = world
+    config = _config(root, ensemble={"kind": "mc_dropout", "members": 3})
+    with pytest.raises(ModelCardError, match="model_card.json.*dropout"):
+        run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                    prior_path=None, output=tmp_path / "x.tif", store=tmp_path / "s.zarr")
+    cube = Cube.from_config(config)
+    names = input_channel_names(cube, list(config.classes.predicted))
+    torch.manual_seed(1)
+    model = UNet(len(names), 7, base_channels=4, depth=2, dropout=0.3)
+    save_model(tmp_path / "m", model, ModelCard(input_channels=names, tile_size=32,
+                                                classes=list(config.classes.predicted),
+                                                architecture=model.config))
+    reports = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "ai4land_ssp126_1966.tif"
+        reports.append(run_predict(config, scenario="ssp126", year=1966,
+                                   model_dir=tmp_path / "m", prior_path=None, output=out,
+                                   store=tmp_path / run / "s.zarr"))
+    assert (tmp_path / "a" / out.name).read_bytes() == (tmp_path / "b" / out.name).read_bytes()
+    assert reports[0]["ensemble"] == reports[1]["ensemble"]
+    assert reports[0]["ensemble"]["mean_std"] > 0
+
+
+def test_anchor_offset_decays_to_raw_luh(world, tmp_path):
+    root, _ = world
+    config = _config(root, harmonize_decay_years=2)
+    half = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                       prior_path=None, output=tmp_path / "a.tif", store=tmp_path / "s.zarr")
+    assert half["harmonize_offset_weight"] == 0.5 and half["harmonize_decay_years"] == 2
+    gone = run_predict(config, scenario="ssp126", year=1967, model_dir=root / "model",
+                       prior_path=tmp_path / "a.tif", output=tmp_path / "b.tif",
+                       store=tmp_path / "s.zarr")
+    assert gone["harmonize_offset_weight"] == 0.0
+    # With no offset left the target is the raw LUH mapping: only pixel rounding remains.
+    after = gone["conservation"]["after"]
+    assert after["luh"]["mae"] == pytest.approx(after["delta_target"]["mae"])
+    assert after["luh"]["mae"] < 0.02
+
+
+def test_unwritable_output_is_refused_before_any_work(world, tmp_path):
+    root, config = world
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match="a_file.*not writable") as info:
+        run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                    prior_path=None, output=blocker / "maps" / "x.tif",
+                    store=tmp_path / "s.zarr")
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypatch):
+    root, config = world
+    from ai4land.products import CogLayer
+
+    def crash(self, row, data):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(CogLayer, "write", crash)
+    out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                    prior_path=None, output=out, store=tmp_path / "s.zarr")
+    assert list(out.parent.iterdir()) == []  # no COG, no report, no staging left over
+
+
+def test_rebands_regroups_rows_on_multiples():
+    from ai4land.predict import rebands
+
+    rows = np.arange(23)[:, None]
+    bands = [(0, rows[:7]), (7, rows[7:9]), (9, rows[9:23])]
+    out = list(rebands(bands, multiple=5, height=23))
+    assert [(row, len(band)) for row, band in out] == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 3)]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in out]), rows)
+    with pytest.raises(RuntimeError, match="out of order"):
+        list(rebands([(0, rows[:5]), (7, rows[7:9])], multiple=5, height=23))

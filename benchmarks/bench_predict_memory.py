@@ -1,0 +1,128 @@
+"""predict_global_memory: peak RSS of one predict job on a global-width region.
+
+A full global year (36000 x 18000) takes far longer than a benchmark may on 2 CPU
+cores, so this measures global-width bands, 36000 x 1000 and 36000 x 2000 pixels
+(25-pixel coarse cells), each job in its own process: generated cube (the target and
+static layers written chunk by chunk with dask, never whole), a tiny U-Net, tile 256.
+Streaming keeps the peak independent of the height, so the same peak is what a global
+year needs; ``ours`` is the larger band's peak, ``reference`` the smaller one's
+(ratio ~1 shows no growth with height).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+WIDTH, FACTOR, HEIGHTS = 36000, 25, (1000, 2000)
+PREDICT = {"tile_size": 256, "overlap": 32, "batch_size": 4, "device": "cpu"}
+
+GENERATE = r'''
+import json, sys, warnings
+from pathlib import Path
+import dask.array as da, numpy as np, xarray as xr
+from ai4land.config import LUH2_FRACTIONS
+from ai4land.grid import Grid
+root, width, height, factor = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+warnings.filterwarnings("ignore", message="Consolidated metadata")
+fine = Grid(west=-180.0, north=90.0, res=0.01, width=width, height=height)
+coarse = fine.coarsened(factor)
+root.mkdir(parents=True, exist_ok=True)
+(root / "grids.json").write_text(json.dumps(
+    {"fine": fine.to_dict(), "coarse": coarse.to_dict(), "factor": factor}))
+coords = {"lat": fine.lat, "lon": fine.lon}
+def pattern(block, block_info=None):
+    (r0, _), (c0, _) = block_info[None]["array-location"][-2:]
+    rows = np.arange(r0, r0 + block.shape[-2])[:, None]
+    cols = np.arange(c0, c0 + block.shape[-1])[None, :]
+    codes = np.array([11, 22, 33, 44, 55, 66], dtype="uint8")
+    out = codes[((rows // 37) * 7 + cols // 53) % 6]
+    out[((rows // 500 + cols // 700) % 5) == 0] = 0  # some ocean
+    return out.reshape(block.shape)
+shape, chunks = (height, width), (256, 256)
+codes = da.zeros(shape, dtype="uint8", chunks=chunks).map_blocks(pattern, dtype="uint8")
+lulc = xr.DataArray(codes[None], dims=("year", "lat", "lon"),
+                    coords={"year": np.array([1960]), **coords})
+lulc.encoding["chunks"] = (1, 256, 256)
+xr.Dataset({"lulc": lulc}).to_zarr(root / "target.zarr", mode="w", consolidated=True)
+land = (codes != 0).astype("uint8")
+static = {name: xr.DataArray((codes.astype("float32") * k), dims=("lat", "lon"),
+                             attrs={"mean": 40.0 * k, "std": 20.0 * k})
+          for name, k in (("elevation", 10.0), ("clay", 0.5))}
+static["land_mask"] = xr.DataArray(land, dims=("lat", "lon"))
+xr.Dataset(static, coords=coords).to_zarr(root / "static.zarr", mode="w", consolidated=True)
+rng = np.random.default_rng(0)
+cshape = (1, coarse.height, coarse.width)
+frac = rng.dirichlet(np.ones(len(LUH2_FRACTIONS)), size=(2, *cshape[1:])).astype("float32")
+data = {n: (("year", "lat", "lon"), frac[..., i]) for i, n in enumerate(LUH2_FRACTIONS)}
+data["icwtr"] = (("lat", "lon"), np.zeros(cshape[1:], dtype="float32"))
+(root / "coarse").mkdir(exist_ok=True)
+xr.Dataset(data, coords={"year": np.array([1959, 1960]), "lat": coarse.lat, "lon": coarse.lon}
+           ).to_zarr(root / "coarse" / "historical.zarr", mode="w", consolidated=True)
+'''
+
+JOB = r'''
+import json, resource, sys, time
+from pathlib import Path
+import torch
+from ai4land.config import parse_config
+from ai4land.io.cube import Cube
+from ai4land.models import ModelCard, UNet, save_model
+from ai4land.predict import run_predict
+from ai4land.samples.features import input_channel_names
+torch.set_num_threads(2)
+root, predict = Path(sys.argv[1]), json.loads(sys.argv[2])
+config = parse_config({
+    "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
+              "results": str(root / "results")},
+    "datasets": {"coarse": {"historical": "unused.nc"},
+                 "fine": {"pattern": "unused_{year}.tif", "years": [1960, 1960]}},
+    "years": {"train": [1960, 1960], "test": [1960, 1960], "backward": [1959, 1959]},
+    "predict": predict}, source="benchmark")
+names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
+torch.manual_seed(0)
+model = UNet(len(names), 7, base_channels=4, depth=2)
+save_model(root / "model", model, ModelCard(input_channels=names, tile_size=256,
+           classes=list(config.classes.predicted), architecture=model.config))
+start = time.perf_counter()
+report = run_predict(config, scenario="historical", year=1959, model_dir=root / "model",
+                     prior_path=None, output=root / "maps" / "x.tif",
+                     store=root / "product.zarr", progress=False)
+print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "wall_s": time.perf_counter() - start, "timings_s": report["timings_s"]}))
+'''
+
+
+def run(height: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        subprocess.run([sys.executable, "-c", GENERATE, str(root / "cube"), str(WIDTH),
+                        str(height), str(FACTOR)], check=True)
+        done = subprocess.run([sys.executable, "-c", JOB, str(root), json.dumps(PREDICT)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"predict job failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    results = {height: run(height) for height in HEIGHTS}
+    small, large = (results[h]["peak_rss_mib"] for h in HEIGHTS)
+    write_result(
+        "predict_global_memory", metric="peak_rss_mib", ours=large, reference=small,
+        reference_name=f"same job, {WIDTH} x {HEIGHTS[0]} (growth check)",
+        target="peak < 4096 MiB, independent of height", meets_target=large < 4096,
+        params={"width": WIDTH, "heights": list(HEIGHTS), "factor": FACTOR, **PREDICT,
+                "model": "UNet base 4, depth 2", "runs": {str(h): r for h, r in results.items()},
+                "note": "global-width bands, not a full 36000 x 18000 year (too slow on 2 "
+                        "cores); streamed memory does not depend on height"},
+    )
+
+
+if __name__ == "__main__":
+    main()
