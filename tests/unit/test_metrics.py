@@ -3,8 +3,10 @@ import pytest
 
 from ai4land.evaluate.baselines import coarse_majority
 from ai4land.evaluate.metrics import (
-    ChangeScores, CohenKappa, ConfusionMatrix, MeanIoU, OverallAccuracy, PerClassIoU,
+    Calibration, ChangeScores, CohenKappa, ConfusionMatrix, MeanF1, MeanIoU, OverallAccuracy,
+    PerClassF1, PerClassIoU, ReliabilityHistogram, confusion_by_label,
 )
+from ai4land.evaluate.scores import ModelScores
 from ai4land.config import CoarseGroup
 from ai4land.harmonize import class_groups
 
@@ -21,6 +23,65 @@ def test_hand_computed_confusion_metrics():
     assert CohenKappa().compute(cm) == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))
 
 
+def test_hand_computed_f1():
+    cm = np.array([[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+    # F1 = 2 tp / (row + column): 4/5, 2/4, 2/3
+    np.testing.assert_allclose(PerClassF1().compute(cm), [4 / 5, 1 / 2, 2 / 3])
+    assert MeanF1().compute(cm) == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3)
+    # a class absent from target and prediction does not count
+    padded = np.pad(cm, ((0, 1), (0, 1)))
+    assert MeanF1().compute(padded) == pytest.approx(MeanF1().compute(cm))
+
+
+def test_confusion_by_label_splits_pixels_by_block():
+    target = np.array([0, 1, 1, 0, 1, 0])
+    pred = np.array([0, 1, 0, 0, 0, -1])
+    labels = np.array([0, 0, 0, 1, 1, -1])
+    cms = confusion_by_label(target, pred, labels=labels, n_labels=2, n_classes=2)
+    assert cms[0].tolist() == [[1, 0], [1, 1]]
+    assert cms[1].tolist() == [[1, 0], [1, 0]]
+    total = ConfusionMatrix(2).update(np.where(labels >= 0, target, -1), pred).matrix
+    np.testing.assert_array_equal(cms.sum(0), total)
+
+
+def test_model_scores_per_year_and_block():
+    blocks = [{"id": 7, "row": 0, "col": 0}, {"id": 9, "row": 0, "col": 1}]
+    scores = ModelScores(classes=[11, 22], blocks=blocks, calibration_bins=2)
+    labels = np.array([[0, 0, 1, 1]])
+    previous = np.array([[0, 0, 0, 0]])
+    # 2001: block 7 all right, block 9 half right; 2002: everything right
+    scores.add(year=2001, target=np.array([[0, 1, 0, 1]]), prediction=np.array([[0, 1, 0, 0]]),
+               previous=previous, labels=labels, conservation_mae=0.2,
+               confidence=np.array([[0.9, 0.9, 0.9, 0.4]]))
+    scores.add(year=2002, target=np.array([[0, 0, 0, 1]]), prediction=np.array([[0, 0, 0, 1]]),
+               previous=previous, labels=labels, conservation_mae=0.0,
+               confidence=np.array([[0.9, 0.9, 0.9, 0.9]]))
+    report = scores.report()
+    assert report["oa"] == pytest.approx(7 / 8)
+    assert report["by_year"]["2001"]["oa"] == pytest.approx(3 / 4)
+    assert report["by_year"]["2002"]["oa"] == 1.0
+    assert report["by_block"]["7"]["oa"] == 1.0 and report["by_block"]["7"]["n_pixels"] == 4
+    assert report["by_block"]["9"]["oa"] == pytest.approx(3 / 4)
+    # change vs previous (all class 0): 2001 hits 1 (pixel 1), misses 1 (pixel 3); 2002 hit 1
+    assert report["change_counts"] == {"hits": 2, "wrong_hits": 0, "misses": 1, "false_alarms": 0}
+    assert report["fom_change"] == pytest.approx(2 / 3)
+    assert report["by_year"]["2001"]["fom_change"] == pytest.approx(1 / 2)
+    assert report["conservation_mae"] == pytest.approx(0.1)
+    assert report["calibration"]["count"] == [1, 7]
+    assert report["calibration"]["accuracy"] == [0.0, 1.0]
+
+
+def test_calibration_hand_computed():
+    hist = ReliabilityHistogram(2).update(np.array([0.2, 0.4, 0.8, 1.0]),
+                                          np.array([True, False, True, False]))
+    result = Calibration().compute(hist.table)
+    assert result["count"] == [2, 2]
+    assert result["confidence"] == pytest.approx([0.3, 0.9])
+    assert result["accuracy"] == pytest.approx([0.5, 0.5])
+    # ECE = (2 * |0.5 - 0.3| + 2 * |0.5 - 0.9|) / 4
+    assert result["ece"] == pytest.approx(0.3)
+
+
 def test_change_scores():
     previous = np.array([0, 0, 0, 0, 1])
     target = np.array([1, 1, 0, 0, 1])
@@ -28,7 +89,8 @@ def test_change_scores():
     scores = ChangeScores().compute(previous, target, pred)
     assert (scores["hits"], scores["wrong_hits"], scores["misses"], scores["false_alarms"]) == (1, 1, 0, 1)
     assert scores["fom"] == pytest.approx(1 / 3)
-    assert scores["iou"] == pytest.approx(1 / 3)
+    # change masks: observed {0, 1}, predicted {0, 1, 2}
+    assert scores["iou"] == pytest.approx(2 / 3)
 
 
 def test_coarse_majority_baseline():

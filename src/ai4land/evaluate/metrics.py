@@ -12,21 +12,46 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def confusion_by_label(target: np.ndarray, prediction: np.ndarray, *, labels: np.ndarray,
+                       n_labels: int, n_classes: int) -> np.ndarray:
+    """(n_labels, K, K) confusion matrices, one per label (a test block, say).
+
+    Pixels whose target, prediction or label is -1 are ignored.
+    """
+    labels = np.broadcast_to(labels, np.shape(target))
+    valid = (target >= 0) & (prediction >= 0) & (labels >= 0)
+    index = (labels[valid].astype("int64") * n_classes + target[valid]) * n_classes + prediction[valid]
+    return np.bincount(index, minlength=n_labels * n_classes**2).reshape(
+        n_labels, n_classes, n_classes
+    )
+
+
 class ConfusionMatrix:
     def __init__(self, n_classes: int):
         self.n_classes = n_classes
         self.matrix = np.zeros((n_classes, n_classes), dtype="int64")
 
     def update(self, target: np.ndarray, prediction: np.ndarray) -> ConfusionMatrix:
-        valid = (target >= 0) & (prediction >= 0)
-        index = target[valid].astype("int64") * self.n_classes + prediction[valid]
-        self.matrix += np.bincount(index, minlength=self.n_classes**2).reshape(
-            self.n_classes, self.n_classes
-        )
+        self.matrix += confusion_by_label(target, prediction, labels=np.zeros((), dtype="int64"),
+                                          n_labels=1, n_classes=self.n_classes)[0]
         return self
 
     def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         self.matrix += other.matrix
+        return self
+
+
+class ReliabilityHistogram:
+    """Pixel counts, summed confidence and summed correctness per confidence bin."""
+
+    def __init__(self, n_bins: int):
+        self.n_bins = n_bins
+        self.table = np.zeros((3, n_bins), dtype="float64")
+
+    def update(self, confidence: np.ndarray, correct: np.ndarray) -> ReliabilityHistogram:
+        bins = np.clip((confidence * self.n_bins).astype("int64"), 0, self.n_bins - 1)
+        for row, weights in enumerate((None, confidence, correct)):
+            self.table[row] += np.bincount(bins, weights=weights, minlength=self.n_bins)
         return self
 
 
@@ -74,6 +99,17 @@ class PerClassF1:
 
 
 @dataclass(frozen=True)
+class MeanF1:
+    """Macro F1: mean F1 over classes present in the target or the prediction."""
+
+    name: str = "f1"
+
+    def compute(self, cm: np.ndarray) -> float:
+        f1 = PerClassF1().compute(cm)
+        return float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
+
+
+@dataclass(frozen=True)
 class CohenKappa:
     name: str = "kappa"
 
@@ -92,27 +128,59 @@ class ChangeScores:
 
     FoM = hits / (hits + misses + wrong hits + false alarms) (Pontius et al. 2008):
     a hit is a pixel that changed and was predicted to change to the right class.
+    IoU on change is the IoU of the two change masks (where change happens, whatever
+    the new class): (hits + wrong hits) / (observed change ∪ predicted change).
+    Counts from several chunks add up; ``from_counts`` scores their sum.
     """
 
     name: str = "change"
 
-    def compute(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
+    def counts(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
         valid = (previous >= 0) & (target >= 0) & (prediction >= 0)
         observed = valid & (target != previous)
         predicted = valid & (prediction != previous)
-        hits = int((observed & predicted & (prediction == target)).sum())
-        wrong_hits = int((observed & predicted & (prediction != target)).sum())
-        misses = int((observed & ~predicted).sum())
-        false_alarms = int((~observed & predicted).sum())
-        denominator = hits + wrong_hits + misses + false_alarms
-        union = int((observed | predicted).sum())
         return {
-            "hits": hits,
-            "wrong_hits": wrong_hits,
-            "misses": misses,
-            "false_alarms": false_alarms,
-            "fom": hits / denominator if denominator else float("nan"),
-            "iou": hits / union if union else float("nan"),
+            "hits": int((observed & predicted & (prediction == target)).sum()),
+            "wrong_hits": int((observed & predicted & (prediction != target)).sum()),
+            "misses": int((observed & ~predicted).sum()),
+            "false_alarms": int((~observed & predicted).sum()),
+        }
+
+    @staticmethod
+    def from_counts(counts: dict) -> dict:
+        union = counts["hits"] + counts["wrong_hits"] + counts["misses"] + counts["false_alarms"]
+        return {
+            "fom": counts["hits"] / union if union else float("nan"),
+            "iou": (counts["hits"] + counts["wrong_hits"]) / union if union else float("nan"),
+        }
+
+    def compute(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
+        counts = self.counts(previous, target, prediction)
+        return {**counts, **self.from_counts(counts)}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Reliability of the confidence (max class probability) from a ``ReliabilityHistogram``.
+
+    Per bin: pixels, mean confidence, accuracy; ECE = pixel-weighted mean |accuracy −
+    confidence| over bins.
+    """
+
+    name: str = "calibration"
+
+    def compute(self, table: np.ndarray) -> dict:
+        count, confidence, correct = table
+        mean_confidence = _safe_divide(confidence, count)
+        accuracy = _safe_divide(correct, count)
+        total = count.sum()
+        gap = np.nan_to_num(np.abs(accuracy - mean_confidence))
+        return {
+            "bin_edges": np.linspace(0, 1, len(count) + 1).round(6).tolist(),
+            "count": count.astype("int64").tolist(),
+            "confidence": [_json_number(v) for v in mean_confidence],
+            "accuracy": [_json_number(v) for v in accuracy],
+            "ece": float((count * gap).sum() / total) if total else float("nan"),
         }
 
 
@@ -124,6 +192,7 @@ def summarise(cm: np.ndarray, classes: list[int]) -> dict:
         "oa": OverallAccuracy().compute(cm),
         "miou": MeanIoU().compute(cm),
         "kappa": CohenKappa().compute(cm),
+        "f1": MeanF1().compute(cm),
         "per_class_iou": {str(c): _json_number(v) for c, v in zip(classes, per_class, strict=True)},
         "per_class_f1": {str(c): _json_number(v) for c, v in zip(classes, f1, strict=True)},
         "confusion_matrix": cm.tolist(),
