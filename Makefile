@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ai4land-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast bench lint dag clean
+.PHONY: install demo test test-fast bench lint dag clean slurm-start slurm-stop demo-slurm regenerate
 
 $(STAMP): pyproject.toml
 	./scripts/install-system-deps.sh
@@ -41,6 +41,26 @@ lint: install
 
 dag: install
 	$(BIN)/snakemake --dag --configfile config/demo.yaml | dot -Tsvg > dag.svg
+
+# A local single-node Slurm (root; apt) and the demo through the Slurm profile.
+slurm-start:
+	bash scripts/slurm/start.sh
+
+slurm-stop:
+	bash scripts/slurm/stop.sh
+
+demo-slurm: install slurm-start
+	$(BIN)/snakemake --profile profiles/slurm --workflow-profile profiles/slurm-ci \
+		--configfile config/demo.yaml tests/workflow/slurm-ci.yaml
+
+# Regenerate a published product from scratch in REGEN_DIR and compare it with its
+# manifest, file by file: make regenerate MANIFEST=path/to/SHA256SUMS [CONFIG=config/demo.yaml]
+CONFIG ?= config/demo.yaml
+REGEN_DIR ?= regenerated
+regenerate: install
+	@test -n "$(MANIFEST)" || { echo "usage: make regenerate MANIFEST=path/to/SHA256SUMS [CONFIG=...]"; exit 2; }
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --directory $(REGEN_DIR) --forceall
+	$(BIN)/ai4land verify-manifest $(MANIFEST) --root $(REGEN_DIR)/results
 
 clean:
 	rm -rf results resources logs benchmarks/logs .snakemake

@@ -17,6 +17,29 @@ CONFIG_FILES = [DEFAULT_CONFIG] + [
     if os.path.abspath(path) != os.path.abspath(DEFAULT_CONFIG)
 ]
 CONFIG_ARGS = " ".join(f"--config {path}" for path in CONFIG_FILES)
+
+
+def _merged_config_file():
+    """The merged config in one file at a fixed path, written only when it changed.
+
+    Rules pass this path, not the list of --configfile paths, so adding or renaming a
+    config file does not change every rule's params; each rule's config_hash param
+    reruns exactly the rules whose config entries changed.
+    """
+    import yaml
+
+    path = os.path.join(".snakemake", "ai4land", "config.yaml")
+    text = yaml.safe_dump(dict(config), sort_keys=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+CONFIG_ARGS = f"--config {_merged_config_file()}"
 RAW = CFG.paths.raw
 CUBE = CFG.paths.cube
 RESULTS = CFG.paths.results
@@ -30,6 +53,18 @@ STORE_MARKER = f"{RESULTS}/product/ai4land.zarr.layout.json"
 wildcard_constraints:
     scenario="[A-Za-z0-9_-]+",
     year=r"\d{4}",
+
+
+def config_hash(*keys, exclude=("datasets.coarse.scenarios",)):
+    """Hash of the config entries a rule reads (dotted keys), for its params.
+
+    Snakemake reruns a job whose params changed, so a config change reruns exactly the
+    rules that read the changed entries (and, through their outputs, what depends on
+    them). The per-SSP file list is left out: a new SSP adds its own jobs instead.
+    """
+    from ai4land.regenerate import config_digest
+
+    return config_digest(CFG, keys, exclude=exclude)
 
 
 def store_of(marker):

@@ -12,6 +12,7 @@ if CFG.demo_world:
             [layer.path for layer in CFG.datasets.static],
         params:
             config=CONFIG_ARGS,
+            config_hash=config_hash("seed", "demo", "datasets", "classes", exclude=()),
         log:
             f"{LOGS}/demo_world.log",
         benchmark:
@@ -36,6 +37,7 @@ else:
             params:
                 config=CONFIG_ARGS,
                 key=_key,
+                config_hash=config_hash(f"sources.{_key}"),
             log:
                 f"{LOGS}/download/{_key}.log",
             retries: 3

@@ -1,4 +1,15 @@
-# Stage 5: the U-Net beside its baselines on held-out blocks and years.
+# Stage 5: the U-Net, its rollout and the baselines on held-out blocks and years.
+
+EVAL = f"{RESULTS}/eval"
+EVAL_FIGURES = {
+    # figure name: its caption in workflow/report/
+    "confusion_matrix": "evaluate_confusion_matrix.rst",
+    "per_class_iou": "evaluate_per_class_iou.rst",
+    "by_year": "evaluate_by_year.rst",
+    "tiles": "evaluate_tiles.rst",
+    "class_area": "evaluate_class_area.rst",
+    "calibration": "evaluate_calibration.rst",
+}
 
 
 rule evaluate:
@@ -8,9 +19,20 @@ rule evaluate:
         weights=rules.train.output.weights,
         card=rules.train.output.card,
     output:
-        f"{RESULTS}/eval/metrics.json",
+        metrics=f"{EVAL}/metrics.json",
+        # the CLI writes the tables beside metrics.json and the figures in figures/
+        tables=[
+            f"{EVAL}/{name}.csv"
+            for name in ("metrics_by_model", "metrics_by_year", "metrics_by_block", "per_class_iou")
+        ],
+        figures=[
+            report(f"{EVAL}/figures/{name}.png", caption=f"../report/{caption}",
+                   category="Evaluation")
+            for name, caption in EVAL_FIGURES.items()
+        ],
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size", "predict.overlap"),
         model=lambda wildcards, input: os.path.dirname(input.weights),
     log:
         f"{LOGS}/evaluate.log",
@@ -24,4 +46,4 @@ rule evaluate:
         runtime=120,
     shell:
         "ai4land evaluate {params.config} --model {params.model} --split {input.split}"
-        " --output {output} > {log} 2>&1"
+        " --output {output.metrics} > {log} 2>&1"

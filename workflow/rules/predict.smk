@@ -9,6 +9,7 @@ rule init_store:
         STORE_MARKER,
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("classes", "region", "years", "scenarios"),
         store=lambda wildcards, output: store_of(output[0]),
     log:
         f"{LOGS}/predict/init_store.log",
@@ -36,6 +37,7 @@ rule predict:
         report=f"{RESULTS}/maps/{{scenario}}/ai4land_{{scenario}}_{{year}}.json",
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("predict", "classes", "datasets"),
         model=lambda wildcards, input: os.path.dirname(input.weights),
         store=lambda wildcards, input: store_of(input.store),
         prior=prior_arg,

@@ -11,6 +11,7 @@ rule prepare_target:
         target=directory(f"{CUBE}/target.zarr"),
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("datasets", "classes", "region", "years"),
     log:
         f"{LOGS}/prepare/target.log",
     benchmark:
@@ -34,6 +35,7 @@ rule prepare_static:
         directory(f"{CUBE}/static.zarr"),
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("datasets.static", "classes", "region"),
     log:
         f"{LOGS}/prepare/static.log",
     benchmark:
@@ -58,6 +60,7 @@ rule prepare_coarse:
         directory(f"{CUBE}/coarse/{{scenario}}.zarr"),
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("datasets.coarse", "classes", "region", "years"),
     log:
         f"{LOGS}/prepare/coarse_{{scenario}}.log",
     benchmark:

@@ -14,6 +14,7 @@ rule publish:
         readme=f"{RESULTS}/publish/README.md",
     params:
         config=CONFIG_ARGS,
+        config_hash=CFG.hash()[:16],
         model=lambda wildcards, input: os.path.dirname(input.weights),
         store=lambda wildcards, input: store_of(input.store),
         maps=lambda wildcards, input: os.path.dirname(os.path.dirname(input.maps[0])),

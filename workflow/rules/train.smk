@@ -1,5 +1,7 @@
 # Stage 4: U-Net training under torchrun (DDP: gloo on CPU, nccl on GPU).
-# On Slurm the profile sets nodes/GPUs; the rendezvous comes from the allocation.
+# `ai4land torchrun` runs torchrun --standalone on one machine; inside a Slurm job that
+# spans several nodes it starts one torchrun agent per node with srun and takes the
+# c10d rendezvous from the allocation (first host). train.nproc = processes per node.
 
 
 rule train:
@@ -12,6 +14,7 @@ rule train:
         metrics=f"{MODEL_DIR}/metrics.csv",
     params:
         config=CONFIG_ARGS,
+        config_hash=config_hash("seed", "train", "years", "classes", "datasets.coarse.groups"),
         model=lambda wildcards, output: os.path.dirname(output.weights),
         nproc=CFG.train.nproc,
     log:
@@ -25,5 +28,5 @@ rule train:
         mem_mb=8000,
         runtime=720,
     shell:
-        "torchrun --standalone --nproc_per_node={params.nproc} -m ai4land train {params.config}"
+        "ai4land torchrun --nproc {params.nproc} -- train {params.config}"
         " --split {input.split} --output {params.model} > {log} 2>&1"

@@ -1,0 +1,84 @@
+"""Partial reruns on a finished tiny run (dry runs; no Slurm needed).
+
+A predict-only config change reruns predict and publish, not train; one (scenario,
+year) can be regenerated alone; a change of the SSP list leaves the cube and model alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests/integration/tiny.yaml"
+UPSTREAM = {"demo_world", "prepare_target", "prepare_static", "prepare_coarse", "split", "train"}
+
+
+def _snakemake(workdir: Path, *args: str, configs=()) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(workdir), *args, "--configfile", str(TINY), *map(str, configs)],
+        capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _planned(out: str) -> dict[str, int]:
+    """{rule: job count} from the job stats table of a dry run."""
+    table = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reruns")
+    _snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.mark.slow
+def test_nothing_to_do_on_a_finished_run(finished):
+    assert "Nothing to be done" in _snakemake(finished, "-n")
+
+
+@pytest.mark.slow
+def test_predict_change_reruns_only_predict_and_publish(finished, tmp_path):
+    change = tmp_path / "predict.yaml"
+    change.write_text("predict:\n  harmonize: false\n")
+    planned = _planned(_snakemake(finished, "-n", configs=[change]))
+    assert set(planned) == {"predict", "publish", "all"}, planned
+    assert planned["predict"] == 6
+
+
+@pytest.mark.slow
+def test_train_change_reruns_train_and_downstream(finished, tmp_path):
+    change = tmp_path / "train.yaml"
+    change.write_text("train:\n  lr: 0.001\n")
+    planned = _planned(_snakemake(finished, "-n", configs=[change]))
+    assert {"train", "evaluate", "predict", "publish"} <= set(planned), planned
+    assert not set(planned) & (UPSTREAM - {"train"}), planned
+
+
+@pytest.mark.slow
+def test_one_scenario_year_alone(finished):
+    target = "results/maps/ssp585/ai4land_ssp585_2021.tif"
+    planned = _planned(_snakemake(finished, "-n", "--forcerun", target, "--until", target))
+    assert planned == {"predict": 1}, planned
+
+
+@pytest.mark.slow
+def test_changing_the_ssp_list_leaves_the_cube_and_model_alone(finished, tmp_path):
+    # The finished run has ssp126 and ssp585; the plan for a different SSP list.
+    change = tmp_path / "ssp.yaml"
+    change.write_text("scenarios: [ssp126]\n")
+    planned = _planned(_snakemake(finished, "-n", configs=[change]))
+    assert not set(planned) & UPSTREAM, planned
+    # The product store's scenario axis changes, so the store is rebuilt and the kept
+    # chains are predicted again (2 historical + 2 ssp126); the store cannot grow yet.
+    assert planned == {"init_store": 1, "predict": 4, "publish": 1, "all": 1}, planned
