@@ -83,16 +83,20 @@ def cmd_evaluate(args) -> int:
     from ai4land.evaluate import run_evaluate
 
     metrics = run_evaluate(_config(args), model_dir=Path(args.model), split_path=Path(args.split),
-                           output=Path(args.output))
+                           output=Path(args.output),
+                           figures_dir=Path(args.figures) if args.figures else None)
+    print(f"{'model':>20s}  {'OA':>6s}  {'mIoU':>6s}  {'kappa':>6s}  {'F1':>6s}  {'FoM':>6s}")
     for name, values in metrics["models"].items():
-        print(f"{name:>20s}  OA {values['oa']:.4f}  mIoU {values['miou']:.4f}  kappa {values['kappa']:.4f}")
+        row = [values[k] for k in ("oa", "miou", "kappa", "f1", "fom_change")]
+        print(f"{name:>20s}  " + "  ".join("   n/a" if v is None else f"{v:.4f}" for v in row))
     return 0
 
 
 def cmd_score(args) -> int:
     from ai4land.evaluate import score_files
 
-    result = score_files(Path(args.prediction), Path(args.target))
+    result = score_files(Path(args.prediction), Path(args.target),
+                         previous=Path(args.previous) if args.previous else None)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -128,6 +132,23 @@ def cmd_publish(args) -> int:
                 output_dir=Path(args.output))
     print(args.output)
     return 0
+
+
+def cmd_torchrun(args) -> int:
+    from ai4land.launch import launch
+
+    module_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    if not module_args:
+        raise Ai4landError("ai4land torchrun: give the sub-command to run, e.g. -- train --config ...")
+    return launch(module_args, nproc=args.nproc)
+
+
+def cmd_verify_manifest(args) -> int:
+    from ai4land.regenerate import compare_manifest
+
+    result = compare_manifest(args.manifest, args.root)
+    print("\n".join(result.lines()))
+    return 0 if result.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,11 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("evaluate", cmd_evaluate, "score the model and baselines on test blocks and years")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--split", required=True)
-    p.add_argument("--output", required=True, help="metrics JSON")
+    p.add_argument("--output", required=True,
+                   help="metrics JSON (CSV tables are written beside it)")
+    p.add_argument("--figures", help="figure directory (default: figures/ beside --output)")
 
     p = sub.add_parser("score", help="score a predicted map against a target map on one grid")
     p.add_argument("prediction")
     p.add_argument("target")
+    p.add_argument("--previous", help="previous year's map: adds figure of merit on change")
     p.set_defaults(func=cmd_score)
 
     p = stage("init-store", cmd_init_store, "create the empty product Zarr store")
@@ -196,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--output", required=True)
+
+    p = sub.add_parser("torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)")
+    p.add_argument("--nproc", type=int, required=True, help="processes per node (train.nproc)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="-- SUB-COMMAND [ARGS...]")
+    p.set_defaults(func=cmd_torchrun)
+
+    p = sub.add_parser("verify-manifest",
+                       help="compare a product with a published SHA256SUMS, file by file")
+    p.add_argument("manifest", help="published SHA256SUMS")
+    p.add_argument("--root", required=True, help="directory the manifest paths are relative to")
+    p.set_defaults(func=cmd_verify_manifest)
     return parser
 
 

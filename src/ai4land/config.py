@@ -92,6 +92,18 @@ class CoarseSource(_Section):
     }
     fraction_tolerance: float = 1e-3
 
+    @model_validator(mode="after")
+    def _groups_use_known_variables(self) -> CoarseSource:
+        known = [*self.variables, *([self.water_variable] if self.water_variable else [])]
+        for name, group in self.groups.items():
+            unknown = [v for v in group.variables if v not in known]
+            if unknown:
+                raise ValueError(
+                    f"groups.{name} sums {unknown}, which are neither in variables nor the "
+                    f"water_variable (known: {known})"
+                )
+        return self
+
 
 class FineSource(_Section):
     """Fine categorical maps, one per year: HILDA+ GeoTIFFs inside a zip, or plain files."""
@@ -169,7 +181,17 @@ class PriorMaskConfig(_Section):
     block_size: PositiveInt = 16
 
 
+InputGroup = Literal["coarse", "static", "prior"]
+
+
 class TrainConfig(_Section):
+    """U-Net training (``ai4land train`` under torchrun).
+
+    Validation windows are the largest tile (a multiple of ``2**depth``, at most
+    ``tile_size``) that fits inside the validation blocks with ``min_land_fraction``
+    land; it is logged and written to the model card as ``val_tile_size``.
+    """
+
     nproc: PositiveInt = 1
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -181,13 +203,65 @@ class TrainConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     base_channels: PositiveInt = 16
     depth: PositiveInt = 3
+    norm: Literal["batch", "group"] = "batch"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     grad_clip: PositiveFloat = 1.0
     checkpoint_every: PositiveInt = 50
     val_batches: PositiveInt = 8
     early_stopping_patience: PositiveInt = 5
     amp: bool = True
+    # Training and validation windows need more than this share of land pixels.
+    min_land_fraction: Fraction = 0.1
+    # Share of each epoch's samples drawn in proportion to the prior -> target change of
+    # their (tile-sized block, year pair) instead of uniformly; 0 = uniform sampling.
+    change_balanced: Fraction = 0.0
+    # false: no sample has a prior (single-year data, or a model without the prior).
+    prior: bool = True
+    # Input groups zeroed inside the model (ablation); the channel layout is unchanged.
+    drop_inputs: list[InputGroup] = []
+    # Write TensorBoard scalars beside metrics.csv (only if `tensorboard` is installed).
+    tensorboard: bool = False
+    # Batches loaded ahead by a background thread while the model computes.
+    prefetch: NonNegativeInt = 2
     prior_mask: PriorMaskConfig = PriorMaskConfig()
+
+    @model_validator(mode="after")
+    def _inputs_consistent(self) -> TrainConfig:
+        if len(set(self.drop_inputs)) != len(self.drop_inputs):
+            raise ValueError(f"drop_inputs lists a group twice: {self.drop_inputs}")
+        if len(self.dropped_inputs) == 3:
+            raise ValueError("drop_inputs drops every input group; keep at least one")
+        if self.change_balanced > 0 and not self.uses_prior:
+            raise ValueError("change_balanced weights samples by prior -> target change; "
+                             "it needs the prior (prior true, 'prior' not in drop_inputs)")
+        return self
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.prior and "prior" not in self.drop_inputs
+
+    @property
+    def dropped_inputs(self) -> list[str]:
+        """Input groups the model zeroes: ``drop_inputs`` plus 'prior' when it is off."""
+        return sorted(set(self.drop_inputs) | (set() if self.prior else {"prior"}))
+
+
+class EnsembleConfig(_Section):
+    """Optional prediction ensemble whose spread is reported (and written as a layer)."""
+
+    kind: Literal["none", "tta", "mc_dropout"] = "none"
+    members: PositiveInt = 1
+    write_layer: bool = False
+
+    @model_validator(mode="after")
+    def _members_fit(self) -> EnsembleConfig:
+        if self.kind != "none" and self.members < 2:
+            raise ValueError(f"ensemble.members must be >= 2 for {self.kind}, got {self.members}")
+        if self.kind == "tta" and self.members > 4:
+            raise ValueError(f"ensemble.members must be <= 4 for tta (flips), got {self.members}")
+        if self.kind == "none" and self.write_layer:
+            raise ValueError("ensemble.write_layer needs ensemble.kind tta or mc_dropout")
+        return self
 
 
 class PredictConfig(_Section):
@@ -196,6 +270,9 @@ class PredictConfig(_Section):
     batch_size: PositiveInt = 8
     device: Literal["auto", "cpu", "cuda"] = "auto"
     harmonize: bool = True
+    # Years over which the delta method's anchor offset fades to 0 (null: never).
+    harmonize_decay_years: PositiveInt | None = None
+    ensemble: EnsembleConfig = EnsembleConfig()
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
@@ -204,6 +281,16 @@ class PredictConfig(_Section):
                 f"overlap must be < tile_size / 2, got {self.overlap} with tile {self.tile_size}"
             )
         return self
+
+
+class EvaluateConfig(_Section):
+    """Sizes of the evaluation's baselines and figures."""
+
+    gbm_samples: PositiveInt = 100_000  # training-block pixels for gradient boosting
+    gbm_years: PositiveInt = 10  # training years they are drawn from
+    gbm_max_iter: PositiveInt = 100
+    calibration_bins: PositiveInt = 10
+    figure_tiles: PositiveInt = 3
 
 
 class PublishConfig(_Section):
@@ -243,6 +330,7 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     publish: PublishConfig = PublishConfig()
 
     @model_validator(mode="after")
