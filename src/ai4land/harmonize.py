@@ -117,7 +117,7 @@ def luh_group_fractions(
     return _renormalise(out)
 
 
-def _cell_ids(shape: tuple[int, int], factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+def cell_ids(shape: tuple[int, int], factor: int) -> tuple[np.ndarray, tuple[int, int]]:
     h, w = shape
     hc, wc = -(-h // factor), -(-w // factor)
     rows = np.arange(h) // factor
@@ -133,7 +133,7 @@ def map_group_fractions(
     Returns the fractions and the (hc, wc) count of valid pixels per cell. Valid pixels
     whose code is in no group are left out of the denominator too.
     """
-    cell, (hc, wc) = _cell_ids(codes.shape, factor)
+    cell, (hc, wc) = cell_ids(codes.shape, factor)
     group = groups.code_table()[np.asarray(codes, dtype="uint8")]
     use = np.asarray(valid, dtype=bool) & (group >= 0)
     counts = np.bincount(
@@ -227,7 +227,7 @@ def harmonize(
     if not member.any(axis=1).all():
         missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
         raise ValueError(f"classes {missing} are in no group")
-    cell, (hc, wc) = _cell_ids((height, width), factor)
+    cell, (hc, wc) = cell_ids((height, width), factor)
     if targets.shape != (n_groups, hc, wc):
         raise ValueError(f"targets have shape {targets.shape}, expected {(n_groups, hc, wc)}")
 

@@ -102,3 +102,12 @@ def test_load_model_errors_are_one_clear_line(tmp_path):
     (tmp_path / "model_card.json").write_text(json.dumps({"classes": [1]}))
     with pytest.raises(ModelCardError, match="missing field"):
         load_model(tmp_path)
+
+
+def test_saving_the_same_weights_twice_gives_identical_bytes(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(4, 3, base_channels=4, depth=2)
+    card = _card(model, [f"c{i}" for i in range(4)])
+    save_model(tmp_path / "a", model, card)
+    save_model(tmp_path / "b", model, card)
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()

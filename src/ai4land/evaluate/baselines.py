@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from ai4land.errors import InputDataError
 from ai4land.grid import Window
-from ai4land.harmonize import Groups, _cell_ids, largest_remainder_counts
+from ai4land.harmonize import Groups, cell_ids, largest_remainder_counts
 from ai4land.io.cube import Cube
 from ai4land.samples.features import build_inputs, codes_to_index
 from ai4land.split import Split
@@ -48,7 +48,7 @@ def random_allocation(fractions: np.ndarray, *, groups: Groups, factor: int, val
     without fractions become ``ocean_code``.
     """
     valid = np.asarray(valid, dtype=bool)
-    cell, (cy, cx) = _cell_ids(valid.shape, factor)
+    cell, (cy, cx) = cell_ids(valid.shape, factor)
     flat = np.flatnonzero(valid)
     pixel_cell = cell.reshape(-1)[flat]
     per_cell = np.bincount(pixel_cell, minlength=cy * cx).reshape(cy, cx)
