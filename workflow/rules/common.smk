@@ -10,15 +10,6 @@ try:
 except Ai4landError as exc:
     sys.exit(f"ai4land: error: {exc}")
 
-# Every CLI call sees exactly the config files Snakemake merged, in the same order:
-# the default first, then each --configfile (later files win).
-CONFIG_FILES = [DEFAULT_CONFIG] + [
-    str(path) for path in workflow.configfiles
-    if os.path.abspath(path) != os.path.abspath(DEFAULT_CONFIG)
-]
-CONFIG_ARGS = " ".join(f"--config {path}" for path in CONFIG_FILES)
-
-
 def _merged_config_file():
     """The merged config in one file at a fixed path, written only when it changed.
 
