@@ -25,7 +25,8 @@ demo: install
 	@echo "  maps (COG):       results/maps/<scenario>/ai4land_<scenario>_<year>.tif"
 	@echo "  Zarr store:       results/product/ai4land.zarr"
 	@echo "  STAC catalog:     results/publish/catalog.json"
-	@echo "  evaluation:       results/eval/metrics.json"
+	@echo "  evaluation:       results/eval/metrics.json, results/eval/figures/"
+	@echo "  HTML report:      snakemake --report report.zip"
 
 test: install
 	$(BIN)/python -m pytest
