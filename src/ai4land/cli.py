@@ -104,7 +104,7 @@ def cmd_score(args) -> int:
 def cmd_init_store(args) -> int:
     from ai4land.predict import init_product_store
 
-    print(init_product_store(_config(args), store=Path(args.store)))
+    print(init_product_store(_config(args), store=Path(args.store), scenario=args.scenario))
     return 0
 
 
@@ -203,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", help="previous year's map: adds figure of merit on change")
     p.set_defaults(func=cmd_score)
 
-    p = stage("init-store", cmd_init_store, "create the empty product Zarr store")
+    p = stage("init-store", cmd_init_store,
+              "create (or grow) the product Zarr store for one scenario chain")
     p.add_argument("--store", required=True)
+    p.add_argument("--scenario", required=True, help="the chain this marker is for")
 
     p = stage("predict", cmd_predict, "predict one (scenario, year) map")
     p.add_argument("--scenario", required=True)

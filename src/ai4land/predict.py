@@ -20,6 +20,7 @@ of the job is there.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
@@ -163,23 +164,36 @@ def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int,
             top = cut
 
 
-def init_product_store(config, *, store: str | Path) -> Path:
-    """Create the empty product store and its layout marker (the Snakemake target)."""
+def init_product_store(config, *, store: str | Path, scenario: str) -> Path:
+    """Create or grow the product store for ``scenario`` and write its layout marker.
+
+    The store always holds every configured scenario (created in config order, so a
+    fresh run is deterministic); scenarios added to the config later are appended. The
+    marker (the Snakemake target of ``init-store``) is per scenario, so adding an SSP
+    leaves the other chains' markers, and their predictions, untouched. A lock file
+    serialises concurrent ``init-store`` jobs.
+    """
     store = Path(store)
+    if scenario not in config.product_scenarios:
+        raise InputDataError(f"scenario {scenario!r} is not in the config's product scenarios "
+                             f"{config.product_scenarios}")
     cube = Cube.from_config(config)
     layers = product_layers(spread=config.predict.ensemble.write_layer)
-    init_store(store, grid=cube.fine_grid, scenarios=config.product_scenarios,
-               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
-               layers=layers)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        init_store(store, grid=cube.fine_grid, scenarios=config.product_scenarios,
+                   years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
+                   layers=layers, grow=True)
     layout = {
         "store": store.name,
-        "scenarios": config.product_scenarios,
+        "scenario": scenario,
         "years": config.product_years,
         "grid": cube.fine_grid.to_dict(),
         "chunk": [1, 1, STORE_TILE, STORE_TILE],
         "layers": layers,
     }
-    marker = store.with_name(store.name + ".layout.json")
+    marker = store.with_name(f"{store.name}.{scenario}.layout.json")
     with atomic_path(marker) as tmp:
         tmp.write_text(json.dumps(layout, indent=1) + "\n")
     return marker

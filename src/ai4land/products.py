@@ -437,15 +437,21 @@ def init_store(
     tile: int = COG_BLOCKSIZE,
     legend: Mapping[int, str],
     layers: Sequence[str] = BASE_LAYERS,
+    grow: bool = False,
 ) -> Path:
     """Create the product store (metadata and coordinates only); idempotent, race-safe.
 
     Written to a temporary sibling and renamed. If another process created the store
     first, ours is dropped and the existing one is checked for the same axes and grid.
-    ``layers`` are the variables (names of :data:`LAYERS`).
+    ``layers`` are the variables (names of :data:`LAYERS`). With ``grow``, scenarios
+    missing from an existing store are appended to its scenario axis, so a new SSP
+    does not invalidate the chains already written (only ``init-store`` grows; the
+    per-year jobs only check).
     """
     path = Path(path)
     if path.exists():
+        if grow:
+            _append_scenarios(path, scenarios)
         check_store(path, grid=grid, scenarios=scenarios, years=years)
         return path
     ds = _store_dataset(grid, scenarios, years, tile, legend, layers)
@@ -485,12 +491,38 @@ def check_store(path: str | Path, *, grid: Grid, scenarios: Sequence[str],
     if not found.same_as(grid):
         raise OutputError(f"{path}: existing store is on grid {found.to_dict()}, "
                           f"expected {grid.to_dict()}; remove it to rebuild")
-    for name, want in (("scenario", [str(s) for s in scenarios]),
-                       ("year", [int(y) for y in years])):
-        have = _axis_values(group, name)
-        if have != want:
-            raise OutputError(f"{path}: existing store has {name} {have}, expected {want}; "
-                              "remove it to rebuild")
+    have = _axis_values(group, "scenario")
+    missing = [str(s) for s in scenarios if str(s) not in have]
+    if missing:
+        raise OutputError(f"{path}: existing store lacks scenarios {missing} (has {have}); "
+                          "run `ai4land init-store` to add them")
+    want_years, have_years = [int(y) for y in years], _axis_values(group, "year")
+    if have_years != want_years:
+        raise OutputError(f"{path}: existing store has years {have_years}, expected "
+                          f"{want_years}; remove it to rebuild")
+
+
+def _append_scenarios(path: Path, scenarios: Sequence[str]) -> None:
+    """Append the scenarios the store lacks to its scenario axis (new chunks read as fill)."""
+    import zarr
+
+    group = _open_group(path, mode="r+")
+    have = _axis_values(group, "scenario")
+    new = have + [str(s) for s in scenarios if str(s) not in have]
+    if new == have:
+        return
+    for name in group.array_keys():
+        array = group[name]
+        if name != "scenario" and list(array.attrs.get("_ARRAY_DIMENSIONS", []))[:1] == ["scenario"]:
+            array.resize((len(new), *array.shape[1:]))
+    attrs = dict(group["scenario"].attrs)
+    values = np.asarray(new, dtype="U")
+    del group["scenario"]
+    axis = group.create_array("scenario", shape=values.shape, dtype=values.dtype,
+                              chunks=values.shape)
+    axis[:] = values
+    axis.attrs.update(attrs)
+    zarr.consolidate_metadata(path, zarr_format=2)
 
 
 class StoreWriter:
@@ -559,6 +591,11 @@ def write_year(
             raise ValueError(f"{name} has shape {np.shape(values)}, store expects "
                              f"{tuple(writer.group['lulc'].shape[2:])}")
     writer.write(0, {"lulc": codes, "probability": probability, "entropy": entropy})
+
+
+def store_scenarios(path: str | Path) -> list[str]:
+    """The store's scenario axis, in store order (new scenarios are appended)."""
+    return _axis_values(_open_group(Path(path)), "scenario")
 
 
 def read_year(path: str | Path, *, scenario: str, year: int, layer: str = "lulc") -> np.ndarray:

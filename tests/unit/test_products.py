@@ -17,6 +17,7 @@ from ai4land.products import (
     init_store,
     quantise,
     read_year,
+    store_scenarios,
     validate_cog,
     write_cog,
     write_probability_cogs,
@@ -168,3 +169,22 @@ def test_store_is_deterministic_and_idempotent(tmp_path):
     with pytest.raises(OutputError, match="year 1999"):
         write_year(tmp_path / "a.zarr", scenario="ssp126", year=1999,
                    codes=np.zeros(SMALL.shape, "uint8"))
+
+
+def test_init_store_appends_a_new_scenario_and_keeps_written_years(tmp_path):
+    grid = Grid(west=0.0, north=10.0, res=0.5, width=20, height=20)
+    legend = LEGEND
+    store = tmp_path / "p.zarr"
+    init_store(store, grid=grid, scenarios=["historical", "ssp126"], years=[1959, 2020],
+               tile=8, legend=legend)
+    write_year(store, scenario="ssp126", year=2020, codes=np.full((20, 20), 22, np.uint8))
+    with pytest.raises(OutputError, match=r"lacks scenarios \['ssp585'\]"):
+        init_store(store, grid=grid, scenarios=["historical", "ssp126", "ssp585"],
+                   years=[1959, 2020], tile=8, legend=legend)
+    init_store(store, grid=grid, scenarios=["historical", "ssp126", "ssp585"],
+               years=[1959, 2020], tile=8, legend=legend, grow=True)
+    assert store_scenarios(store) == ["historical", "ssp126", "ssp585"]
+    assert (read_year(store, scenario="ssp126", year=2020) == 22).all()
+    assert (read_year(store, scenario="ssp585", year=2020) == 99).all()
+    write_year(store, scenario="ssp585", year=2020, codes=np.full((20, 20), 33, np.uint8))
+    assert (read_year(store, scenario="ssp585", year=2020) == 33).all()

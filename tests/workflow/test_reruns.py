@@ -1,18 +1,20 @@
 """Partial reruns on a finished tiny run (dry runs; no Slurm needed).
 
 A predict-only config change reruns predict and publish, not train; one (scenario,
-year) can be regenerated alone; a change of the SSP list leaves the cube and model alone.
+year) can be regenerated alone; adding an SSP runs only its chain.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests/integration/tiny.yaml"
@@ -73,12 +75,31 @@ def test_one_scenario_year_alone(finished):
 
 
 @pytest.mark.slow
-def test_changing_the_ssp_list_leaves_the_cube_and_model_alone(finished, tmp_path):
-    # The finished run has ssp126 and ssp585; the plan for a different SSP list.
+def test_dropping_an_ssp_leaves_every_chain_alone(finished, tmp_path):
+    # The finished run has ssp126 and ssp585; the plan for a shorter SSP list.
     change = tmp_path / "ssp.yaml"
     change.write_text("scenarios: [ssp126]\n")
     planned = _planned(_snakemake(finished, "-n", configs=[change]))
-    assert not set(planned) & UPSTREAM, planned
-    # The product store's scenario axis changes, so the store is rebuilt and the kept
-    # chains are predicted again (2 historical + 2 ssp126); the store cannot grow yet.
-    assert planned == {"init_store": 1, "predict": 4, "publish": 1, "all": 1}, planned
+    # the store keeps the dropped slices; publish lists fewer maps
+    assert planned == {"publish": 1, "all": 1}, planned
+
+
+@pytest.mark.slow
+def test_adding_an_ssp_runs_only_its_chain(finished, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir, symlinks=True)
+    only_126 = tmp_path / "ssp126.yaml"
+    only_126.write_text("scenarios: [ssp126]\n")
+    _snakemake(workdir, "--cores", "2", configs=[only_126])
+    # as if ssp585 had never been predicted
+    shutil.rmtree(workdir / "results/maps/ssp585")
+    (workdir / "results/product/ai4land.zarr.ssp585.layout.json").unlink()
+    kept = {p: p.read_bytes() for p in (workdir / "results/maps").rglob("*.tif")}
+
+    planned = _planned(_snakemake(workdir, "-n"))
+    assert planned == {"init_store": 1, "predict": 2, "publish": 1, "all": 1}, planned
+    _snakemake(workdir, "--cores", "2")
+    assert {p: p.read_bytes() for p in kept} == kept, "an existing chain was rewritten"
+    store = xr.open_zarr(workdir / "results/product/ai4land.zarr", mask_and_scale=False)
+    assert list(store["scenario"].values) == ["historical", "ssp126", "ssp585"]
+    assert (store["lulc"].sel(scenario="ssp585", year=2021).values != 99).any()

@@ -38,7 +38,9 @@ LOGS = "logs"
 BENCHMARKS = "benchmarks/logs"
 COARSE_SCENARIOS = ["historical"] + list(CFG.datasets.coarse.scenarios)
 MODEL_DIR = f"{RESULTS}/model"
-STORE_MARKER = f"{RESULTS}/product/ai4land.zarr.layout.json"
+# One layout marker per scenario: adding an SSP adds a marker (and grows the store)
+# without touching the markers, and so the chains, of the other scenarios.
+STORE_MARKER = f"{RESULTS}/product/ai4land.zarr.{{scenario}}.layout.json"
 
 
 wildcard_constraints:
@@ -59,8 +61,8 @@ def config_hash(*keys, exclude=("datasets.coarse.scenarios",)):
 
 
 def store_of(marker):
-    """The product Zarr store next to its layout marker file."""
-    return marker.removesuffix(".layout.json")
+    """The product Zarr store next to a scenario's layout marker file."""
+    return marker.removesuffix(".layout.json").rsplit(".", 1)[0]
 
 
 def map_path(scenario, year, suffix=".tif"):

@@ -9,10 +9,10 @@ rule init_store:
         STORE_MARKER,
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("classes", "region", "years", "scenarios"),
+        config_hash=config_hash("classes", "region", "years", "predict.ensemble"),
         store=lambda wildcards, output: store_of(output[0]),
     log:
-        f"{LOGS}/predict/init_store.log",
+        f"{LOGS}/predict/init_store_{{scenario}}.log",
     conda:
         "../envs/ai4land.yaml"
     threads: 1
@@ -20,7 +20,8 @@ rule init_store:
         mem_mb=2000,
         runtime=10,
     shell:
-        "ai4land init-store {params.config} --store {params.store} > {log} 2>&1"
+        "ai4land init-store {params.config} --store {params.store} --scenario {wildcards.scenario}"
+        " > {log} 2>&1"
 
 
 rule predict:

@@ -6,7 +6,7 @@ rule publish:
         maps=ALL_MAPS,
         metrics=rules.evaluate.output[0],
         weights=rules.train.output.weights,
-        store=STORE_MARKER,
+        store=expand(STORE_MARKER, scenario=CFG.product_scenarios),
     output:
         catalog=f"{RESULTS}/publish/catalog.json",
         manifest=f"{RESULTS}/publish/SHA256SUMS",
@@ -16,7 +16,7 @@ rule publish:
         config=CONFIG_ARGS,
         config_hash=CFG.hash()[:16],
         model=lambda wildcards, input: os.path.dirname(input.weights),
-        store=lambda wildcards, input: store_of(input.store),
+        store=lambda wildcards, input: store_of(input.store[0]),
         maps=lambda wildcards, input: os.path.dirname(os.path.dirname(input.maps[0])),
         output=lambda wildcards, output: os.path.dirname(output.catalog),
     log:
