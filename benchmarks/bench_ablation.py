@@ -62,7 +62,6 @@ def main() -> None:
         config = None
         for name, dropped in VARIANTS.items():
             config = demo_workspace(tmp, overrides={
-                "years": {"test": [2001, 2004]},
                 "train": {**TRAIN, "drop_inputs": dropped},
                 "evaluate": {"gbm_samples": 20000, "gbm_max_iter": 20},
             }) if config is None else config.model_copy(update={

@@ -39,7 +39,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ai4land-bench-") as tmp:
         tmp = Path(tmp)
         config = demo_workspace(tmp, overrides={
-            "years": {"test": [2001, 2004]},
             "train": {"epochs": 1, "steps_per_epoch": STEPS, "val_batches": 1},
         })
         config_file = tmp / "config.yaml"

@@ -32,7 +32,7 @@ def demo_batches(directory: Path, *, n_batches: int = N_BATCHES):
     from ai4land.samples.plan import SamplePlanner
     from ai4land.split import load_split
 
-    config = demo_workspace(directory, overrides={"years": {"test": [2001, 2004]}})
+    config = demo_workspace(directory)
     cube = Cube.from_config(config)
     split = load_split(split_path(config))
     train = config.train

@@ -424,11 +424,11 @@ def parse_config(data: dict, *, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {_describe(first)}{suffix}") from None
 
 
-def _deep_update(base: dict, override: dict) -> dict:
+def deep_update(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_update(merged[key], value)
+            merged[key] = deep_update(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -449,7 +449,7 @@ def read_config_files(paths: list[str | Path]) -> dict:
             raise ConfigError(f"{path}:{where} is not valid YAML") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of settings")
-        merged = _deep_update(merged, data)
+        merged = deep_update(merged, data)
     return merged
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ai4land.config import Config, _deep_update, parse_config, read_config_files
+from ai4land.config import Config, deep_update, parse_config, read_config_files
 from ai4land.demo_world import write_demo_world
 from ai4land.prepare import prepare_coarse, prepare_static, prepare_target
 from ai4land.split import run_split
@@ -18,6 +18,8 @@ from ai4land.split import run_split
 REPO = Path(__file__).resolve().parents[2]
 # 3 x 3 degrees: 300 x 300 fine pixels, 12 x 12 LUH2 cells, ~15 training blocks.
 SMALL_BBOX = (4.0, 42.0, 7.0, 45.0)
+# Four test years keep evaluation short; overrides may change them.
+TEST_YEARS = [2001, 2004]
 
 
 def demo_config(directory: Path, *, bbox=SMALL_BBOX, overrides: dict | None = None) -> Config:
@@ -38,7 +40,8 @@ def demo_config(directory: Path, *, bbox=SMALL_BBOX, overrides: dict | None = No
         layer["path"] = inside(layer["path"])
     data["paths"] = {name: inside(path) for name, path in data["paths"].items()}
     data["demo"] = {**data.get("demo", {}), "bbox": list(bbox)}
-    return parse_config(_deep_update(data, overrides or {}), source="demo_config")
+    data["years"]["test"] = list(TEST_YEARS)
+    return parse_config(deep_update(data, overrides or {}), source="demo_config")
 
 
 def demo_workspace(directory: Path, *, bbox=SMALL_BBOX, overrides: dict | None = None) -> Config:

@@ -24,7 +24,6 @@ OA_MARGIN = 0.06
 @pytest.mark.slow
 def test_unet_beats_the_coarse_majority_on_test_blocks_and_years(tmp_path):
     config = demo_workspace(tmp_path, overrides={
-        "years": {"test": [2001, 2004]},
         "train": {"epochs": 3, "steps_per_epoch": 40, "val_batches": 2},
         "evaluate": {"gbm_samples": 20000, "gbm_max_iter": 20},
     })
