@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from data.demo_cube import demo_workspace, split_path  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ablation.md"
-TRAIN = {"epochs": 3, "steps_per_epoch": 40, "val_batches": 2}
+TRAIN = {"epochs": 10, "steps_per_epoch": 60, "val_batches": 2}
 VARIANTS = {"full": [], "no prior": ["prior"], "no static": ["static"], "no coarse": ["coarse"]}
 
 

@@ -17,7 +17,7 @@ rule split:
         "../envs/ai4land.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         runtime=10,
     shell:
         "ai4land split {params.config} --output {output.split} --figure {output.figure} > {log} 2>&1"
