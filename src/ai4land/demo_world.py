@@ -721,7 +721,8 @@ def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
     observed = set(range(f0, f1 + 1))
     scenarios = dict(datasets.coarse.scenarios)
     n_files = 2 + len(scenarios) + bool(datasets.coarse.static) + len(datasets.static)
-    bar = tqdm(total=len(sim_years) + n_files, desc="demo world", unit="step", disable=not progress)
+    bar = tqdm(total=len(sim_years) + n_files, desc="demo world", unit="step",
+               disable=None if progress else True)
     written: list[Path] = []
 
     def done(path: Path) -> None:

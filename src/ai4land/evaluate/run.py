@@ -102,7 +102,8 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     chain = rollout(config, cube=cube, model=model, years=years,
                     start=cube.target_window(years[0] - 1, whole))
     for year, (_, rollout_codes, rollout_confidence) in tqdm(
-            zip(years, chain, strict=True), total=len(years), desc="evaluate", unit="year"):
+            zip(years, chain, strict=True), total=len(years), desc="evaluate", unit="year",
+            disable=None):
         scenario = cube.scenario_for_year(year)
         observed = cube.target_window(year, whole)
         previous_codes = cube.target_window(year - 1, whole)
