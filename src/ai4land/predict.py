@@ -80,16 +80,21 @@ def _ensemble_seed(config, scenario: str, year: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
-class _CoarseInMemory:
-    """The cube, with one year's coarse cells held in memory for window inputs.
+class _WindowInputs:
+    """The cube, as read by one job's windows: coarse cells of the year in memory, and
+    the static features of the current band of window rows.
 
-    Coarse data are small (a global year is ~50 MB), but reading them back from Zarr for
-    every window costs more than the model's forward pass on a CPU.
+    Windows run row by row, so a band of ``height`` full-width rows serves every window
+    of that row; reading the stores once per window costs more than the model's forward
+    pass on a CPU. Coarse data are small (a global year is ~50 MB); a static band of a
+    global row of 512-pixel tiles is ~220 MB for three features.
     """
 
     def __init__(self, cube: Cube, *, scenario: str, year: int):
         self._cube, self._key = cube, (scenario, year)
         self._cells = cube.coarse_cells(scenario, year, Window(0, 0, *cube.fine_grid.shape))
+        self._band: tuple[int, int] | None = None
+        self._static: np.ndarray | None = None
 
     def __getattr__(self, name: str):
         return getattr(self._cube, name)
@@ -99,6 +104,14 @@ class _CoarseInMemory:
             return self._cube.coarse_window(scenario, year, window)
         rows, cols = window.coarse_slices(self._cube.factor)
         return upsample_cells(self._cells[:, rows, cols], factor=self._cube.factor, window=window)
+
+    def static_window(self, window: Window) -> np.ndarray:
+        band = (window.row, window.height)
+        if band != self._band:
+            width = self._cube.fine_grid.width
+            self._static = self._cube.static_window(Window(window.row, 0, window.height, width))
+            self._band = band
+        return self._static[:, :, window.col : window.col + window.width]
 
 
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
@@ -112,7 +125,7 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
                            overlap=config.predict.overlap)
     predicted = list(config.classes.predicted)
-    inputs_cube = _CoarseInMemory(cube, scenario=scenario, year=year)
+    inputs_cube = _WindowInputs(cube, scenario=scenario, year=year)
 
     def load_window(window: Window) -> np.ndarray:
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
