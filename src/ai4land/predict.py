@@ -80,30 +80,22 @@ def _ensemble_seed(config, scenario: str, year: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
-class _WindowInputs:
-    """The cube, as read by one job's windows: coarse cells of the year in memory, and
-    the static features of the current band of window rows.
+class _StaticBands:
+    """The cube, with the static features of the current band of window rows in memory.
 
     Windows run row by row, so a band of ``height`` full-width rows serves every window
-    of that row; reading the stores once per window costs more than the model's forward
-    pass on a CPU. Coarse data are small (a global year is ~50 MB); a static band of a
-    global row of 512-pixel tiles is ~220 MB for three features.
+    of that row; reading the store once per window costs more than the model's forward
+    pass on a CPU. A static band of a global row of 512-pixel tiles is ~220 MB for three
+    features. (The year's coarse cells go to ``build_inputs`` as ``coarse_cells``.)
     """
 
-    def __init__(self, cube: Cube, *, scenario: str, year: int):
-        self._cube, self._key = cube, (scenario, year)
-        self._cells = cube.coarse_cells(scenario, year, Window(0, 0, *cube.fine_grid.shape))
+    def __init__(self, cube: Cube):
+        self._cube = cube
         self._band: tuple[int, int] | None = None
         self._static: np.ndarray | None = None
 
     def __getattr__(self, name: str):
         return getattr(self._cube, name)
-
-    def coarse_window(self, scenario: str, year: int, window: Window) -> np.ndarray:
-        if (scenario, year) != self._key:
-            return self._cube.coarse_window(scenario, year, window)
-        rows, cols = window.coarse_slices(self._cube.factor)
-        return upsample_cells(self._cells[:, rows, cols], factor=self._cube.factor, window=window)
 
     def static_window(self, window: Window) -> np.ndarray:
         band = (window.row, window.height)
@@ -125,13 +117,15 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
                            overlap=config.predict.overlap)
     predicted = list(config.classes.predicted)
-    inputs_cube = _WindowInputs(cube, scenario=scenario, year=year)
+    inputs_cube = _StaticBands(cube)
+    # a global year of coarse cells is ~50 MB: read once, not once per window
+    cells = cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
 
     def load_window(window: Window) -> np.ndarray:
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
                             predicted=predicted,
                             prior=None if prior is None else prior(window),
-                            direction=direction)
+                            direction=direction, coarse_cells=cells)
 
     ensemble = config.predict.ensemble
     stream = stream_probabilities(

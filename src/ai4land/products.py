@@ -593,11 +593,6 @@ def write_year(
     writer.write(0, {"lulc": codes, "probability": probability, "entropy": entropy})
 
 
-def store_scenarios(path: str | Path) -> list[str]:
-    """The store's scenario axis, in store order (new scenarios are appended)."""
-    return _axis_values(_open_group(Path(path)), "scenario")
-
-
 def read_year(path: str | Path, *, scenario: str, year: int, layer: str = "lulc") -> np.ndarray:
     group = _open_group(Path(path))
     s = _axis_values(group, "scenario").index(scenario)

@@ -258,14 +258,17 @@ def test_target_missing_years_listed(world):
     assert not (Path(config.paths.cube) / "target.zarr").exists()
 
 
-def test_target_plain_files_and_bbox(world):
+def plain_maps(world: Path, *, without_crs: int | None = None) -> dict:
+    """Per-year GeoTIFFs (no zip) under ``world``; the config entries that read them."""
     plain = world / "plain"
     for year in YEARS:
         write_tif(plain / f"map_{year}.tif", fine_map(year), transform=FINE.transform,
-                  crs="EPSG:4326", nodata=99)
-    config = make_config(world, **{"datasets.fine.archive": None,
-                                   "datasets.fine.pattern": str(plain / "map_{year}.tif"),
-                                   "region.bbox": [4.3, 42.3, 5.6, 43.6]})
+                  crs=None if year == without_crs else "EPSG:4326", nodata=99)
+    return {"datasets.fine.archive": None, "datasets.fine.pattern": str(plain / "map_{year}.tif")}
+
+
+def test_target_plain_files_and_bbox(world):
+    config = make_config(world, **{**plain_maps(world), "region.bbox": [4.3, 42.3, 5.6, 43.6]})
     prepare_target(config, progress=False)
     cube = cube_of(config)
     # Snapped outward to coarse cells: 4.25..5.75 E, 42.25..43.75 N.
@@ -292,12 +295,7 @@ def test_target_grids_that_do_not_nest(world, grid, message):
 
 
 def test_target_map_without_crs(world):
-    plain = world / "plain"
-    for year in YEARS:
-        write_tif(plain / f"map_{year}.tif", fine_map(year), transform=FINE.transform,
-                  crs="EPSG:4326" if year != YEARS[0] else None, nodata=99)
-    config = make_config(world, **{"datasets.fine.archive": None,
-                                   "datasets.fine.pattern": str(plain / "map_{year}.tif")})
+    config = make_config(world, **plain_maps(world, without_crs=YEARS[0]))
     with pytest.raises(InputDataError, match=r"map_2000\.tif: has no CRS; fine maps must be in EPSG:4326"):
         prepare_target(config, progress=False)
     assert not (Path(config.paths.cube) / "target.zarr").exists()

@@ -17,7 +17,6 @@ from ai4land.products import (
     init_store,
     quantise,
     read_year,
-    store_scenarios,
     validate_cog,
     write_cog,
     write_probability_cogs,
@@ -183,7 +182,7 @@ def test_init_store_appends_a_new_scenario_and_keeps_written_years(tmp_path):
                    years=[1959, 2020], tile=8, legend=legend)
     init_store(store, grid=grid, scenarios=["historical", "ssp126", "ssp585"],
                years=[1959, 2020], tile=8, legend=legend, grow=True)
-    assert store_scenarios(store) == ["historical", "ssp126", "ssp585"]
+    assert list(xr.open_zarr(store)["scenario"].values) == ["historical", "ssp126", "ssp585"]
     assert (read_year(store, scenario="ssp126", year=2020) == 22).all()
     assert (read_year(store, scenario="ssp585", year=2020) == 99).all()
     write_year(store, scenario="ssp585", year=2020, codes=np.full((20, 20), 33, np.uint8))

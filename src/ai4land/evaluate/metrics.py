@@ -78,6 +78,11 @@ class PerClassIoU:
         return _safe_divide(tp, cm.sum(0) + cm.sum(1) - tp)
 
 
+def _mean_over_present(per_class: np.ndarray) -> float:
+    """Mean over the classes with a defined value (NaN: class absent from both maps)."""
+    return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+
+
 @dataclass(frozen=True)
 class MeanIoU:
     """Mean IoU over classes present in the target or the prediction."""
@@ -85,8 +90,7 @@ class MeanIoU:
     name: str = "miou"
 
     def compute(self, cm: np.ndarray) -> float:
-        iou = PerClassIoU().compute(cm)
-        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        return _mean_over_present(PerClassIoU().compute(cm))
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,7 @@ class MeanF1:
     name: str = "f1"
 
     def compute(self, cm: np.ndarray) -> float:
-        f1 = PerClassF1().compute(cm)
-        return float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
+        return _mean_over_present(PerClassF1().compute(cm))
 
 
 @dataclass(frozen=True)
