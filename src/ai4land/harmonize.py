@@ -231,62 +231,125 @@ def harmonize(
     if targets.shape != (n_groups, hc, wc):
         raise ValueError(f"targets have shape {targets.shape}, expected {(n_groups, hc, wc)}")
 
-    flat = np.flatnonzero(valid)
-    p = probs.reshape(-1, k)[flat].astype("float32")
-    pixel_cell = cell.reshape(-1)[flat]
+    everywhere = bool(valid.all())  # the usual inland band: views, not copies
+    flat = np.arange(valid.size) if everywhere else np.flatnonzero(valid)
+    p = probs.reshape(-1, k).astype("float32", copy=False)
+    pixel_cell = cell.reshape(-1)
+    if not everywhere:
+        p, pixel_cell = p[flat], pixel_cell[flat]
     n = np.bincount(pixel_cell, minlength=hc * wc).reshape(hc, wc)
     counts = largest_remainder_counts(targets, n)
     quota = np.moveaxis(counts, 0, -1).reshape(-1, n_groups)  # (cells, G)
 
-    group_p = p @ member.astype("float32")  # (N, G)
+    group_p = _group_probabilities(p, member)  # (N, G)
     argmax_class = p.argmax(axis=1)
     group_of_class = member.argmax(axis=1)
-    assigned = group_of_class[argmax_class].copy()
+    first_group = group_of_class[argmax_class]
+    assigned = first_group.copy()
 
     constrained = quota[pixel_cell, 0] >= 0
-    idx = np.flatnonzero(constrained)
-    rounds = 0
-    if idx.size:
-        gp = group_p[idx]
-        pc = pixel_cell[idx]
-        pref = np.argsort(-gp, axis=1, kind="stable")  # (M, G) groups by preference
-        rank = np.zeros(idx.size, dtype="int64")
-        held = np.full(idx.size, -1, dtype="int64")
-        local = np.arange(idx.size)
-        while True:
-            free = held < 0
-            if not free.any():
-                break
-            rounds += 1
-            if (rank[free] >= n_groups).any():  # cannot happen when quotas sum to n
-                raise RuntimeError("harmonisation failed to place every pixel")
-            proposers = local[free]
-            held[proposers] = pref[proposers, rank[proposers]]
-            # Only (cell, group) pairs that received proposals need re-ranking.
-            keys = pc * n_groups + held
-            touched = np.zeros(hc * wc * n_groups, dtype=bool)
-            touched[keys[proposers]] = True
-            cand = local[(held >= 0) & touched[np.where(held >= 0, keys, 0)]]
-            ck = keys[cand]
-            score = gp[cand, held[cand]]
-            order = np.lexsort((cand, -score, ck))
-            sorted_keys = ck[order]
-            first = np.searchsorted(sorted_keys, sorted_keys, side="left")
-            within = np.arange(order.size) - first
-            limit = quota.reshape(-1)[sorted_keys]
-            rejected = cand[order[within >= limit]]
-            held[rejected] = -1
-            rank[rejected] += 1
-        assigned[idx] = held
+    if constrained.all():
+        assigned, rounds = _deferred_acceptance(group_p, pixel_cell, quota)
+    else:
+        idx = np.flatnonzero(constrained)
+        assigned[idx], rounds = _deferred_acceptance(group_p[idx], pixel_cell[idx], quota)
 
-    # Within a group, take the group's most probable class.
-    masked = np.where(member.T[assigned], p, -1.0)
-    chosen = masked.argmax(axis=1)
+    # Within its group a pixel takes the group's most probable class: the argmax itself
+    # unless the pixel moved to another group (ties resolve to the lower index either way).
+    chosen = argmax_class.copy()
+    moved = np.flatnonzero(assigned != first_group)
+    masked = np.where(member.T[assigned[moved]], p[moved], -1.0)
+    chosen[moved] = masked.argmax(axis=1)
     index = np.full(height * width, -1, dtype="int64")
     index[flat] = chosen
-    changed = int((chosen != argmax_class).sum())
+    changed = int(moved.size)
     return HarmonizeResult(index=index.reshape(height, width), counts=counts,
                            changed=changed, rounds=rounds)
+
+
+def _group_probabilities(p: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """(N, G) summed class probabilities per group; column sums, not a BLAS matmul, whose
+    threads fight the model's for the cores (and it is slower for a handful of columns)."""
+    out = np.empty((len(p), member.shape[1]), dtype="float32")
+    for g in range(member.shape[1]):
+        (columns,) = np.nonzero(member[:, g])
+        if len(columns) == 1:
+            out[:, g] = p[:, columns[0]]
+        else:
+            np.sum(p[:, columns], axis=1, out=out[:, g])
+    return out
+
+
+def _stable_argsort(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` for int64, several times faster: an unstable
+    sort, then equal runs (rare unless probabilities saturate) put back in index order."""
+    order = np.argsort(values)
+    ordered = values[order]
+    equal = ordered[1:] == ordered[:-1]
+    if equal.any():
+        tied = np.zeros(order.size, dtype=bool)
+        tied[1:] = equal
+        tied[:-1] |= equal
+        run = np.cumsum(np.concatenate(([True], ~equal)))
+        at = np.flatnonzero(tied)
+        # unique keys (run, index), so the unstable sort is exact here
+        order[at] = order[at][np.argsort((run[at] << 32) | order[at])]
+    return order
+
+
+def _deferred_acceptance(gp: np.ndarray, pc: np.ndarray,
+                         quota: np.ndarray) -> tuple[np.ndarray, int]:
+    """Group index per pixel: pixels propose in order of ``gp`` (M, G), each (cell, group)
+    keeps its best proposals up to ``quota`` (cells, G); ties go to the lower pixel index
+    (and, for a pixel's own choices, to the lower group index).
+
+    A cell whose pixels' first choices fit every quota is settled at once (no proposal
+    can ever be rejected there), so only contested cells iterate, and in each round
+    only the (cell, group) pairs holding more than their quota are sorted.
+    """
+    m, n_groups = gp.shape
+    first = gp.argmax(axis=1)
+    held = first.astype("int64")
+    if not m:
+        return held, 0
+    flat_quota = quota.reshape(-1)
+    keys = pc * n_groups + first
+    over = np.bincount(keys, minlength=flat_quota.size) > flat_quota
+    local = np.flatnonzero(over.reshape(-1, n_groups).any(axis=1)[pc])
+    if not local.size:
+        return held, 1
+    # scores as int32 bits: for non-negative float32 the bit order is the value order;
+    # a rejected (pixel, group) gets -1 so the pixel's next argmax is its next choice
+    score = np.maximum(gp[local], 0).astype("float32", copy=False).view("int32")
+    flat_score = score.reshape(-1)
+    pc, keys, state = pc[local], keys[local], held[local]
+    free = np.arange(local.size)
+    rounds = 0
+    while free.size:
+        rounds += 1
+        if rounds > 1:
+            state[free] = score[free].argmax(axis=1)
+            if (score[free, state[free]] < 0).any():  # cannot happen when quotas sum to n
+                raise RuntimeError("harmonisation failed to place every pixel")
+            keys[free] = pc[free] * n_groups + state[free]
+        holders = np.bincount(keys, minlength=flat_quota.size)
+        over = holders > flat_quota
+        cand = np.flatnonzero(over[keys])
+        if not cand.size:
+            break
+        # sort by (key, -score, pixel): cand is ascending, the sort stable
+        ck = keys[cand]
+        neg_score = (1 << 31) - 1 - flat_score[cand * n_groups + state[cand]].astype("int64")
+        order = _stable_argsort((ck << 32) | neg_score)
+        sorted_keys = ck[order]
+        in_sort = np.where(over, holders, 0)
+        first_of_key = np.cumsum(in_sort) - in_sort
+        within = np.arange(order.size) - first_of_key[sorted_keys]
+        rejected = cand[order[within >= flat_quota[sorted_keys]]]
+        flat_score[rejected * n_groups + state[rejected]] = -1
+        free = rejected
+    held[local] = state
+    return held, rounds
 
 
 class ErrorTally:

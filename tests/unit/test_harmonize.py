@@ -120,6 +120,31 @@ def test_matches_reference_greedy_on_random_cell():
     assert got == ref
 
 
+
+def test_matches_reference_greedy_in_every_cell_of_a_band():
+    """Many cells at once (the vectorised path), some pixels invalid, one cell free."""
+    groups = _groups()
+    member = groups.membership(PREDICTED)
+    rng = np.random.default_rng(3)
+    f, h, w = 5, 15, 20
+    probs = rng.dirichlet(np.full(7, 0.3), size=(h, w)).astype("float32")
+    valid = rng.random((h, w)) > 0.2
+    targets = np.moveaxis(rng.dirichlet(np.ones(len(groups)), size=(h // f, w // f)), -1, 0)
+    targets[:, 1, 2] = 0  # unconstrained: keeps the argmax
+    result = harmonize(probs, PREDICTED, factor=f, valid=valid, targets=targets, groups=groups)
+    group_of = member.argmax(1)
+    for r in range(h // f):
+        for c in range(w // f):
+            block = (slice(r * f, (r + 1) * f), slice(c * f, (c + 1) * f))
+            ok = valid[block]
+            got = group_of[result.index[block][ok]].tolist()
+            if (r, c) == (1, 2):
+                assert got == group_of[probs[block][ok].argmax(-1)].tolist()
+                continue
+            ref = _greedy(probs[block][ok], member.astype("float32"), result.counts[:, r, c])
+            assert got == ref, (r, c)
+    assert (result.index[~valid] == -1).all()
+
 def test_unconstrained_cells_keep_argmax():
     groups = _groups()
     probs = np.random.default_rng(1).dirichlet(np.ones(7), size=(8, 8)).astype("float32")
