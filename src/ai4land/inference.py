@@ -201,9 +201,15 @@ def enable_mc_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _batches(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+def plan_batches(windows: Sequence[Window], batch_size: int) -> list[list[Window]]:
+    """Batches of at most ``batch_size`` windows, never spanning two rows of tiles.
+
+    A row's band of blended probabilities is final once its last batch is done, so
+    harmonising and writing it can overlap the next row's forward passes; a batch
+    spanning rows would hold the band back (on a narrow region, all of them).
+    """
+    return [row[start : start + batch_size] for row in tile_rows(windows)
+            for start in range(0, len(row), batch_size)]
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
@@ -213,6 +219,38 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int,
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, h, w
+
+
+class _InputBuffers:
+    """The batch input, built in place in one host array and copied into one
+    channels_last tensor, both reused: a fresh ~100 MB array per batch costs page faults
+    (allocations that large are mapped anew each time), about as much as the copies."""
+
+    def __init__(self, batch_size: int, device: torch.device):
+        self.batch_size, self.device = batch_size, device
+        self.host: np.ndarray | None = None
+        self.tensor: torch.Tensor | None = None
+
+    def batch(self, windows: Sequence[Window], load_window: Callable[[Window], np.ndarray],
+              pad_multiple: int) -> tuple[torch.Tensor, int, int]:
+        """(B, C, h', w') channels_last input of ``windows`` padded to ``pad_multiple``;
+        and the unpadded h, w."""
+        first = load_window(windows[0])
+        shape = (max(self.batch_size, len(windows)), *first.shape)
+        if self.host is None or self.host.shape != shape:
+            self.host = np.empty(shape, dtype="float32")
+        host = self.host[: len(windows)]
+        host[0] = first
+        for i, window in enumerate(windows[1:], start=1):
+            host[i] = load_window(window)
+        x, h, w = _pad_to_multiple(torch.from_numpy(host), pad_multiple)
+        shape = (len(self.host), *x.shape[1:])
+        if self.tensor is None or tuple(self.tensor.shape) != shape:
+            self.tensor = torch.empty(shape, dtype=torch.float32, device=self.device,
+                                      memory_format=torch.channels_last)
+        tensor = self.tensor[: len(windows)]
+        tensor.copy_(x)
+        return tensor, h, w
 
 
 def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | None,
@@ -290,21 +328,19 @@ def stream_probabilities(
                    for i, row in enumerate(rows)}
 
     accumulator: BandAccumulator | None = None
+    buffers = _InputBuffers(batch_size, device)
     bar = tqdm(total=len(windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
     rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
     with rng, torch.inference_mode():
         if ensemble == "mc_dropout":
             torch.manual_seed(seed)
-        for batch_windows in _batches([w for row in rows for w in row], batch_size):
+        for batch_windows in plan_batches(windows, batch_size):
             shapes = {(w.height, w.width) for w in batch_windows}
             outputs: dict[Window, np.ndarray] = {}
             for group_shape in sorted(shapes):
                 group = [w for w in batch_windows if (w.height, w.width) == group_shape]
-                inputs = np.stack([load_window(w) for w in group]).astype("float32", copy=False)
-                x = torch.from_numpy(inputs).to(device)
-                x, h, w = _pad_to_multiple(x, pad_multiple)
-                x = x.contiguous(memory_format=torch.channels_last)
+                x, h, w = buffers.batch(group, load_window, pad_multiple)
                 probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
                 out = probs[0] if ensemble == "none" else _ensemble(probs)
                 values = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -343,10 +379,11 @@ def probability_layers(probs: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarra
     k = probs.shape[-1]
     safe = np.clip(chosen, 0, k - 1)
     p_chosen = np.take_along_axis(probs, safe[..., None], axis=-1)[..., 0].astype("float32")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0.0)
-    entropy = (-plogp.sum(axis=-1) / math.log(k) if k > 1 else np.zeros(chosen.shape))
-    entropy = np.clip(entropy, 0.0, 1.0).astype("float32")
+    if k > 1:  # torch's entr is vectorised and threaded: ~2.4x faster than numpy here
+        values = torch.from_numpy(np.ascontiguousarray(probs, dtype="float32"))
+        entropy = (torch.special.entr(values).sum(dim=-1) / math.log(k)).clamp_(0.0, 1.0).numpy()
+    else:
+        entropy = np.zeros(chosen.shape, dtype="float32")
     invalid = chosen < 0
     p_chosen[invalid] = np.nan
     entropy[invalid] = np.nan

@@ -10,7 +10,9 @@ Memory is bounded whatever the region size: inference yields final rows band by 
 coarse-cell rows of at most :data:`BAND_PIXELS` pixels, which are harmonised on their
 own (harmonisation never crosses a coarse cell), then into rows of
 :data:`STORE_TILE`, which are written to the Zarr slice and to staged GTiffs. Inputs
-(cube, prior COG) are read window by window.
+(cube, prior COG) are read window by window. The model runs in a background thread
+(:class:`ai4land.prefetch.Prefetch`) while this one harmonises and writes the band
+before, so on a CPU the single-threaded numpy and GDAL work overlaps the forward pass.
 
 Outputs are written in an order that keeps a killed job visible as incomplete: the
 Zarr region (streamed), then the probability/entropy(/spread) COGs, then the class
@@ -53,6 +55,7 @@ from ai4land.inference import (
 )
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube, upsample_cells
+from ai4land.prefetch import Prefetch
 from ai4land.products import (
     GDAL_ENV,
     CogLayer,
@@ -108,10 +111,12 @@ class _StaticBands:
 
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
-                      progress: bool | None = None) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
+                      progress: bool | None = None, coarse_cells: np.ndarray | None = None,
+                      ) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
     """Blended (h, W, C) probability bands of the region, top to bottom; and the window count.
 
     C is the number of classes, plus the two spread channels of an ensemble.
+    ``coarse_cells``: the year's coarse cells of the whole region, if already read.
     """
     grid = cube.fine_grid
     windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
@@ -119,7 +124,8 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     predicted = list(config.classes.predicted)
     inputs_cube = _StaticBands(cube)
     # a global year of coarse cells is ~50 MB: read once, not once per window
-    cells = cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
+    cells = (cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
+             if coarse_cells is None else coarse_cells)
 
     def load_window(window: Window) -> np.ndarray:
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
@@ -259,12 +265,10 @@ class _Finaliser:
     """Turns whole coarse-cell rows of probabilities into product layers, and tallies
     the per-year report (conservation errors, class fractions, spread) as it goes."""
 
-    def __init__(self, config, *, cube: Cube, scenario: str, year: int, anchor: int,
-                 anchor_scenario: str, classes: list[int], groups: Groups, weight: float,
-                 layers: list[str]):
-        self.config, self.cube = config, cube
-        self.scenario, self.year = scenario, year
-        self.anchor, self.anchor_scenario = anchor, anchor_scenario
+    def __init__(self, config, *, cube: Cube, anchor: int, classes: list[int], groups: Groups,
+                 weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray):
+        self.config, self.cube, self.anchor = config, cube, anchor
+        self.cells, self.anchor_cells = cells, anchor_cells  # whole region, coarse
         self.classes, self.groups, self.weight, self.layers = classes, groups, weight, layers
         self.code_of = np.asarray(classes, dtype="uint8")
         self.errors = {(when, target): ErrorTally() for when in ("before", "after")
@@ -282,7 +286,8 @@ class _Finaliser:
         window = Window(row, 0, band.shape[0], band.shape[1])
         probs = band[..., :k]
         land = cube.land_mask_window(window)
-        cells = cube.coarse_cells(self.scenario, self.year, window)
+        rows, cols = window.coarse_slices(factor)
+        cells = self.cells[:, rows, cols]
         cell_nodata = np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
         valid = land & ~upsample_cells(cell_nodata, factor=factor, window=window)
 
@@ -291,8 +296,7 @@ class _Finaliser:
                                 config.classes.nodata).astype("uint8")
         names = cube.coarse_channel_names
         luh_t = luh_group_fractions(cells, names, self.groups)
-        luh_anchor = luh_group_fractions(
-            cube.coarse_cells(self.anchor_scenario, self.anchor, window), names, self.groups)
+        luh_anchor = luh_group_fractions(self.anchor_cells[:, rows, cols], names, self.groups)
         anchor_fractions, _ = map_group_fractions(cube.target_window(self.anchor, window),
                                                   self.groups, factor=factor, valid=land)
         target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
@@ -392,9 +396,11 @@ def run_predict(
     anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
     weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
     layers = product_layers(spread=config.predict.ensemble.write_layer)
-    finalise = _Finaliser(config, cube=cube, scenario=scenario, year=year, anchor=anchor,
-                          anchor_scenario=anchor_scenario, classes=classes, groups=groups,
-                          weight=weight, layers=layers)
+    whole = Window(0, 0, *grid.shape)
+    cells = cube.coarse_cells(scenario, year, whole)
+    finalise = _Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
+                          weight=weight, layers=layers, cells=cells,
+                          anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole))
     model_hash = weights_digest(model)
     prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
     tags = {
@@ -414,7 +420,11 @@ def run_predict(
     writer = StoreWriter(store, scenario=scenario, year=year)
     timings = {"load": time.perf_counter() - t_start, "write": 0.0}
 
-    rows_per_band = cube.factor * max(1, BAND_PIXELS // (cube.factor * grid.width))
+    # whole coarse-cell rows, at most BAND_PIXELS and at most one row of windows, so the
+    # first band is finalised while the model runs the next row of windows
+    stride = config.predict.tile_size - config.predict.overlap
+    rows_per_band = cube.factor * max(
+        1, min(BAND_PIXELS // (cube.factor * grid.width), stride // cube.factor))
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         if prior_path is None:
@@ -425,13 +435,16 @@ def run_predict(
         workdir = stack.enter_context(staging_dir(output))
         cogs = {}
         for name in layers:
-            spec = (class_layer(config.classes.legend, tags=tags) if name == "lulc"
-                    else quantised_layer(name, tags=tags))
+            level = config.predict.compress_level
+            spec = (class_layer(config.classes.legend, tags=tags, level=level) if name == "lulc"
+                    else quantised_layer(name, tags=tags, level=level))
             cogs[name] = stack.enter_context(
                 CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
         stream, n_windows = probability_bands(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress)
+            direction=direction, device=device, progress=progress, coarse_cells=cells)
+        # the model runs the next band while this thread harmonises and writes
+        stream = stack.enter_context(Prefetch(stream, depth=1))
         bands = (finalise(row, band)
                  for row, band in rebands(stream, multiple=rows_per_band, height=grid.height))
         for row, block in rebands(bands, multiple=STORE_TILE, height=grid.height):

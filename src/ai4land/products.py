@@ -41,6 +41,9 @@ NODATA = 99
 QUANT_NODATA = 255
 QUANT_SCALE = 254  # stored value = round(x * 254), x in [0, 1]
 COG_BLOCKSIZE = 256
+# DEFLATE 6 (zlib's default): a class map takes ~6x less time than at 9 for ~15 %
+# more bytes (benchmarks/bench_cog.py); predict.compress_level sets it.
+COMPRESS_LEVEL = 6
 
 # HILDA+ legend colours (RGB), close to the colours used in the HILDA+ figures.
 DEFAULT_COLOURS: dict[int, tuple[int, int, int]] = {
@@ -67,14 +70,14 @@ def colour_table(legend: Mapping[int, str], colours: Mapping[int, tuple] | None 
     return table
 
 
-def _cog_options(*, nodata: int, blocksize: int, compress: str, resampling: str,
+def _cog_options(*, nodata: int, blocksize: int, compress: str, level: int, resampling: str,
                  shape: tuple[int, int]) -> dict:
     """Creation options of the COG driver (fixed, so the bytes are deterministic)."""
     return {
         "blocksize": blocksize,
         "compress": compress,
         "predictor": "NO",
-        "level": 9 if compress.upper() == "DEFLATE" else 15,
+        "level": level,
         "overviews": "AUTO",
         "overview_resampling": resampling,
         "overview_count": overview_count(shape),
@@ -100,11 +103,12 @@ class CogLayer:
     def __init__(self, path: str | Path, grid: Grid, *, workdir: str | Path, nodata: int,
                  resampling: str, tags: Mapping[str, str], description: str,
                  band_tags: Mapping[str, str] | None = None, colormap: dict | None = None,
-                 blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE"):
+                 blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE",
+                 level: int = COMPRESS_LEVEL):
         self.path = Path(path)
         self.grid = grid
         self.options = _cog_options(nodata=nodata, blocksize=blocksize, compress=compress,
-                                    resampling=resampling, shape=grid.shape)
+                                    level=level, resampling=resampling, shape=grid.shape)
         self.staging = Path(workdir) / f"{self.path.stem}.staging.tif"
         self._env = rasterio.Env(**GDAL_ENV)
         self._env.__enter__()
@@ -215,7 +219,8 @@ def legend_tags(legend: Mapping[int, str]) -> dict[str, str]:
 
 def class_layer(legend: Mapping[int, str], *, colours: Mapping[int, tuple] | None = None,
                 tags: Mapping[str, object] | None = None, nodata: int = NODATA,
-                blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE") -> dict:
+                blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE",
+                level: int = COMPRESS_LEVEL) -> dict:
     """:class:`CogLayer` settings of the class map: mode overviews, palette, legend tags.
 
     ``tags`` carry provenance (config hash, model hash, scenario, year, code version);
@@ -225,7 +230,7 @@ def class_layer(legend: Mapping[int, str], *, colours: Mapping[int, tuple] | Non
     return {"nodata": nodata, "resampling": "MODE", "tags": all_tags, "description": "lulc",
             "colormap": colour_table(legend, colours),
             "band_tags": {"LAYER": "class code (HILDA+ legend)"}, "blocksize": blocksize,
-            "compress": compress}
+            "compress": compress, "level": level}
 
 
 def write_cog(
@@ -239,6 +244,7 @@ def write_cog(
     nodata: int = NODATA,
     blocksize: int = COG_BLOCKSIZE,
     compress: str = "DEFLATE",
+    level: int = COMPRESS_LEVEL,
 ) -> Path:
     """Write the class map as a COG: uint8 codes, nodata 99, mode overviews, palette.
 
@@ -249,7 +255,7 @@ def write_cog(
         raise ValueError(f"codes {unknown} are not in the class legend")
     return _write_cog(Path(path), codes, grid, **class_layer(
         legend, colours=colours, tags=tags, nodata=nodata, blocksize=blocksize,
-        compress=compress))
+        compress=compress, level=level))
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
@@ -284,14 +290,15 @@ def layer_path(class_cog: str | Path, layer: str) -> Path:
 
 
 def quantised_layer(name: str, *, tags: Mapping[str, object] | None = None,
-                    blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE") -> dict:
+                    blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE",
+                    level: int = COMPRESS_LEVEL) -> dict:
     """:class:`CogLayer` settings of a [0, 1] layer stored as round(x × 254), nodata 255."""
     base = {k: str(v) for k, v in sorted((tags or {}).items())}
     return {"nodata": QUANT_NODATA, "resampling": "AVERAGE",
             "tags": {**base, "LAYER": name, "SCALE": f"1/{QUANT_SCALE}",
                      "DESCRIPTION": QUANTISED_LAYERS[name]},
             "band_tags": {"scale_factor": repr(1 / QUANT_SCALE), "add_offset": "0"},
-            "description": name, "blocksize": blocksize, "compress": compress}
+            "description": name, "blocksize": blocksize, "compress": compress, "level": level}
 
 
 def write_probability_cogs(
@@ -303,6 +310,7 @@ def write_probability_cogs(
     tags: Mapping[str, object] | None = None,
     blocksize: int = COG_BLOCKSIZE,
     compress: str = "DEFLATE",
+    level: int = COMPRESS_LEVEL,
 ) -> tuple[Path, Path]:
     """Chosen-class probability and normalised entropy beside ``class_cog`` (uint8 COGs).
 
@@ -312,7 +320,8 @@ def write_probability_cogs(
     for name, values in (("probability", probability), ("entropy", entropy)):
         data = values if np.asarray(values).dtype == np.uint8 else quantise(values)
         _write_cog(layer_path(class_cog, name), data, grid,
-                   **quantised_layer(name, tags=tags, blocksize=blocksize, compress=compress))
+                   **quantised_layer(name, tags=tags, blocksize=blocksize, compress=compress,
+                                     level=level))
     return layer_path(class_cog, "probability"), layer_path(class_cog, "entropy")
 
 

@@ -30,12 +30,9 @@ import json
 import logging
 import math
 import os
-import queue
 import random
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +50,7 @@ from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
+from ai4land.prefetch import Prefetch
 from ai4land.samples.dataset import WindowDataset
 from ai4land.samples.features import (
     IGNORE_INDEX,
@@ -298,55 +296,6 @@ def _tensorboard_writer(directory: Path, *, purge_step: int):
                     "metrics go to metrics.csv/jsonl only (pip install tensorboard)")
         return None
     return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
-
-
-_END = object()
-
-
-class _Prefetch:
-    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
-
-    Exceptions of the producer are raised in the consumer; ``close`` stops the thread
-    when the consumer leaves early.
-    """
-
-    def __init__(self, items: Iterable, depth: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True,
-                                        name="ai4land-prefetch")
-        self._thread.start()
-
-    def _put(self, entry) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fill(self, items: Iterable) -> None:
-        try:
-            for item in items:
-                if not self._put((item, None)):
-                    return
-            self._put((_END, None))
-        except BaseException as exc:  # handed to the consumer
-            self._put((_END, exc))
-
-    def __iter__(self) -> Iterator:
-        while True:
-            item, error = self._queue.get()
-            if item is _END:
-                if error is not None:
-                    raise error
-                return
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _loader(dataset: WindowDataset, batch_size: int) -> DataLoader:
@@ -597,8 +546,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         mine = shard(plan, info.rank, world)[state["step_in_epoch"] * per_rank :]
         loader = _loader(WindowDataset(cube, mine, predicted=predicted,
                                        prior_mask=train_cfg.prior_mask, seed=config.seed,
-                                       with_prior=with_prior), per_rank)
-        batches = _Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
+                                       with_prior=with_prior,
+                                       input_dropout=train_cfg.input_dropout), per_rank)
+        batches = Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
         bar = None
         if info.is_main and sys.stderr.isatty():
             from tqdm import tqdm
@@ -646,7 +596,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             if not at_epoch_end and state["global_step"] >= stop_at:
                 break
             waiting_since = time.perf_counter()
-        if isinstance(batches, _Prefetch):
+        if isinstance(batches, Prefetch):
             batches.close()
         if bar is not None:
             bar.close()

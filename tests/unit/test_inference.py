@@ -11,6 +11,7 @@ from ai4land.inference import (
     autocast_dtype,
     coverage_count,
     gaussian_weights,
+    plan_batches,
     plan_windows,
     predict_probabilities,
     probability_layers,
@@ -41,6 +42,16 @@ def test_plan_covers_every_pixel_and_stays_in_bounds(shape, tile, overlap):
     assert len(windows) == len(set(windows))
     assert [w for row in tile_rows(windows) for w in row] == windows
 
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 16])
+def test_batches_keep_order_and_never_span_two_rows_of_tiles(batch_size):
+    windows = plan_windows((100, 130), tile_size=32, overlap=8)  # 4 rows of 6 tiles
+    batches = plan_batches(windows, batch_size)
+    assert [w for batch in batches for w in batch] == windows
+    assert all(0 < len(batch) <= batch_size for batch in batches)
+    assert all(len({w.row for w in batch}) == 1 for batch in batches)
+    assert len(batches) == 4 * -(-6 // batch_size)
 
 def test_gaussian_weights_peak_in_the_centre():
     w = gaussian_weights(32, 48)

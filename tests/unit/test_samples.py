@@ -194,3 +194,53 @@ def test_dataset_p_none_drops_the_whole_prior(world):
     half = _dataset(world, plan, p_none=0.0, max_fraction=1.0, block_size=4)
     fractions = [half[i]["prior_keep_fraction"] for i in range(len(half))]
     assert all(0.0 <= f <= 1.0 for f in fractions) and len(set(fractions)) > 1
+
+
+def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world):
+    config, cube, split, _ = world
+    names = input_channel_names(cube, config.classes.predicted)
+    static = [i for i, n in enumerate(names) if n.startswith("static:")]
+    prior = [i for i, n in enumerate(names) if n.startswith("prior:") or n == "direction"]
+    plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
+                         seed=0).epoch(2, 200)
+
+    def dataset(**dropout):
+        return WindowDataset(cube, plan, predicted=config.classes.predicted,
+                             prior_mask=PriorMaskConfig(p_none=0.0, max_fraction=0.0), seed=3,
+                             input_dropout=dropout)
+
+    plain, dropped = dataset(), dataset(static=0.4, prior=0.2)
+    zeroed = {"static": 0, "prior": 0}
+    for i in range(len(plan)):
+        a, b = plain[i], dropped[i]
+        flags = dict(zip(("coarse", "static", "prior"), b["inputs_zeroed"].tolist(), strict=True))
+        assert not flags["coarse"] and not plain[i]["inputs_zeroed"].any()
+        assert a["inputs"][static].abs().sum() > 0  # something to zero
+        expected = a["inputs"].clone()
+        for group, channels in (("static", static), ("prior", prior)):
+            if flags[group]:
+                zeroed[group] += 1
+                expected[channels] = 0.0
+        torch.testing.assert_close(b["inputs"], expected, rtol=0, atol=0)
+        assert b["prior_keep_fraction"] == (0.0 if flags["prior"] else 1.0)
+        torch.testing.assert_close(b["target"], a["target"])
+    assert 0.3 < zeroed["static"] / len(plan) < 0.5
+    assert 0.12 < zeroed["prior"] / len(plan) < 0.28
+    # Deterministic for one seed, different for another; the prior mask draws are unchanged.
+    again = dataset(static=0.4, prior=0.2)
+    assert all(torch.equal(again[i]["inputs"], dropped[i]["inputs"]) for i in range(0, 200, 7))
+    other = WindowDataset(cube, plan, predicted=config.classes.predicted,
+                          prior_mask=PriorMaskConfig(p_none=0.0, max_fraction=0.0), seed=4,
+                          input_dropout={"static": 0.4, "prior": 0.2})
+    assert ([other[i]["inputs_zeroed"].tolist() for i in range(40)]
+            != [dropped[i]["inputs_zeroed"].tolist() for i in range(40)])
+    masked = _dataset(world, plan[:20])
+    masked_dropout = WindowDataset(cube, plan[:20], predicted=config.classes.predicted,
+                                   prior_mask=config.train.prior_mask, seed=3,
+                                   input_dropout={"static": 0.5})
+    for i in range(20):
+        assert masked[i]["prior_keep_fraction"] == masked_dropout[i]["prior_keep_fraction"]
+    with pytest.raises(ValueError, match="unknown input group"):
+        dataset(terrain=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dataset(static=1.0)

@@ -20,6 +20,7 @@ from ai4land.config import parse_config  # noqa: E402
 from ai4land.errors import ConfigError, InputDataError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
 from ai4land.models import UNet, load_model  # noqa: E402
+from ai4land.prefetch import Prefetch  # noqa: E402
 from ai4land.samples.features import (  # noqa: E402
     INPUT_GROUPS,
     channel_group,
@@ -29,7 +30,7 @@ from ai4land.samples.features import (  # noqa: E402
 )
 from ai4land.samples.plan import FORWARD, SamplePlanner, change_counts  # noqa: E402
 from ai4land.split import make_split  # noqa: E402
-from ai4land.train import _Prefetch, run_training  # noqa: E402
+from ai4land.train import run_training  # noqa: E402
 
 
 def _write_split(cube: Cube, path: Path, years: tuple[int, int], test_years: tuple[int, int]):
@@ -317,15 +318,67 @@ def test_tensorboard_missing_warns_and_trains(tiny, tmp_path, monkeypatch, caplo
 
 
 def test_prefetch_keeps_order_raises_and_stops_early():
-    assert list(_Prefetch(range(50), 3)) == list(range(50))
+    assert list(Prefetch(range(50), 3)) == list(range(50))
 
     def broken():
         yield 1
         raise RuntimeError("bad window")
 
     with pytest.raises(RuntimeError, match="bad window"):
-        list(_Prefetch(broken(), 2))
-    prefetch = _Prefetch(iter(range(10**9)), 2)
+        list(Prefetch(broken(), 2))
+    prefetch = Prefetch(iter(range(10**9)), 2)
     assert next(iter(prefetch)) == 0
     prefetch.close()  # returns although the producer never ends
     assert not prefetch._thread.is_alive()
+
+
+# --- input dropout -----------------------------------------------------------------------
+
+
+def test_input_dropout_validates(tiny):
+    root, _, _ = tiny
+    config = _config(root, input_dropout={"static": 0.5, "coarse": 0.0})
+    assert config.train.input_dropout == {"static": 0.5, "coarse": 0.0}
+    assert _config(root).train.input_dropout == {}
+    assert _config(root, drop_inputs=["coarse"], input_dropout={"static": 0.3}).train.input_dropout
+    with pytest.raises(ConfigError, match=r"input_dropout lists \['static'\], which drop_inputs"):
+        _config(root, drop_inputs=["static"], input_dropout={"static": 0.5})
+    with pytest.raises(ConfigError, match=r"input_dropout lists \['prior'\]"):
+        _config(root, prior=False, input_dropout={"prior": 0.5})
+    with pytest.raises(ConfigError, match="train.input_dropout.terrain"):
+        _config(root, input_dropout={"terrain": 0.5})
+    with pytest.raises(ConfigError, match="train.input_dropout.static must be less than 1"):
+        _config(root, input_dropout={"static": 1.0})
+    with pytest.raises(ConfigError, match="train.input_dropout.static must be greater than"):
+        _config(root, input_dropout={"static": -0.1})
+
+
+def test_input_dropout_reaches_training_only_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    import ai4land.train as train_module
+
+    root, split_path, _ = tiny
+    seen = []
+
+    class Recording(train_module.WindowDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((self.stream, dict(self.input_dropout)))
+
+    monkeypatch.setattr(train_module, "WindowDataset", Recording)
+    short = dict(epochs=2, steps_per_epoch=2, checkpoint_every=1, val_batches=1)
+    config = _config(root, **short, input_dropout={"static": 0.5, "coarse": 0.3})
+
+    def steps(directory):
+        return [json.loads(x)["loss"] for x in (directory / "steps.jsonl").read_text().splitlines()]
+
+    run_training(config, output_dir=tmp_path / "whole", split_path=split_path)
+    assert {s for s, d in seen if d} == {"load"} and ("val-load", {}) in seen
+    assert all(d == {"static": 0.5, "coarse": 0.3} for s, d in seen if s == "load")
+    first = run_training(config, output_dir=tmp_path / "parts", split_path=split_path, max_steps=3)
+    assert first["global_step"] == 3 and not first["finished"]
+    run_training(config, output_dir=tmp_path / "parts", split_path=split_path)
+    assert len(steps(tmp_path / "whole")) == 4
+    assert steps(tmp_path / "parts") == steps(tmp_path / "whole")  # bit for bit
+    plain = _config(root, **short)
+    run_training(plain, output_dir=tmp_path / "plain", split_path=split_path)
+    assert steps(tmp_path / "plain") != steps(tmp_path / "whole")

@@ -173,8 +173,10 @@ class Cube:
 
 
 def upsample_cells(cells: np.ndarray, *, factor: int, window: Window) -> np.ndarray:
-    """Repeat coarse cells to fine pixels and crop to the window: (..., h, w)."""
-    fine = np.repeat(np.repeat(cells, factor, axis=-2), factor, axis=-1)
-    row_off = window.row - (window.row // factor) * factor
-    col_off = window.col - (window.col // factor) * factor
-    return fine[..., row_off : row_off + window.height, col_off : col_off + window.width]
+    """Repeat coarse cells to fine pixels and crop to the window: (..., h, w).
+
+    ``cells`` start at the cell holding the window's first pixel.
+    """
+    rows = (window.row + np.arange(window.height)) // factor - window.row // factor
+    cols = (window.col + np.arange(window.width)) // factor - window.col // factor
+    return np.take(np.take(cells, rows, axis=-2), cols, axis=-1)

@@ -3,9 +3,11 @@
 Inputs come from ``ai4land.samples.features.build_inputs``, the one definition of the
 network input. The prior is the observed map of the adjacent year (``year - 1`` going
 forward, ``year + 1`` going backward), partially hidden as configured by
-``train.prior_mask``. All randomness of loading comes from a generator seeded with
-(seed, stream, epoch, index in the epoch's plan), so a sample is the same whatever
-worker, rank or resumed run loads it.
+``train.prior_mask``. Training samples may also have whole input groups zeroed
+(``train.input_dropout``, e.g. ``{static: 0.5}``: the static channels of about half the
+samples are 0), so the model learns not to lean on one group alone. All randomness of
+loading comes from generators seeded with (seed, stream, epoch, index in the epoch's
+plan), so a sample is the same whatever worker, rank or resumed run loads it.
 
 The coarse cells of the whole region are read once per (scenario, year) and kept (up
 to ``COARSE_CACHE_BYTES``, least recently used first out); each window upsamples its
@@ -15,7 +17,7 @@ own cells from them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +26,13 @@ from torch.utils.data import Dataset
 from ai4land.config import PriorMaskConfig
 from ai4land.grid import Window
 from ai4land.io.cube import Cube
-from ai4land.samples.features import build_inputs, codes_to_index
+from ai4land.samples.features import (
+    INPUT_GROUPS,
+    build_inputs,
+    codes_to_index,
+    group_channels,
+    input_channel_names,
+)
 from ai4land.samples.plan import SampleSpec, stream_id
 
 
@@ -62,16 +70,30 @@ def prior_keep_mask(
     return ~hidden
 
 
+def input_dropout_draw(rng: np.random.Generator, probabilities: Mapping[str, float]) -> list[str]:
+    """The input groups to zero in one sample: each with its own probability.
+
+    One uniform number is drawn per group of ``INPUT_GROUPS`` (in that order) whatever
+    the probabilities, so a group's draws do not depend on which others are listed.
+    """
+    draws = rng.random(len(INPUT_GROUPS))
+    return [group for group, u in zip(INPUT_GROUPS, draws, strict=True)
+            if u < probabilities.get(group, 0.0)]
+
+
 class WindowDataset(Dataset):
     """Samples of a plan as dicts of arrays.
 
     Each item: ``inputs`` float32 (C, h, w); ``target`` int64 (h, w) class indices,
     -1 for ocean/no data/unpredicted codes (ignored by the loss); ``prior_keep_fraction``
-    (share of the window's pixels whose prior is shown, 0 without a prior); ``year``,
-    ``direction``, ``row``, ``col``, ``index``.
+    (share of the window's pixels whose prior is shown, 0 without a prior);
+    ``inputs_zeroed`` bool (len(INPUT_GROUPS),), the groups zeroed by ``input_dropout``;
+    ``year``, ``direction``, ``row``, ``col``, ``index``.
 
     ``mask_prior=False`` shows the whole prior (evaluation of the unmasked task);
-    ``with_prior=False`` gives no sample a prior (all-zero prior channels).
+    ``with_prior=False`` gives no sample a prior (all-zero prior channels);
+    ``input_dropout`` (group -> probability, training only) zeroes a group's channels
+    (for 'prior': the prior and the direction) in about that share of the samples.
     """
 
     COARSE_CACHE_BYTES = 1 << 30
@@ -87,6 +109,7 @@ class WindowDataset(Dataset):
         stream: str = "load",
         mask_prior: bool = True,
         with_prior: bool = True,
+        input_dropout: Mapping[str, float] | None = None,
     ):
         self.cube = cube
         self.plan = list(plan)
@@ -96,6 +119,13 @@ class WindowDataset(Dataset):
         self.stream = stream
         self.mask_prior = mask_prior
         self.with_prior = with_prior
+        self.input_dropout = dict(input_dropout or {})
+        bad = {g: p for g, p in self.input_dropout.items() if not 0.0 <= p < 1.0}
+        if bad:
+            raise ValueError(f"input_dropout probabilities must be in [0, 1), got {bad}")
+        names = input_channel_names(cube, self.predicted)
+        # validates the group names too
+        self._group_channels = {g: group_channels(names, [g]) for g in self.input_dropout}
         self._coarse: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
     def coarse_cells(self, scenario: str, year: int) -> np.ndarray:
@@ -116,6 +146,15 @@ class WindowDataset(Dataset):
 
     def rng(self, spec: SampleSpec) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream_id(self.stream), spec.epoch, spec.index])
+
+    def zeroed_groups(self, spec: SampleSpec) -> list[str]:
+        """The input groups ``input_dropout`` zeroes in this sample (a pure function of
+        seed, stream, epoch and index; its own generator, so the prior mask is unchanged)."""
+        if not self.input_dropout:
+            return []
+        rng = np.random.default_rng(
+            [self.seed, stream_id(f"{self.stream}:input-dropout"), spec.epoch, spec.index])
+        return input_dropout_draw(rng, self.input_dropout)
 
     def __getitem__(self, i: int) -> dict:
         spec = self.plan[i]
@@ -140,11 +179,17 @@ class WindowDataset(Dataset):
             prior_keep=keep,
             coarse_cells=self.coarse_cells(spec.scenario, spec.year),
         )
+        zeroed = self.zeroed_groups(spec)
+        for group in zeroed:
+            inputs[self._group_channels[group]] = 0.0
+        if "prior" in zeroed:
+            keep = None
         target = codes_to_index(self.cube.target_window(spec.year, window), self.predicted)
         return {
             "inputs": torch.from_numpy(inputs),
             "target": torch.from_numpy(np.ascontiguousarray(target, dtype="int64")),
             "prior_keep_fraction": 0.0 if keep is None else float(keep.mean()),
+            "inputs_zeroed": torch.tensor([g in zeroed for g in INPUT_GROUPS]),
             "year": spec.year,
             "direction": spec.direction,
             "row": window.row,

@@ -75,20 +75,23 @@ def group_channels(channel_names: list[str], groups) -> list[int]:
 
 def prior_channels(
     prior: np.ndarray | None, *, predicted: list[int], keep: np.ndarray | None = None,
-    shape: tuple[int, int],
+    shape: tuple[int, int], out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One-hot prior plus a 'known' channel; pixels outside ``keep`` count as unknown."""
-    channels = np.zeros((len(predicted) + 1, *shape), dtype="float32")
+    """One-hot prior plus a 'known' channel; pixels outside ``keep`` count as unknown.
+
+    ``out``: a (K + 1, h, w) float32 array to fill instead of a new one.
+    """
+    if out is None:
+        out = np.empty((len(predicted) + 1, *shape), dtype="float32")
     if prior is None:
-        return channels
+        out[...] = 0.0
+        return out
     index = codes_to_index(prior, predicted)
-    known = index >= 0
     if keep is not None:
-        known &= keep
-    rows, cols = np.nonzero(known)
-    channels[index[rows, cols], rows, cols] = 1.0
-    channels[-1] = known
-    return channels
+        index = np.where(keep, index, IGNORE_INDEX)
+    np.equal(index[None], np.arange(len(predicted))[:, None, None], out=out[:-1], casting="unsafe")
+    np.greater_equal(index, 0, out=out[-1], casting="unsafe")
+    return out
 
 
 def build_inputs(
@@ -109,14 +112,20 @@ def build_inputs(
     (``cube.coarse_cells(scenario, year, whole)``) when the caller holds them; saves
     reading the coarse store for every window.
     """
-    shape = (window.height, window.width)
     if coarse_cells is None:
-        coarse = cube.coarse_window(scenario, year, window)
+        cells = cube.coarse_cells(scenario, year, window)
     else:
         rows, cols = window.coarse_slices(cube.factor)
-        coarse = upsample_cells(coarse_cells[:, rows, cols], factor=cube.factor, window=window)
-    coarse = np.nan_to_num(coarse, nan=0.0)
+        cells = coarse_cells[:, rows, cols]
     static = cube.static_window(window)
-    prior_part = prior_channels(prior, predicted=predicted, keep=prior_keep, shape=shape)
-    direction_part = np.full((1, *shape), float(direction), dtype="float32")
-    return np.concatenate([coarse, static, prior_part, direction_part]).astype("float32")
+    n_coarse, n_static = len(cells), len(static)
+    out = np.empty((n_coarse + n_static + len(predicted) + 2, window.height, window.width),
+                   dtype="float32")
+    # NaN (ocean, missing) → 0 on the cells, before they are repeated to fine pixels
+    out[:n_coarse] = upsample_cells(np.nan_to_num(cells, nan=0.0), factor=cube.factor,
+                                    window=window)
+    out[n_coarse : n_coarse + n_static] = static
+    prior_channels(prior, predicted=predicted, keep=prior_keep,
+                   shape=(window.height, window.width), out=out[n_coarse + n_static : -1])
+    out[-1] = float(direction)
+    return out
