@@ -3,8 +3,9 @@
 Ours: :func:`ai4land.products.write_cog` from the in-memory array (stage a tiled GTiff,
 convert with the COG driver, rename). Reference: the ``gdal_translate`` CLI converting a
 plain GTiff of the same array (written beforehand, not timed) with the same creation
-options (DEFLATE level 9, 256 blocks, mode overviews). Array: a 4000 x 4000 class map
-with patches (smooth classes, as real maps), uint8.
+options (DEFLATE at the default ``predict.compress_level``, 256 blocks, mode
+overviews). Array: a 4000 x 4000 class map with patches (smooth classes, as real
+maps), uint8.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def class_map(size: int) -> np.ndarray:
 def main() -> None:
     from ai4land.config import ClassesConfig
     from ai4land.grid import Grid
-    from ai4land.products import overview_count, write_cog
+    from ai4land.products import COMPRESS_LEVEL, overview_count, write_cog
 
     gdal_translate = shutil.which("gdal_translate")
     if gdal_translate is None:
@@ -52,7 +53,7 @@ def main() -> None:
             dst.write(codes, 1)
         ours = best_of(lambda: write_cog(tmp / "ours.tif", codes, grid, legend=legend))
         command = [gdal_translate, "-q", "-of", "COG", "-co", "COMPRESS=DEFLATE",
-                   "-co", "LEVEL=9", "-co", "BLOCKSIZE=256", "-co", "PREDICTOR=NO",
+                   "-co", f"LEVEL={COMPRESS_LEVEL}", "-co", "BLOCKSIZE=256", "-co", "PREDICTOR=NO",
                    "-co", "OVERVIEW_RESAMPLING=MODE",
                    "-co", f"OVERVIEW_COUNT={overview_count(grid.shape)}",
                    "-co", "NUM_THREADS=ALL_CPUS", str(plain), str(tmp / "reference.tif")]

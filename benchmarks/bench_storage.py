@@ -1,10 +1,10 @@
 """storage_per_year: bytes on disk of one (scenario, year) product.
 
-One predict job on the demo-sized world (600 x 600 synthetic pixels, default U-Net with
-random weights, so class maps are blotchier than a trained model's): the class COG,
+One predict job of ``bench_predict_overhead`` (1800 x 1800 generated pixels, the
+production U-Net trained briefly on them, production predict settings): the class COG,
 probability and entropy COGs, and the job's Zarr chunks (lulc, probability, entropy).
-The global figure scales bytes per pixel to 36000 x 18000; real maps (a trained model,
-~70 % ocean that compresses to almost nothing) will differ, so it is an estimate only.
+The global figure scales bytes per pixel to 36000 x 18000; real maps (~70 % ocean that
+compresses to almost nothing, more detail on land) will differ, so it is an estimate.
 """
 
 from __future__ import annotations
@@ -12,20 +12,31 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench_predict_overhead import SIZE, demo_job_world, predict_job
+import torch
+
+from benchmarks.bench_predict_overhead import (
+    SIZE,
+    job_world,
+    predict_job,
+    production_settings,
+    trained_model,
+)
 from benchmarks.common import write_result
 
 GLOBAL_PIXELS = 36000 * 18000
 
 
 def main() -> None:
+    torch.set_num_threads(2)
+    architecture, predict = production_settings()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = demo_job_world(root)
-        report = predict_job(config, root)
-        maps = root / "results" / "maps" / "historical"
+        config = job_world(root, architecture=architecture, predict=predict)
+        model_dir, _ = trained_model(config, root)
+        report = predict_job(config, root, model_dir)
+        maps = root / "results" / "maps" / model_dir.name
         cogs = {p.name: p.stat().st_size for p in sorted(maps.glob("*.tif"))}
-        store = root / "results" / "product" / "ai4land.zarr"
+        store = root / "results" / model_dir.name / "ai4land.zarr"
         s = config.product_scenarios.index(report["scenario"])
         y = config.product_years.index(report["year"])
         chunks = {layer: sum(p.stat().st_size for p in (store / layer).glob(f"{s}.{y}.*"))
@@ -38,8 +49,9 @@ def main() -> None:
         params={"grid": [SIZE, SIZE], "cog_bytes": cogs, "zarr_chunk_bytes": chunks,
                 "bytes_per_pixel": round(per_pixel, 4),
                 "global_estimate_gib": round(per_pixel * GLOBAL_PIXELS / 2**30, 2),
-                "note": "synthetic demo world, untrained model; global value = bytes per "
-                        "pixel x 36000 x 18000 (estimate)"},
+                "compress_level": config.predict.compress_level,
+                "note": "generated world, briefly trained production model; global value = "
+                        "bytes per pixel x 36000 x 18000 (estimate)"},
     )
 
 
