@@ -252,19 +252,30 @@ def test_unwritable_output_is_refused_before_any_work(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypatch):
-    root, config = world
+@pytest.mark.parametrize("where", ["writer", "model"])
+def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypatch, where):
+    """A failure in this thread (writing) or in the model's background thread stops
+    the job with that error, leaves no product and no thread behind."""
+    import threading
+
+    import ai4land.inference
     from ai4land.products import CogLayer
 
-    def crash(self, row, data):
+    root, config = world
+
+    def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(CogLayer, "write", crash)
+    if where == "writer":
+        monkeypatch.setattr(CogLayer, "write", crash)
+    else:
+        monkeypatch.setattr(ai4land.inference, "_softmax", crash)
     out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
     with pytest.raises(KeyboardInterrupt):
         run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                     prior_path=None, output=out, store=tmp_path / "s.zarr")
     assert list(out.parent.iterdir()) == []  # no COG, no report, no staging left over
+    assert not [t for t in threading.enumerate() if t.name == "ai4land-prefetch"]
 
 
 def test_rebands_regroups_rows_on_multiples():
