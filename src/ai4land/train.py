@@ -51,7 +51,7 @@ from ai4land.io.cube import Cube
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
 from ai4land.prefetch import Prefetch
-from ai4land.samples.dataset import WindowDataset
+from ai4land.samples.dataset import CoarseCellCache, WindowDataset
 from ai4land.samples.features import (
     IGNORE_INDEX,
     codes_to_index,
@@ -538,6 +538,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
     step_losses: list[float] = []
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
     model.train()
+    coarse_cache = CoarseCellCache(cube)  # every epoch's dataset reads each year once
     while not state["finished"] and state["epoch"] < train_cfg.epochs:
         epoch = state["epoch"]
         if state["global_step"] >= stop_at and state["step_in_epoch"] < train_cfg.steps_per_epoch:
@@ -547,7 +548,8 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         loader = _loader(WindowDataset(cube, mine, predicted=predicted,
                                        prior_mask=train_cfg.prior_mask, seed=config.seed,
                                        with_prior=with_prior,
-                                       input_dropout=train_cfg.input_dropout), per_rank)
+                                       input_dropout=train_cfg.input_dropout,
+                                       coarse_cache=coarse_cache), per_rank)
         batches = Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
         bar = None
         if info.is_main and sys.stderr.isatty():

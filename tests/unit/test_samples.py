@@ -15,7 +15,11 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 from ai4land.config import PriorMaskConfig  # noqa: E402
 from ai4land.errors import InputDataError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
-from ai4land.samples.dataset import WindowDataset, prior_keep_mask  # noqa: E402
+from ai4land.samples.dataset import (  # noqa: E402
+    CoarseCellCache,
+    WindowDataset,
+    prior_keep_mask,
+)
 from ai4land.samples.features import input_channel_names  # noqa: E402
 from ai4land.samples.plan import (  # noqa: E402
     SamplePlanner,
@@ -244,3 +248,24 @@ def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world):
         dataset(terrain=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         dataset(static=1.0)
+
+
+def test_coarse_cache_shared_by_datasets_reads_each_year_once(world, monkeypatch):
+    config, cube, split, land = world
+    reads = []
+    real = cube.coarse_cells
+    monkeypatch.setattr(cube, "coarse_cells", lambda *a: reads.append(a[:2]) or real(*a))
+    planner = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
+                            seed=0, land_mask=land)
+    cache = CoarseCellCache(cube)
+    for epoch in range(2):  # a fresh dataset per epoch, as training builds them
+        dataset = WindowDataset(cube, planner.epoch(epoch, 12), predicted=config.classes.predicted,
+                                prior_mask=config.train.prior_mask, seed=3, coarse_cache=cache)
+        for i in range(len(dataset)):
+            dataset[i]
+    assert reads and len(reads) == len(set(reads))  # every (scenario, year) read once
+    one = cache(*reads[0]).nbytes
+    small = CoarseCellCache(cube, max_bytes=2 * one)
+    for key in reads[:3]:
+        small(*key)
+    assert len(small._cells) == 2 and reads[0] not in small._cells  # least recent out

@@ -9,9 +9,9 @@ samples are 0), so the model learns not to lean on one group alone. All randomne
 loading comes from generators seeded with (seed, stream, epoch, index in the epoch's
 plan), so a sample is the same whatever worker, rank or resumed run loads it.
 
-The coarse cells of the whole region are read once per (scenario, year) and kept (up
-to ``COARSE_CACHE_BYTES``, least recently used first out); each window upsamples its
-own cells from them.
+The coarse cells of the whole region are read once per (scenario, year) and kept in a
+:class:`CoarseCellCache` (1 GiB, least recently used first out) that a training run
+shares across its epochs' datasets; each window upsamples its own cells from them.
 """
 
 from __future__ import annotations
@@ -81,6 +81,28 @@ def input_dropout_draw(rng: np.random.Generator, probabilities: Mapping[str, flo
             if u < probabilities.get(group, 0.0)]
 
 
+class CoarseCellCache:
+    """The coarse cells of the whole region per (scenario, year), least recently used
+    out beyond ``max_bytes``. One cache serves every epoch's dataset of a run, so each
+    year is read from the store once per run, not once per epoch."""
+
+    def __init__(self, cube: Cube, *, max_bytes: int = 1 << 30):
+        self.cube, self.max_bytes = cube, max_bytes
+        self._cells: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def __call__(self, scenario: str, year: int) -> np.ndarray:
+        key = (scenario, year)
+        if key in self._cells:
+            self._cells.move_to_end(key)
+        else:
+            whole = Window(0, 0, *self.cube.fine_grid.shape)
+            self._cells[key] = self.cube.coarse_cells(scenario, year, whole)
+            while (len(self._cells) > 1
+                   and sum(a.nbytes for a in self._cells.values()) > self.max_bytes):
+                self._cells.popitem(last=False)
+        return self._cells[key]
+
+
 class WindowDataset(Dataset):
     """Samples of a plan as dicts of arrays.
 
@@ -96,8 +118,6 @@ class WindowDataset(Dataset):
     (for 'prior': the prior and the direction) in about that share of the samples.
     """
 
-    COARSE_CACHE_BYTES = 1 << 30
-
     def __init__(
         self,
         cube: Cube,
@@ -110,6 +130,7 @@ class WindowDataset(Dataset):
         mask_prior: bool = True,
         with_prior: bool = True,
         input_dropout: Mapping[str, float] | None = None,
+        coarse_cache: CoarseCellCache | None = None,
     ):
         self.cube = cube
         self.plan = list(plan)
@@ -126,20 +147,7 @@ class WindowDataset(Dataset):
         names = input_channel_names(cube, self.predicted)
         # validates the group names too
         self._group_channels = {g: group_channels(names, [g]) for g in self.input_dropout}
-        self._coarse: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def coarse_cells(self, scenario: str, year: int) -> np.ndarray:
-        """The coarse cells of the whole region for (scenario, year), cached."""
-        key = (scenario, year)
-        if key in self._coarse:
-            self._coarse.move_to_end(key)
-        else:
-            whole = Window(0, 0, *self.cube.fine_grid.shape)
-            self._coarse[key] = self.cube.coarse_cells(scenario, year, whole)
-            while (len(self._coarse) > 1 and sum(a.nbytes for a in self._coarse.values())
-                   > self.COARSE_CACHE_BYTES):
-                self._coarse.popitem(last=False)
-        return self._coarse[key]
+        self.coarse_cells = coarse_cache if coarse_cache is not None else CoarseCellCache(cube)
 
     def __len__(self) -> int:
         return len(self.plan)
