@@ -86,6 +86,15 @@ def trained_model(config, root: Path) -> tuple[Path, float]:
     return root / "trained", time.perf_counter() - start
 
 
+def trained_world(root: Path):
+    """The benchmark world under ``root`` with the production model trained on it:
+    (config, model directory, training seconds)."""
+    architecture, predict = production_settings()
+    config = job_world(root, architecture=architecture, predict=predict)
+    model_dir, train_s = trained_model(config, root)
+    return config, model_dir, train_s
+
+
 def untrained_model(config, root: Path) -> Path:
     from ai4land.io.cube import Cube
     from ai4land.models import ModelCard, UNet, save_model
@@ -179,8 +188,7 @@ def main() -> None:
     architecture, predict = production_settings()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = job_world(root, architecture=architecture, predict=predict)
-        trained, train_s = trained_model(config, root)
+        config, trained, train_s = trained_world(root)
         ours = measure(config, root, trained, REPEATS)
         worst = measure(config, root, untrained_model(config, root), 1)
     write_result(

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_predict_overhead import (
-    SIZE,
-    job_world,
-    predict_job,
-    production_settings,
-    trained_model,
-)
+from benchmarks.bench_predict_overhead import SIZE, predict_job, trained_world
 from benchmarks.common import write_result
 
 GLOBAL_PIXELS = 36000 * 18000
@@ -28,11 +22,9 @@ GLOBAL_PIXELS = 36000 * 18000
 
 def main() -> None:
     torch.set_num_threads(2)
-    architecture, predict = production_settings()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = job_world(root, architecture=architecture, predict=predict)
-        model_dir, _ = trained_model(config, root)
+        config, model_dir, _ = trained_world(root)
         report = predict_job(config, root, model_dir)
         maps = root / "results" / "maps" / model_dir.name
         cogs = {p.name: p.stat().st_size for p in sorted(maps.glob("*.tif"))}
