@@ -245,12 +245,12 @@ def harmonize(
     argmax_class = p.argmax(axis=1)
     group_of_class = member.argmax(axis=1)
     first_group = group_of_class[argmax_class]
-    assigned = first_group.copy()
 
     constrained = quota[pixel_cell, 0] >= 0
     if constrained.all():
         assigned, rounds = _deferred_acceptance(group_p, pixel_cell, quota)
-    else:
+    else:  # unconstrained cells keep the argmax
+        assigned = first_group.copy()
         idx = np.flatnonzero(constrained)
         assigned[idx], rounds = _deferred_acceptance(group_p[idx], pixel_cell[idx], quota)
 
