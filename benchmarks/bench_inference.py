@@ -51,8 +51,10 @@ def throughput(architecture: dict, predict: dict, shape: tuple[int, int]) -> dic
     windows = plan_windows(shape, tile_size=predict["tile_size"], overlap=predict["overlap"])
 
     def ours():
-        return predict_probabilities(model, load_window=lambda w: image[(slice(None), *w.slices)],
-                                     shape=shape, windows=windows,
+        def load(window, out=None):
+            return image[(slice(None), *window.slices)]
+
+        return predict_probabilities(model, load_window=load, shape=shape, windows=windows,
                                      batch_size=predict["batch_size"], device="cpu",
                                      progress=False)
 

@@ -19,6 +19,7 @@ The default target is the delta method of DESIGN.md (:func:`delta_target`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,12 +118,20 @@ def luh_group_fractions(
     return _renormalise(out)
 
 
+@functools.lru_cache(maxsize=8)
 def cell_ids(shape: tuple[int, int], factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W) index of each pixel's coarse cell (row-major), and the (hc, wc) cell shape.
+
+    Cached (a predict job asks for the same band shape several times per band); the
+    array is read-only.
+    """
     h, w = shape
     hc, wc = -(-h // factor), -(-w // factor)
     rows = np.arange(h) // factor
     cols = np.arange(w) // factor
-    return (rows[:, None] * wc + cols[None, :]), (hc, wc)
+    ids = rows[:, None] * wc + cols[None, :]
+    ids.flags.writeable = False
+    return ids, (hc, wc)
 
 
 def map_group_fractions(
@@ -134,11 +143,15 @@ def map_group_fractions(
     whose code is in no group are left out of the denominator too.
     """
     cell, (hc, wc) = cell_ids(codes.shape, factor)
-    group = groups.code_table()[np.asarray(codes, dtype="uint8")]
-    use = np.asarray(valid, dtype=bool) & (group >= 0)
-    counts = np.bincount(
-        cell[use] * len(groups) + group[use], minlength=hc * wc * len(groups)
-    ).reshape(hc, wc, len(groups))
+    g = len(groups)
+    # slot g of every cell counts the pixels in no group; invalid pixels go to cell 0's
+    # (full-size integer passes: boolean gathers of every pixel cost ~3x more)
+    table = groups.code_table()
+    table = np.where(table >= 0, table, g)
+    key = cell * (g + 1) + table[np.asarray(codes, dtype="uint8")]
+    key[~np.asarray(valid, dtype=bool)] = g
+    counts = np.bincount(key.reshape(-1), minlength=hc * wc * (g + 1))
+    counts = counts.reshape(hc, wc, g + 1)[..., :g]
     n = counts.sum(axis=-1)
     fractions = counts / np.maximum(n, 1)[..., None]
     return np.moveaxis(fractions, -1, 0).astype("float64"), n
@@ -211,6 +224,7 @@ def harmonize(
     valid: np.ndarray,
     targets: np.ndarray,
     groups: Groups,
+    argmax: np.ndarray | None = None,
 ) -> HarmonizeResult:
     """Class indices (H, W) whose group counts per coarse cell match ``targets``.
 
@@ -218,6 +232,7 @@ def harmonize(
     ``valid``: (H, W) bool, the pixels to allocate (land with data);
     ``targets``: (G, hc, wc) group fractions (rows of cells covering the grid; partial
     edge cells allowed). Cells whose targets are all 0 keep the argmax.
+    ``argmax``: (H, W) ``probs.argmax(axis=-1)``, when the caller has it already.
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape
@@ -242,7 +257,10 @@ def harmonize(
     quota = np.moveaxis(counts, 0, -1).reshape(-1, n_groups)  # (cells, G)
 
     group_p = _group_probabilities(p, member)  # (N, G)
-    argmax_class = p.argmax(axis=1)
+    if argmax is None:
+        argmax_class = p.argmax(axis=1)
+    else:
+        argmax_class = argmax.reshape(-1) if everywhere else argmax.reshape(-1)[flat]
     group_of_class = member.argmax(axis=1)
     first_group = group_of_class[argmax_class]
 
@@ -318,36 +336,40 @@ def _deferred_acceptance(gp: np.ndarray, pc: np.ndarray,
     local = np.flatnonzero(over.reshape(-1, n_groups).any(axis=1)[pc])
     if not local.size:
         return held, 1
-    # scores as int32 bits: for non-negative float32 the bit order is the value order;
-    # a rejected (pixel, group) gets -1 so the pixel's next argmax is its next choice
-    score = np.maximum(gp[local], 0).astype("float32", copy=False).view("int32")
+    # scores as int32 bits: for non-negative float32 the bit order is the value order
+    # (negative values, -0.0 included, count as 0); a rejected (pixel, group) gets -1 so
+    # the pixel's next argmax is its next choice
+    score = np.ascontiguousarray(gp[local], dtype="float32").view("int32")
+    np.maximum(score, 0, out=score)
     flat_score = score.reshape(-1)
     pc, keys, state = pc[local], keys[local], held[local]
-    free = np.arange(local.size)
+    # the score of each pixel's proposal
+    current = flat_score[np.arange(local.size) * n_groups + state].astype("int64")
+    holders = np.bincount(keys, minlength=flat_quota.size)
     rounds = 0
-    while free.size:
+    while True:
         rounds += 1
-        if rounds > 1:
-            state[free] = score[free].argmax(axis=1)
-            if (score[free, state[free]] < 0).any():  # cannot happen when quotas sum to n
-                raise RuntimeError("harmonisation failed to place every pixel")
-            keys[free] = pc[free] * n_groups + state[free]
-        holders = np.bincount(keys, minlength=flat_quota.size)
         over = holders > flat_quota
         cand = np.flatnonzero(over[keys])
         if not cand.size:
             break
         # sort by (key, -score, pixel): cand is ascending, the sort stable
         ck = keys[cand]
-        neg_score = (1 << 31) - 1 - flat_score[cand * n_groups + state[cand]].astype("int64")
-        order = _stable_argsort((ck << 32) | neg_score)
+        order = _stable_argsort((ck << 32) | ((1 << 31) - 1 - current[cand]))
         sorted_keys = ck[order]
         in_sort = np.where(over, holders, 0)
         first_of_key = np.cumsum(in_sort) - in_sort
         within = np.arange(order.size) - first_of_key[sorted_keys]
         rejected = cand[order[within >= flat_quota[sorted_keys]]]
         flat_score[rejected * n_groups + state[rejected]] = -1
-        free = rejected
+        # the rejected propose to their next choice; holders follow incrementally
+        holders -= np.bincount(keys[rejected], minlength=flat_quota.size)
+        state[rejected] = score[rejected].argmax(axis=1)
+        current[rejected] = score[rejected, state[rejected]]
+        if (current[rejected] < 0).any():  # cannot happen when quotas sum to n
+            raise RuntimeError("harmonisation failed to place every pixel")
+        keys[rejected] = pc[rejected] * n_groups + state[rejected]
+        holders += np.bincount(keys[rejected], minlength=flat_quota.size)
     held[local] = state
     return held, rounds
 
@@ -362,6 +384,11 @@ class ErrorTally:
     def add(self, codes: np.ndarray, groups: Groups, *, factor: int, valid: np.ndarray,
             target: np.ndarray) -> None:
         fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
+        self.add_fractions(fractions, n, target=target)
+
+    def add_fractions(self, fractions: np.ndarray, n: np.ndarray, *, target: np.ndarray) -> None:
+        """Add cells whose map fractions and valid-pixel counts (``map_group_fractions``)
+        are already known."""
         use = (n > 0) & (np.asarray(target).sum(axis=0) > 0)
         diff = np.abs(fractions - target)[:, use]
         if diff.size:

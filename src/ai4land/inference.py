@@ -34,6 +34,9 @@ import torch.nn.functional as F
 
 from ai4land.grid import Window
 
+# load_window(window, out=None) -> (C_in, h, w) float32 input, ``out`` filled if given
+WindowLoader = Callable[..., np.ndarray]
+
 
 # --- planning -----------------------------------------------------------------------
 
@@ -231,18 +234,22 @@ class _InputBuffers:
         self.host: np.ndarray | None = None
         self.tensor: torch.Tensor | None = None
 
-    def batch(self, windows: Sequence[Window], load_window: Callable[[Window], np.ndarray],
+    def batch(self, windows: Sequence[Window], load_window: WindowLoader,
               pad_multiple: int) -> tuple[torch.Tensor, int, int]:
         """(B, C, h', w') channels_last input of ``windows`` padded to ``pad_multiple``;
         and the unpadded h, w."""
-        first = load_window(windows[0])
+        fits = (self.host is not None and len(self.host) >= len(windows)
+                and self.host.shape[2:] == (windows[0].height, windows[0].width))
+        first = load_window(windows[0], out=self.host[0] if fits else None)
         shape = (max(self.batch_size, len(windows)), *first.shape)
         if self.host is None or self.host.shape != shape:
             self.host = np.empty(shape, dtype="float32")
         host = self.host[: len(windows)]
-        host[0] = first
-        for i, window in enumerate(windows[1:], start=1):
-            host[i] = load_window(window)
+        for i, window in enumerate(windows):
+            slot = host[i]
+            values = first if i == 0 else load_window(window, out=slot)
+            if not np.shares_memory(values, slot):  # the loader returned a new array
+                slot[...] = values
         x, h, w = _pad_to_multiple(torch.from_numpy(host), pad_multiple)
         shape = (len(self.host), *x.shape[1:])
         if self.tensor is None or tuple(self.tensor.shape) != shape:
@@ -281,7 +288,7 @@ def _ensemble(members: list[torch.Tensor]) -> torch.Tensor:
 def stream_probabilities(
     model: torch.nn.Module,
     *,
-    load_window: Callable[[Window], np.ndarray],
+    load_window: WindowLoader,
     shape: tuple[int, int],
     windows: Sequence[Window],
     batch_size: int = 8,
@@ -296,8 +303,9 @@ def stream_probabilities(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, band)``: blended (h, W, C) float32 rows, top to bottom, covering the grid.
 
-    ``load_window(window)`` returns the (C_in, h, w) float32 input of one window (built
-    with :func:`ai4land.samples.features.build_inputs`). Windows whose size is not a
+    ``load_window(window, out=None)`` returns the (C_in, h, w) float32 input of one
+    window (built with :func:`ai4land.samples.features.build_inputs`); given ``out``, a
+    slot of the batch buffer, it may fill and return that instead of a new array. Windows whose size is not a
     multiple of ``pad_multiple`` (default ``2**model.depth``, else 16) are padded
     (reflect) and the logits cropped back. ``amp=None`` picks bf16 autocast where the
     hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an ensemble of

@@ -127,11 +127,11 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     cells = (cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
              if coarse_cells is None else coarse_cells)
 
-    def load_window(window: Window) -> np.ndarray:
+    def load_window(window: Window, out: np.ndarray | None = None) -> np.ndarray:
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
                             predicted=predicted,
                             prior=None if prior is None else prior(window),
-                            direction=direction, coarse_cells=cells)
+                            direction=direction, coarse_cells=cells, out=out)
 
     ensemble = config.predict.ensemble
     stream = stream_probabilities(
@@ -291,7 +291,8 @@ class _Finaliser:
         cell_nodata = np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
         valid = land & ~upsample_cells(cell_nodata, factor=factor, window=window)
 
-        argmax = np.where(valid, probs.argmax(axis=-1), -1)
+        best = probs.argmax(axis=-1)
+        argmax = np.where(valid, best, -1)
         argmax_codes = np.where(valid, self.code_of[np.maximum(argmax, 0)],
                                 config.classes.nodata).astype("uint8")
         names = cube.coarse_channel_names
@@ -304,16 +305,16 @@ class _Finaliser:
         index = argmax
         if config.predict.harmonize:
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
-                               groups=self.groups)
+                               groups=self.groups, argmax=best)
             index = result.index
             self.changed += result.changed
             self.rounds = max(self.rounds, result.rounds)
         codes = np.where(valid, self.code_of[np.maximum(index, 0)], config.classes.nodata)
         codes = np.where(land, codes, config.classes.ocean).astype("uint8")
         for when, mapped in (("before", argmax_codes), ("after", codes)):
+            fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
-                self.errors[when, name].add(mapped, self.groups, factor=factor, valid=valid,
-                                            target=goal)
+                self.errors[when, name].add_fractions(fractions, n, target=goal)
         self.class_counts += np.bincount(index[valid], minlength=k)[:k]
         n_valid = int(valid.sum())
         self.pixels["land"] += int(land.sum())

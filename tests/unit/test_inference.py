@@ -89,7 +89,7 @@ class PositionModel(nn.Module):
 
 
 def _loader(image):
-    return lambda w: image[(slice(None), *w.slices)]
+    return lambda w, out=None: image[(slice(None), *w.slices)]
 
 
 def test_constant_model_blends_to_its_probabilities():
@@ -114,6 +114,19 @@ def test_inference_is_deterministic_and_normalised():
     a = predict_probabilities(model, batch_size=4, **kwargs)
     b = predict_probabilities(model, batch_size=4, **kwargs)
     np.testing.assert_array_equal(a, b)
+    filled = []
+
+    def fill(window, out=None):  # builds in the batch buffer, as the predict job does
+        values = image[(slice(None), *window.slices)]
+        if out is None:
+            return values.copy()
+        out[...] = values
+        filled.append(window)
+        return out
+
+    c = predict_probabilities(model, batch_size=4, **{**kwargs, "load_window": fill})
+    np.testing.assert_array_equal(a, c)
+    assert len(filled) == len(windows) - 1  # all but the very first window
     np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
     # fp32 without tiling: a single window over the whole image gives the plain softmax
     # in the interior (equal weights do not change a single prediction).

@@ -105,12 +105,14 @@ def build_inputs(
     direction: int,
     prior_keep: np.ndarray | None = None,
     coarse_cells: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``.
 
     ``coarse_cells``: the cube's coarse cells of the *whole* region for (scenario, year)
     (``cube.coarse_cells(scenario, year, whole)``) when the caller holds them; saves
-    reading the coarse store for every window.
+    reading the coarse store for every window. ``out``: a (C, h, w) float32 array to
+    fill (e.g. a slot of a batch buffer) instead of a new one.
     """
     if coarse_cells is None:
         cells = cube.coarse_cells(scenario, year, window)
@@ -119,8 +121,11 @@ def build_inputs(
         cells = coarse_cells[:, rows, cols]
     static = cube.static_window(window)
     n_coarse, n_static = len(cells), len(static)
-    out = np.empty((n_coarse + n_static + len(predicted) + 2, window.height, window.width),
-                   dtype="float32")
+    shape = (n_coarse + n_static + len(predicted) + 2, window.height, window.width)
+    if out is None:
+        out = np.empty(shape, dtype="float32")
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out is {out.dtype} {out.shape}, expected float32 {shape}")
     # NaN (ocean, missing) → 0 on the cells, before they are repeated to fine pixels
     out[:n_coarse] = upsample_cells(np.nan_to_num(cells, nan=0.0), factor=cube.factor,
                                     window=window)
