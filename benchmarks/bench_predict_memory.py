@@ -7,6 +7,10 @@ static layers written chunk by chunk with dask, never whole), a tiny U-Net, tile
 Streaming bounds the peak whatever the height (it levels off once the pipeline of row
 bands is full), so the same peak is what a global year needs; ``ours`` is the tallest
 band's peak, ``reference`` the shortest one's (ratio ~1: no growth with height).
+
+``predict_global_memory_production`` repeats it (heights 1000, 2000, 3000) with the
+production model and predict settings of ``config/config.yaml`` (U-Net base 32, depth 4,
+untrained; tile 512, overlap 64, batch 16): larger batches, activations and row bands.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from benchmarks.common import write_result
 
 WIDTH, FACTOR, HEIGHTS = 36000, 25, (1000, 2000, 3000)
 PREDICT = {"tile_size": 256, "overlap": 32, "batch_size": 4, "device": "cpu"}
+TINY = {"base_channels": 4, "depth": 2}
+PRODUCTION_HEIGHTS = (1000, 2000, 3000)
 
 GENERATE = r'''
 import json, sys, warnings
@@ -76,7 +82,7 @@ from ai4land.models import ModelCard, UNet, save_model
 from ai4land.predict import run_predict
 from ai4land.samples.features import input_channel_names
 torch.set_num_threads(2)
-root, predict = Path(sys.argv[1]), json.loads(sys.argv[2])
+root, predict, architecture = Path(sys.argv[1]), *map(json.loads, sys.argv[2:4])
 config = parse_config({
     "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
               "results": str(root / "results")},
@@ -86,8 +92,8 @@ config = parse_config({
     "predict": predict}, source="benchmark")
 names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
 torch.manual_seed(0)
-model = UNet(len(names), 7, base_channels=4, depth=2)
-save_model(root / "model", model, ModelCard(input_channels=names, tile_size=256,
+model = UNet(len(names), 7, **architecture)
+save_model(root / "model", model, ModelCard(input_channels=names, tile_size=predict["tile_size"],
            classes=list(config.classes.predicted), architecture=model.config))
 start = time.perf_counter()
 report = run_predict(config, scenario="historical", year=1959, model_dir=root / "model",
@@ -98,13 +104,13 @@ print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 '''
 
 
-def run(height: int) -> dict:
+def run(height: int, *, predict: dict = PREDICT, architecture: dict = TINY) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         subprocess.run([sys.executable, "-c", GENERATE, str(root / "cube"), str(WIDTH),
                         str(height), str(FACTOR)], check=True)
-        done = subprocess.run([sys.executable, "-c", JOB, str(root), json.dumps(PREDICT)],
-                              capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", JOB, str(root), json.dumps(predict),
+                               json.dumps(architecture)], capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"predict job failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,7 +128,26 @@ def main() -> None:
                 "note": "global-width bands, not a full 36000 x 18000 year (too slow on 2 "
                         "cores); streamed memory does not depend on height"},
     )
+    production()
+
+
+def production() -> None:
+    from benchmarks.bench_predict_overhead import production_settings
+
+    architecture, predict = production_settings()
+    results = {h: run(h, predict=predict, architecture=architecture)
+               for h in PRODUCTION_HEIGHTS}
+    small, large = (results[h]["peak_rss_mib"]
+                    for h in (PRODUCTION_HEIGHTS[0], PRODUCTION_HEIGHTS[-1]))
+    write_result(
+        "predict_global_memory_production", metric="peak_rss_mib", ours=large,
+        reference=small, reference_name=f"same job, {WIDTH} x {PRODUCTION_HEIGHTS[0]}",
+        target="peak < 4096 MiB, independent of height", meets_target=large < 4096,
+        params={"width": WIDTH, "heights": list(PRODUCTION_HEIGHTS), "factor": FACTOR,
+                **predict, "model": f"UNet {architecture} (config/config.yaml), untrained",
+                "runs": {str(h): r for h, r in results.items()}},
+    )
 
 
 if __name__ == "__main__":
-    main()
+    production() if "--production" in sys.argv[1:] else main()

@@ -222,9 +222,12 @@ class TrainConfig(_Section):
     # Input group -> probability that a training sample (not validation) has that group's
     # channels zeroed, e.g. {static: 0.5}; drawn per sample from (seed, epoch, index).
     input_dropout: dict[InputGroup, Annotated[float, Field(ge=0, lt=1)]] = {}
+    # Turn/mirror each training sample by a random symmetry of the square (8 in all).
+    augment: bool = False
     # Write TensorBoard scalars beside metrics.csv (only if `tensorboard` is installed).
     tensorboard: bool = False
-    # Batches loaded ahead by a background thread while the model computes.
+    # Batches loaded ahead by a background thread while the model computes (counting
+    # the one being loaded); 0 loads in the training loop.
     prefetch: NonNegativeInt = 2
     prior_mask: PriorMaskConfig = PriorMaskConfig()
 

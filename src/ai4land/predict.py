@@ -160,21 +160,28 @@ def year_probabilities(config, *, cube: Cube, model, scenario: str, year: int,
 def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int,
             height: int) -> Iterator[tuple[int, np.ndarray]]:
     """Regroup consecutive row bands into bands of ``multiple`` rows starting on a
-    multiple of it (the last one ends at ``height``); holds less than one band extra."""
+    multiple of it (the last one ends at ``height``). Bands inside an input band are
+    views of it; only the band straddling two input bands is copied, and the rows held
+    back for the next one (fewer than ``multiple``) are copied out of theirs."""
     top, pending = 0, []
     for row, band in bands:
         if row != top + sum(len(b) for b in pending):
             raise RuntimeError(f"row band starting at {row} is out of order")
-        pending.append(band)
         end = row + len(band)
         cut = end if end == height else end // multiple * multiple
-        if cut > top:
-            data = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            for start in range(top, cut, multiple):
-                yield start, data[start - top : min(start + multiple, cut) - top]
-            rest = data[cut - top :]
-            pending = [rest.copy()] if len(rest) else []
-            top = cut
+        if cut <= top:
+            pending.append(band)
+            continue
+        head = np.concatenate(pending) if len(pending) > 1 else (pending[0] if pending else None)
+        for start in range(top, cut, multiple):
+            stop = min(start + multiple, cut)
+            if start >= row:
+                yield start, band[start - row : stop - row]
+            else:  # rows held back from earlier bands, then the first rows of this one
+                yield start, np.concatenate([head[start - top :], band[: stop - row]])
+        rest = band[cut - row :]
+        pending = [rest.copy()] if len(rest) else []
+        top = cut
 
 
 def init_product_store(config, *, store: str | Path, scenario: str) -> Path:

@@ -17,34 +17,39 @@ _END = object()
 class Prefetch:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
 
-    Exceptions of the producer are raised in the consumer; ``close`` stops the thread
-    when the consumer leaves early.
+    ``depth`` counts the item being produced: with 1, the producer makes item k + 1
+    while the consumer works on item k, then waits until the consumer takes it. So at
+    most ``depth + 1`` items are alive at once (a predict job's bands are ~0.5 GB each
+    at global width). Exceptions of the producer are raised in the consumer; ``close``
+    stops the thread when the consumer leaves early.
     """
 
     def __init__(self, items: Iterable, depth: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True,
                                         name="ai4land-prefetch")
         self._thread.start()
 
-    def _put(self, entry) -> bool:
+    def _wait_for_slot(self) -> bool:
         while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
+            if self._slots.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _fill(self, items: Iterable) -> None:
         try:
-            for item in items:
-                if not self._put((item, None)):
+            iterator = iter(items)
+            while self._wait_for_slot():
+                item = next(iterator, _END)
+                self._queue.put((item, None))
+                if item is _END:
                     return
-            self._put((_END, None))
         except BaseException as exc:  # handed to the consumer
-            self._put((_END, exc))
+            self._queue.put((_END, exc))
 
     def __iter__(self) -> Iterator:
         while True:
@@ -53,6 +58,7 @@ class Prefetch:
                 if error is not None:
                     raise error
                 return
+            self._slots.release()  # the producer may start on the next item
             yield item
 
     def close(self) -> None:

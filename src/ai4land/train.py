@@ -549,6 +549,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
                                        prior_mask=train_cfg.prior_mask, seed=config.seed,
                                        with_prior=with_prior,
                                        input_dropout=train_cfg.input_dropout,
+                                       augment=train_cfg.augment,
                                        coarse_cache=coarse_cache), per_rank)
         batches = Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
         bar = None

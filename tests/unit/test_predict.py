@@ -288,3 +288,18 @@ def test_rebands_regroups_rows_on_multiples():
     np.testing.assert_array_equal(np.concatenate([b for _, b in out]), rows)
     with pytest.raises(RuntimeError, match="out of order"):
         list(rebands([(0, rows[:5]), (7, rows[7:9])], multiple=5, height=23))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # any input band sizes, any multiple
+        height, multiple = int(rng.integers(1, 60)), int(rng.integers(1, 12))
+        cuts = np.unique(np.r_[0, rng.integers(1, height + 1, size=rng.integers(0, 6)), height])
+        grid = np.arange(height * 2).reshape(height, 2)
+        bands = [(int(a), grid[a:b].copy()) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        out = list(rebands(iter(bands), multiple=multiple, height=height))
+        starts = [row for row, _ in out]
+        assert starts == list(range(0, height, multiple))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in out]), grid)
+        # a band lying inside one input band is a view of it, not a copy
+        for row, band in out:
+            owner = [b for a, b in bands if a <= row and row + len(band) <= a + len(b)]
+            if owner:
+                assert np.shares_memory(band, owner[0])

@@ -269,3 +269,32 @@ def test_coarse_cache_shared_by_datasets_reads_each_year_once(world, monkeypatch
     for key in reads[:3]:
         small(*key)
     assert len(small._cells) == 2 and reads[0] not in small._cells  # least recent out
+
+
+def test_augment_turns_inputs_and_target_together_by_each_symmetry(world):
+    config, cube, split, _ = world
+    plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
+                         seed=0).epoch(1, 120)
+
+    def dataset(augment: bool, seed: int = 3):
+        return WindowDataset(cube, plan, predicted=config.classes.predicted,
+                             prior_mask=config.train.prior_mask, seed=seed, augment=augment)
+
+    plain, turned = dataset(False), dataset(True)
+    seen = set()
+    for i in range(len(plan)):
+        a, b = plain[i], turned[i]
+        turns, flip = turned.symmetry(plan[i])
+        seen.add((turns, flip))
+        expected = [torch.rot90(a[key], turns, dims=(-2, -1)) for key in ("inputs", "target")]
+        if flip:
+            expected = [torch.flip(x, dims=(-1,)) for x in expected]
+        # the same pixels, prior mask included, moved by the drawn symmetry
+        torch.testing.assert_close(b["inputs"], expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(b["target"], expected[1], rtol=0, atol=0)
+        assert b["inputs"].is_contiguous() and b["prior_keep_fraction"] == a["prior_keep_fraction"]
+    assert len(seen) == 8  # every symmetry occurs, the identity included
+    assert [dataset(True)[i]["inputs"].sum() for i in range(10)] == \
+        [turned[i]["inputs"].sum() for i in range(10)]
+    assert ([dataset(True, seed=4).symmetry(spec) for spec in plan[:30]]
+            != [turned.symmetry(spec) for spec in plan[:30]])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -330,6 +331,28 @@ def test_prefetch_keeps_order_raises_and_stops_early():
     assert next(iter(prefetch)) == 0
     prefetch.close()  # returns although the producer never ends
     assert not prefetch._thread.is_alive()
+    with pytest.raises(ValueError, match="depth"):
+        Prefetch(range(3), 0)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_prefetch_produces_at_most_depth_items_ahead_of_the_consumer(depth):
+    produced = []
+
+    def items():
+        for i in range(8):
+            produced.append(i)
+            yield i
+
+    ahead = []
+    with Prefetch(items(), depth) as prefetch:
+        for taken, item in enumerate(prefetch):
+            time.sleep(0.05)  # the producer has time to run ahead, as far as allowed
+            ahead.append(len(produced) - 1 - taken)
+        assert item == 7
+    # the consumer's item plus at most `depth` more (one of them in the making), and
+    # the producer does use that room
+    assert max(ahead) == depth, ahead
 
 
 # --- input dropout -----------------------------------------------------------------------
@@ -353,7 +376,8 @@ def test_input_dropout_validates(tiny):
         _config(root, input_dropout={"static": -0.1})
 
 
-def test_input_dropout_reaches_training_only_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+def test_input_dropout_and_augment_reach_training_only_and_resume_exactly(tiny, tmp_path,
+                                                                         monkeypatch):
     import ai4land.train as train_module
 
     root, split_path, _ = tiny
@@ -362,18 +386,18 @@ def test_input_dropout_reaches_training_only_and_resumes_exactly(tiny, tmp_path,
     class Recording(train_module.WindowDataset):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            seen.append((self.stream, dict(self.input_dropout)))
+            seen.append((self.stream, dict(self.input_dropout), self.augment))
 
     monkeypatch.setattr(train_module, "WindowDataset", Recording)
     short = dict(epochs=2, steps_per_epoch=2, checkpoint_every=1, val_batches=1)
-    config = _config(root, **short, input_dropout={"static": 0.5, "coarse": 0.3})
+    config = _config(root, **short, input_dropout={"static": 0.5, "coarse": 0.3}, augment=True)
 
     def steps(directory):
         return [json.loads(x)["loss"] for x in (directory / "steps.jsonl").read_text().splitlines()]
 
     run_training(config, output_dir=tmp_path / "whole", split_path=split_path)
-    assert {s for s, d in seen if d} == {"load"} and ("val-load", {}) in seen
-    assert all(d == {"static": 0.5, "coarse": 0.3} for s, d in seen if s == "load")
+    assert {s for s, d, _ in seen if d} == {"load"} and ("val-load", {}, False) in seen
+    assert all(d == {"static": 0.5, "coarse": 0.3} and a for s, d, a in seen if s == "load")
     first = run_training(config, output_dir=tmp_path / "parts", split_path=split_path, max_steps=3)
     assert first["global_step"] == 3 and not first["finished"]
     run_training(config, output_dir=tmp_path / "parts", split_path=split_path)

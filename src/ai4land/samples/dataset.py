@@ -116,6 +116,8 @@ class WindowDataset(Dataset):
     ``with_prior=False`` gives no sample a prior (all-zero prior channels);
     ``input_dropout`` (group -> probability, training only) zeroes a group's channels
     (for 'prior': the prior and the direction) in about that share of the samples.
+    ``augment`` (training only) turns each square sample by one of the 8 symmetries of
+    the square (rotations by 90 degrees, with or without a flip), drawn per sample.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class WindowDataset(Dataset):
         with_prior: bool = True,
         input_dropout: Mapping[str, float] | None = None,
         coarse_cache: CoarseCellCache | None = None,
+        augment: bool = False,
     ):
         self.cube = cube
         self.plan = list(plan)
@@ -148,6 +151,7 @@ class WindowDataset(Dataset):
         # validates the group names too
         self._group_channels = {g: group_channels(names, [g]) for g in self.input_dropout}
         self.coarse_cells = coarse_cache if coarse_cache is not None else CoarseCellCache(cube)
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -163,6 +167,16 @@ class WindowDataset(Dataset):
         rng = np.random.default_rng(
             [self.seed, stream_id(f"{self.stream}:input-dropout"), spec.epoch, spec.index])
         return input_dropout_draw(rng, self.input_dropout)
+
+    def symmetry(self, spec: SampleSpec) -> tuple[int, bool]:
+        """(quarter turns, flip) of this sample under ``augment`` ((0, False) without):
+        a pure function of seed, stream, epoch and index, on its own generator."""
+        if not self.augment:
+            return 0, False
+        rng = np.random.default_rng(
+            [self.seed, stream_id(f"{self.stream}:augment"), spec.epoch, spec.index])
+        draw = int(rng.integers(8))
+        return draw % 4, draw >= 4
 
     def __getitem__(self, i: int) -> dict:
         spec = self.plan[i]
@@ -193,6 +207,9 @@ class WindowDataset(Dataset):
         if "prior" in zeroed:
             keep = None
         target = codes_to_index(self.cube.target_window(spec.year, window), self.predicted)
+        turns, flip = self.symmetry(spec)
+        if turns or flip:
+            inputs, target = (_transform(inputs, turns, flip), _transform(target, turns, flip))
         return {
             "inputs": torch.from_numpy(inputs),
             "target": torch.from_numpy(np.ascontiguousarray(target, dtype="int64")),
@@ -204,3 +221,11 @@ class WindowDataset(Dataset):
             "col": window.col,
             "index": spec.index,
         }
+
+
+def _transform(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """``array`` (..., h, w) turned by ``turns`` quarter turns, then mirrored left-right."""
+    out = np.rot90(array, turns, axes=(-2, -1))
+    if flip:
+        out = out[..., ::-1]
+    return np.ascontiguousarray(out)
