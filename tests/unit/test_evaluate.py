@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from ai4land.cli import main
-from ai4land.config import EvaluateConfig, PredictConfig
+from ai4land.config import EvaluateConfig, PredictConfig, parse_config
+from ai4land.errors import InputDataError
 from ai4land.evaluate import run_evaluate
-from ai4land.evaluate.run import FIGURES, MODELS
+from ai4land.evaluate.run import FIGURES, MODELS, SINGLE_YEAR_MODELS
 from ai4land.evaluate.tables import TABLES
 from ai4land.grid import Grid
 from ai4land.io.cube import Cube
 from ai4land.models import ModelCard, UNet, save_model
 from ai4land.products import write_cog
-from ai4land.samples.features import input_channel_names
+from ai4land.samples.features import group_channels, input_channel_names
 from ai4land.split import run_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -110,6 +111,51 @@ def test_tables_and_figures_are_written(evaluated):
     assert set(area["series"]) == {"coarse", "observed", "unet", "unet_rollout"}
     for series in area["series"].values():
         assert pytest.approx(sum(v[0] for v in series.values()), abs=1e-4) == 1.0
+
+
+def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_path):
+    write_tiny_cube(tmp_path / "cube", size=64, factor=8, years=[1970])
+    data = tiny_config(tmp_path / "cube", years=[1970, 1971],
+                       split={"block_size": 16, "n_test_blocks": 2, "n_val_blocks": 1,
+                              "buffer_blocks": 0}).model_dump(mode="json")
+    data["datasets"]["fine"]["years"] = [1970, 1970]
+    data["years"] = {"train": [1970, 1970], "test": [1970, 1970]}
+    data["train"]["prior"] = False
+    config = parse_config(data)
+    config = config.model_copy(update={
+        "predict": PredictConfig(tile_size=32, overlap=8, batch_size=4, device="cpu"),
+        "evaluate": EvaluateConfig(gbm_samples=2000, gbm_years=1, gbm_max_iter=10,
+                                   figure_tiles=2),
+    })
+    run_split(config, output=tmp_path / "split.json", figure=tmp_path / "split.png")
+    names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
+    torch.manual_seed(0)
+    model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2,
+                 zero_channels=group_channels(names, ["prior"]))  # as train.prior: false
+    save_model(tmp_path / "model", model, ModelCard(
+        input_channels=names, classes=list(config.classes.predicted), architecture=model.config,
+        tile_size=32, dropped_inputs=["prior"]))
+    metrics = run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
+                           output=tmp_path / "eval" / "metrics.json")
+    assert metrics["split"]["mode"] == "single-year" and metrics["split"]["test_years"] == [1970]
+    assert list(metrics["models"]) == list(SINGLE_YEAR_MODELS)
+    assert metrics["drift"] == {} and set(metrics["class_area"]["series"]) == {
+        "coarse", "observed", "unet"}
+    for model_metrics in metrics["models"].values():
+        assert 0.0 <= model_metrics["oa"] <= 1.0 and model_metrics["n_pixels"] > 0
+        assert model_metrics["fom_change"] is None  # no previous map: undefined, not 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    for name in FIGURES:
+        assert (tmp_path / "eval" / "figures" / name).read_bytes().startswith(b"\x89PNG")
+    # A cube that lacks the test years (prepared for other years) is refused clearly.
+    empty = parse_config({**data, "datasets": {**data["datasets"], "fine": {
+        **data["datasets"]["fine"], "years": [1970, 1980]}},
+        "years": {"train": [1970, 1970], "test": [1980, 1980]}})
+    empty = empty.model_copy(update={"predict": config.predict, "evaluate": config.evaluate})
+    run_split(empty, output=tmp_path / "split2.json", figure=tmp_path / "split2.png")
+    with pytest.raises(InputDataError, match=r"no observed map of the test years \[1980\]"):
+        run_evaluate(empty, model_dir=tmp_path / "model", split_path=tmp_path / "split2.json",
+                     output=tmp_path / "eval2" / "metrics.json")
 
 
 def _write_map(path: Path, codes: np.ndarray, *, west: float = 4.0) -> Path:

@@ -107,19 +107,22 @@ def pixel_features(inputs: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def gradient_boosting_sample(cube: Cube, *, split: Split, classes: list[int], max_samples: int,
-                             max_years: int, rng: np.random.Generator
+                             max_years: int, rng: np.random.Generator, with_prior: bool = True
                              ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, C) and class indices (N,) of random training-block pixels.
 
     Up to ``max_years`` training years (each with its previous observed map as prior,
-    as in training) and ``max_samples`` pixels in all, spread evenly over those years.
+    as in training; without ``with_prior`` the prior channels are 0, as for single-year
+    data) and ``max_samples`` pixels in all, spread evenly over those years.
     """
     whole = Window(0, 0, *cube.fine_grid.shape)
     train = split.role_mask("train") & cube.land_mask_window(whole)
-    years = [y for y in split.train_years if y - 1 in cube.target_years]
+    years = [y for y in split.train_years
+             if (y - 1 if with_prior else y) in cube.target_years]
     if not years:
-        raise InputDataError(f"{cube.paths.target}: no training year has an observed previous "
-                             "year to sample the gradient-boosting baseline from")
+        needed = "an observed previous year" if with_prior else "an observed map"
+        raise InputDataError(f"{cube.paths.target}: no training year has {needed} to sample "
+                             "the gradient-boosting baseline from")
     chosen = sorted(rng.choice(years, size=min(len(years), max_years), replace=False).tolist())
     features, labels = [], []
     for year in chosen:
@@ -131,7 +134,8 @@ def gradient_boosting_sample(cube: Cube, *, split: Split, classes: list[int], ma
         where.flat[take] = True
         inputs = build_inputs(cube, scenario=cube.scenario_for_year(year), year=year,
                               window=whole, predicted=classes,
-                              prior=cube.target_window(year - 1, whole), direction=1)
+                              prior=cube.target_window(year - 1, whole) if with_prior else None,
+                              direction=1)
         features.append(pixel_features(inputs, where))
         labels.append(target[where])
     return np.concatenate(features), np.concatenate(labels)

@@ -7,6 +7,11 @@ persistence gets. ``unet_rollout`` starts from the observed map before the first
 year and then takes its own predictions as prior; ``drift`` is rollout minus
 teacher-forced per year. Writes ``metrics.json``, the CSV tables beside it and the
 figures.
+
+Single-year data (no test year has an observed previous year, e.g. one observed map):
+the split is spatial only, so the U-Net predicts without a prior and is scored against
+the coarse majority, random allocation and gradient boosting; there is no persistence,
+rollout or drift, and the change scores are undefined (null).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MODELS = ("unet", "unet_rollout", "persistence", "coarse_majority", "random_allocation",
           "gradient_boosting")
+SINGLE_YEAR_MODELS = ("unet", "coarse_majority", "random_allocation", "gradient_boosting")
 DRIFT_KEYS = ("oa", "miou", "kappa", "fom_change")
 FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
            "class_area.png", "calibration.png")
@@ -79,34 +85,42 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     model, card = load_model(model_dir)
     check_inputs(card, input_channel_names(cube, classes))
     years = [y for y in split.test_years if y - 1 in cube.target_years]
-    if not years:
-        raise InputDataError(f"{config.paths.cube}: no test year has an observed previous year")
+    single_year = not years
+    if single_year:
+        years = [y for y in split.test_years if y in cube.target_years]
+        if not years:
+            raise InputDataError(f"{config.paths.cube}: holds no observed map of the test "
+                                 f"years {list(split.test_years)}; check years.test")
+        log.info("no test year has an observed previous year: single-year evaluation "
+                 "(U-Net without prior; no persistence, rollout or change scores)")
+    names = SINGLE_YEAR_MODELS if single_year else MODELS
 
     settings = config.evaluate
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     features, targets = gradient_boosting_sample(
         cube, split=split, classes=classes, max_samples=settings.gbm_samples,
-        max_years=settings.gbm_years, rng=rng)
+        max_years=settings.gbm_years, rng=rng, with_prior=not single_year)
     gbm = GradientBoostingBaseline(classes=classes, max_iter=settings.gbm_max_iter,
                                    seed=config.seed).fit(features, targets)
     log.info("gradient boosting: %d pixels, %.1f s", len(targets), time.perf_counter() - started)
 
     blocks = [{"id": b.id, "row": b.row, "col": b.col} for b in test_blocks]
     scores = {name: ModelScores(classes=classes, blocks=blocks,
-                                calibration_bins=settings.calibration_bins) for name in MODELS}
+                                calibration_bins=settings.calibration_bins) for name in names}
+    mapped = ("observed", "unet") if single_year else ("observed", "unet", "unet_rollout")
     area = {"groups": list(groups.names), "years": years,
-            "series": {s: {g: [] for g in groups.names}
-                       for s in ("coarse", "observed", "unet", "unet_rollout")}}
+            "series": {s: {g: [] for g in groups.names} for s in ("coarse", *mapped)}}
     tiles = []
-    chain = rollout(config, cube=cube, model=model, years=years,
-                    start=cube.target_window(years[0] - 1, whole))
+    chain = ([(None, None, None)] * len(years) if single_year else
+             rollout(config, cube=cube, model=model, years=years,
+                     start=cube.target_window(years[0] - 1, whole)))
     for year, (_, rollout_codes, rollout_confidence) in tqdm(
             zip(years, chain, strict=True), total=len(years), desc="evaluate", unit="year",
             disable=None):
         scenario = cube.scenario_for_year(year)
         observed = cube.target_window(year, whole)
-        previous_codes = cube.target_window(year - 1, whole)
+        previous_codes = None if single_year else cube.target_window(year - 1, whole)
         fractions = luh_group_fractions(cube.coarse_cells(scenario, year, whole), variables, groups)
         unet_codes, unet_confidence = unet_year(config, cube=cube, model=model,
                                                 scenario=scenario, year=year, prior=previous_codes)
@@ -127,8 +141,11 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
                                                     ocean_code=config.classes.ocean), None),
             "gradient_boosting": (gbm_codes, gbm_confidence),
         }
+        predictions = {name: predictions[name] for name in names}
         target = codes_to_index(observed, classes)
-        previous = codes_to_index(previous_codes, classes)
+        # without a previous map no pixel counts for the change scores (they come out null)
+        previous = (np.full(target.shape, -1) if single_year
+                    else codes_to_index(previous_codes, classes))
         for name, (codes, confidence) in predictions.items():
             scores[name].add(
                 year=year, target=target, prediction=codes_to_index(codes, classes),
@@ -136,9 +153,9 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
                 conservation_mae=conservation_error(codes, groups, factor=factor, valid=scored,
                                                     target=fractions)["mae"],
             )
+        all_maps = {"observed": observed, "unet": unet_codes, "unet_rollout": rollout_codes}
         _add_class_area(area, groups=groups, factor=factor, land=land, fractions=fractions,
-                        maps={"observed": observed, "unet": unet_codes,
-                              "unet_rollout": rollout_codes})
+                        maps={name: all_maps[name] for name in mapped})
         if year == years[-1]:
             tiles = _sample_tiles(split, test_blocks, year=year, observed=observed,
                                   scored=scored & (target >= 0), predictions=predictions,
@@ -153,11 +170,12 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
             "test_years": years,
             "test_pixels": int(scored.sum()),
             "seed": split.seed,
+            "mode": "single-year" if single_year else "multi-year",
         },
         "classes": classes,
         "legend": {str(c): config.classes.legend[c] for c in classes},
         "models": models,
-        "drift": _drift(models["unet_rollout"], models["unet"]),
+        "drift": {} if single_year else _drift(models["unet_rollout"], models["unet"]),
         "class_area": area,
         "gradient_boosting": {"train_pixels": int(len(targets)),
                               "max_iter": settings.gbm_max_iter},
@@ -193,7 +211,8 @@ def _sample_tiles(split, test_blocks, *, year: int, observed: np.ndarray, scored
         window = split.block_window(block).slices
         tiles.append({"title": f"block {block.id}, {year}", "target": observed[window],
                       "scored": scored[window],
-                      "panels": {name: predictions[name][0][window] for name in TILE_PANELS}})
+                      "panels": {name: predictions[name][0][window] for name in TILE_PANELS
+                                 if name in predictions}})
     return tiles
 
 
@@ -212,7 +231,9 @@ def _draw(metrics: dict, tiles: list[dict], directory: Path, *, legend: dict) ->
     return [
         figures.confusion_matrix_figure(
             np.asarray(models["unet"]["confusion_matrix"]), classes=classes, legend=legend,
-            title="U-Net (teacher-forced), test blocks and years", path=directory / FIGURES[0]),
+            title=("U-Net (no prior), test blocks" if metrics["split"]["mode"] == "single-year"
+                   else "U-Net (teacher-forced), test blocks and years"),
+            path=directory / FIGURES[0]),
         figures.per_class_iou_figure(models, classes=classes, legend=legend,
                                      path=directory / FIGURES[1]),
         figures.by_year_figure(models, path=directory / FIGURES[2]),
