@@ -303,9 +303,9 @@ def stream_probabilities(
 
     ``load_window(window, out=None)`` returns the (C_in, h, w) float32 input of one
     window (built with :func:`ai4land.samples.features.build_inputs`); given ``out``, a
-    slot of the batch buffer, it may fill and return that instead of a new array. Windows whose size is not a
-    multiple of ``pad_multiple`` (default ``2**model.depth``, else 16) are padded
-    (reflect) and the logits cropped back. ``amp=None`` picks bf16 autocast where the
+    slot of the batch buffer, it may fill and return that instead of a new array.
+    Windows whose size is not a multiple of ``pad_multiple`` (default ``2**model.depth``,
+    else 16) are padded (reflect) and the logits cropped back. ``amp=None`` picks bf16 autocast where the
     hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an ensemble of
     ``members`` (``tta``: up to 4 flips; ``mc_dropout``: dropout on, torch seeded with
     ``seed``). ``progress=None`` shows a bar only on a terminal.
