@@ -75,7 +75,8 @@ def cmd_train(args) -> int:
     from ai4land.train import run_training
 
     run_training(_config(args), output_dir=Path(args.output), split_path=Path(args.split),
-                 resume=not args.no_resume, max_steps=args.max_steps)
+                 resume=not args.no_resume, restart_if_changed=args.restart_if_changed,
+                 max_steps=args.max_steps)
     return 0
 
 
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--output", required=True, help="model directory")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="a checkpoint of other training settings is moved to "
+                        "checkpoints/stale-<hash>/ and training starts afresh (default: "
+                        "refuse it); the workflow passes this")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
 
     p = stage("evaluate", cmd_evaluate, "score the model and baselines on test blocks and years")

@@ -368,25 +368,44 @@ def run_training(
     output_dir: str | Path,
     split_path: str | Path | None = None,
     resume: bool = True,
+    restart_if_changed: bool = False,
     max_steps: int | None = None,
 ) -> dict:
     """Train the U-Net of ``config``; works under ``torchrun`` and as a single process.
 
-    ``max_steps`` stops after that many optimiser steps in total (counting steps done
-    before a resume), writing a checkpoint first; the schedule still spans
-    ``epochs * steps_per_epoch``. Returns a summary dict (rank 0's view).
+    A checkpoint written with other training settings is refused, unless
+    ``restart_if_changed``: then its files move to ``checkpoints/stale-<hash>/`` and
+    training starts afresh (the workflow's choice: Snakemake reruns training exactly
+    when those settings change). ``max_steps`` stops after that many optimiser steps in
+    total (counting steps done before a resume), writing a checkpoint first; the
+    schedule still spans ``epochs * steps_per_epoch``. Returns a summary dict (rank 0's
+    view).
     """
     train_cfg = config.train
     info, device, started = _init_distributed(train_cfg.backend, train_cfg.device)
     try:
         return _run(config, info=info, device=device, output_dir=Path(output_dir),
-                    split_path=split_path, resume=resume, max_steps=max_steps)
+                    split_path=split_path, resume=resume, max_steps=max_steps,
+                    restart_if_changed=restart_if_changed)
     finally:
         if started and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume, max_steps) -> dict:
+def _set_aside(ckpt_dir: Path, old_hash: str) -> None:
+    """Move the checkpoints of other training settings to ``stale-<hash>/`` (kept, not
+    deleted: a change can be undone)."""
+    stale = ckpt_dir / f"stale-{old_hash}"
+    stale.mkdir(exist_ok=True)
+    for name in (LAST, BEST):
+        if (ckpt_dir / name).exists():
+            os.replace(ckpt_dir / name, stale / name)
+    log.warning("%s: checkpoints of other training settings moved to %s; starting afresh",
+                ckpt_dir, stale)
+
+
+def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume, max_steps,
+         restart_if_changed: bool = False) -> dict:
     started_at = time.perf_counter()
     train_cfg = config.train
     world = info.world_size
@@ -482,13 +501,18 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
              "best_epoch": -1, "bad_epochs": 0, "finished": False, "epoch_stats": [0.0, 0.0, 0.0],
              "train_time": 0.0, "train_samples": 0, "data_wait": 0.0}
     config_hash = training_hash(config)
-    if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        if ckpt.get("training_hash") != config_hash:
+    ckpt = (torch.load(last_path, map_location="cpu", weights_only=True)
+            if resume and last_path.exists() else None)
+    if ckpt is not None and ckpt.get("training_hash") != config_hash:
+        if not restart_if_changed:
             raise ConfigError(
                 f"{last_path}: checkpoint was written with other training settings; "
                 "restore them or start afresh (resume=False / --no-resume)"
             )
+        if info.is_main:
+            _set_aside(ckpt_dir, str(ckpt.get("training_hash"))[:12])
+        ckpt = None
+    if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -123,7 +123,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny, tmp_path):
     assert again["step_losses"] == [] and _steps(parts) == _steps(whole)
 
 
-def test_resume_false_starts_afresh_and_changed_settings_are_refused(tiny, tmp_path):
+def test_resume_false_starts_afresh_and_changed_settings_are_refused_or_set_aside(tiny, tmp_path):
     root, split_path = tiny
     out = tmp_path / "m"
     config = _config(root, epochs=1, steps_per_epoch=2, val_batches=1)
@@ -133,6 +133,17 @@ def test_resume_false_starts_afresh_and_changed_settings_are_refused(tiny, tmp_p
                      output_dir=out, split_path=split_path)
     fresh = run_training(config, output_dir=out, split_path=split_path, resume=False)
     assert len(fresh["step_losses"]) == 2 and len(_steps(out)) == 2
+    # The workflow's choice: changed settings set the old checkpoints aside, start afresh.
+    old_last = (out / "checkpoints" / "last.pt").read_bytes()
+    changed = _config(root, epochs=1, steps_per_epoch=2, val_batches=1, lr=1e-3)
+    again = run_training(changed, output_dir=out, split_path=split_path, restart_if_changed=True)
+    assert len(again["step_losses"]) == 2 and len(_steps(out)) == 2
+    stale = list((out / "checkpoints").glob("stale-*"))
+    assert len(stale) == 1 and (stale[0] / "last.pt").read_bytes() == old_last
+    assert (stale[0] / "best.pt").exists() and (out / "checkpoints" / "last.pt").exists()
+    # unchanged settings still resume (nothing left to do), whatever the flag
+    done = run_training(changed, output_dir=out, split_path=split_path, restart_if_changed=True)
+    assert done["step_losses"] == [] and len(list((out / "checkpoints").glob("stale-*"))) == 1
 
 
 def test_bad_settings_give_clear_errors(tiny, tmp_path):

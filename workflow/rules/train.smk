@@ -2,6 +2,9 @@
 # `ai4land torchrun` runs torchrun --standalone on one machine; inside a Slurm job that
 # spans several nodes it starts one torchrun agent per node with srun and takes the
 # c10d rendezvous from the allocation (first host). train.nproc = processes per node.
+# A rerun resumes from checkpoints/last.pt when the training settings are unchanged (a
+# killed job) and starts afresh, setting the old checkpoints aside, when they changed
+# (Snakemake reruns this rule because config_hash changed).
 
 
 rule train:
@@ -29,4 +32,4 @@ rule train:
         runtime=720,
     shell:
         "ai4land torchrun --nproc {params.nproc} -- train {params.config}"
-        " --split {input.split} --output {params.model} > {log} 2>&1"
+        " --split {input.split} --output {params.model} --restart-if-changed > {log} 2>&1"
