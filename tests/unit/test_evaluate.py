@@ -30,6 +30,23 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 YEARS = range(1960, 1968)
 
 
+def _model_and_split(root: Path, config, *, dropped=(), **gbm):
+    """Small predict/evaluate settings, the split and a random tiny U-Net under ``root``."""
+    config = config.model_copy(update={
+        "predict": PredictConfig(tile_size=32, overlap=8, batch_size=4, device="cpu"),
+        "evaluate": EvaluateConfig(**gbm, figure_tiles=2),
+    })
+    run_split(config, output=root / "split.json", figure=root / "split.png")
+    names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
+    torch.manual_seed(0)
+    model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2,
+                 zero_channels=group_channels(names, dropped))
+    save_model(root / "model", model, ModelCard(
+        input_channels=names, classes=list(config.classes.predicted), architecture=model.config,
+        tile_size=32, dropped_inputs=list(dropped)))
+    return config
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
@@ -37,18 +54,7 @@ def evaluated(tmp_path_factory):
     config = tiny_config(root / "cube", years=YEARS,
                          split={"block_size": 16, "n_test_blocks": 2, "n_val_blocks": 1,
                                 "buffer_blocks": 0})
-    config = config.model_copy(update={
-        "predict": PredictConfig(tile_size=32, overlap=8, batch_size=4, device="cpu"),
-        "evaluate": EvaluateConfig(gbm_samples=4000, gbm_years=3, gbm_max_iter=15,
-                                   figure_tiles=2),
-    })
-    run_split(config, output=root / "split.json", figure=root / "split.png")
-    names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
-    torch.manual_seed(0)
-    model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2)
-    save_model(root / "model", model, ModelCard(input_channels=names,
-                                                classes=list(config.classes.predicted),
-                                                architecture=model.config, tile_size=32))
+    config = _model_and_split(root, config, gbm_samples=4000, gbm_years=3, gbm_max_iter=15)
     output = root / "eval" / "metrics.json"
     metrics = run_evaluate(config, model_dir=root / "model", split_path=root / "split.json",
                            output=output)
@@ -122,19 +128,8 @@ def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_pat
     data["years"] = {"train": [1970, 1970], "test": [1970, 1970]}
     data["train"]["prior"] = False
     config = parse_config(data)
-    config = config.model_copy(update={
-        "predict": PredictConfig(tile_size=32, overlap=8, batch_size=4, device="cpu"),
-        "evaluate": EvaluateConfig(gbm_samples=2000, gbm_years=1, gbm_max_iter=10,
-                                   figure_tiles=2),
-    })
-    run_split(config, output=tmp_path / "split.json", figure=tmp_path / "split.png")
-    names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
-    torch.manual_seed(0)
-    model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2,
-                 zero_channels=group_channels(names, ["prior"]))  # as train.prior: false
-    save_model(tmp_path / "model", model, ModelCard(
-        input_channels=names, classes=list(config.classes.predicted), architecture=model.config,
-        tile_size=32, dropped_inputs=["prior"]))
+    config = _model_and_split(tmp_path, config, gbm_samples=2000, gbm_years=1, gbm_max_iter=10,
+                              dropped=["prior"])  # as train.prior: false
     metrics = run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
                            output=tmp_path / "eval" / "metrics.json")
     assert metrics["split"]["mode"] == "single-year" and metrics["split"]["test_years"] == [1970]
