@@ -308,10 +308,14 @@ def _stable_argsort(values: np.ndarray) -> np.ndarray:
         tied = np.zeros(order.size, dtype=bool)
         tied[1:] = equal
         tied[:-1] |= equal
-        run = np.cumsum(np.concatenate(([True], ~equal)))
         at = np.flatnonzero(tied)
+        # number the runs of equal values among the tied positions only (few)
+        starts = np.ones(at.size, dtype=bool)
+        inner = at > 0
+        starts[inner] = ~equal[at[inner] - 1]
+        run = np.cumsum(starts)
         # unique keys (run, index), so the unstable sort is exact here
-        order[at] = order[at][np.argsort((run[at] << 32) | order[at])]
+        order[at] = order[at][np.argsort((run << 32) | order[at])]
     return order
 
 

@@ -198,3 +198,12 @@ def test_offset_weight_decays_linearly_to_zero():
     assert offset_weight(2024, 2019, decay_years=10) == 0.5
     assert offset_weight(1955, 1960, decay_years=10) == 0.5  # backward chains too
     assert offset_weight(2100, 2019, decay_years=10) == 0.0
+
+
+def test_stable_argsort_equals_numpy_stable_sort_with_and_without_ties():
+    from ai4land.harmonize import _stable_argsort
+
+    rng = np.random.default_rng(0)
+    for n, high in [(0, 5), (1, 5), (2, 1), (10, 3), (1000, 10), (50000, 50), (50000, 2**40)]:
+        values = rng.integers(0, high, size=n).astype("int64")
+        np.testing.assert_array_equal(_stable_argsort(values), np.argsort(values, kind="stable"))
