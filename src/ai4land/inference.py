@@ -228,8 +228,8 @@ class _InputBuffers:
     """The batch input: each window is built in one reused host array, then copied
     (padded if needed) into its slot of one reused channels_last tensor. Reuse saves the
     page faults of fresh large arrays (as costly as the copies); building one window at
-    a time keeps a batch's input in host memory once, not twice (~0.4 GB for a
-    production batch of 16 windows of 512 x 512)."""
+    a time keeps a batch's input in host memory once, not twice (that saved ~0.4 GB for
+    a batch of 16 windows of 512 x 512)."""
 
     def __init__(self, batch_size: int, device: torch.device):
         self.batch_size, self.device = batch_size, device
@@ -305,10 +305,10 @@ def stream_probabilities(
     window (built with :func:`ai4land.samples.features.build_inputs`); given ``out``, a
     slot of the batch buffer, it may fill and return that instead of a new array.
     Windows whose size is not a multiple of ``pad_multiple`` (default ``2**model.depth``,
-    else 16) are padded (reflect) and the logits cropped back. ``amp=None`` picks bf16 autocast where the
-    hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an ensemble of
-    ``members`` (``tta``: up to 4 flips; ``mc_dropout``: dropout on, torch seeded with
-    ``seed``). ``progress=None`` shows a bar only on a terminal.
+    else 16) are padded (reflect) and the logits cropped back. ``amp=None`` picks bf16
+    autocast where the hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an
+    ensemble of ``members`` (``tta``: up to 4 flips; ``mc_dropout``: dropout on, torch
+    seeded with ``seed``). ``progress=None`` shows a bar only on a terminal.
     """
     from tqdm.auto import tqdm
 
