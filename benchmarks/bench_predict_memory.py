@@ -10,7 +10,11 @@ band's peak, ``reference`` the shortest one's (ratio ~1: no growth with height).
 
 ``predict_global_memory_production`` repeats it (heights 1000, 2000, 3000) with the
 production model and predict settings of ``config/config.yaml`` (U-Net base 32, depth 4,
-untrained; tile 512, overlap 64, batch 16): larger batches, activations and row bands.
+untrained; tile 512, overlap 64, batch 4): larger windows, activations and row bands.
+
+``python -m benchmarks.bench_predict_memory --full-year`` runs the production job on a
+whole global year, 36000 x 18000 pixels (``predict_global_year``; ~25 minutes on 2
+cores, so ``make bench`` leaves it out).
 """
 
 from __future__ import annotations
@@ -149,5 +153,24 @@ def production() -> None:
     )
 
 
+def full_year() -> None:
+    from benchmarks.bench_predict_overhead import production_settings
+
+    architecture, predict = production_settings()
+    result = run(18000, predict=predict, architecture=architecture)
+    write_result(
+        "predict_global_year", metric="peak_rss_mib", ours=result["peak_rss_mib"],
+        reference=None, reference_name=None, target="peak < 4096 MiB",
+        meets_target=result["peak_rss_mib"] < 4096,
+        params={"width": WIDTH, "height": 18000, "factor": FACTOR, **predict,
+                "model": f"UNet {architecture} (config/config.yaml), untrained", **result},
+    )
+
+
 if __name__ == "__main__":
-    production() if "--production" in sys.argv[1:] else main()
+    if "--full-year" in sys.argv[1:]:
+        full_year()
+    elif "--production" in sys.argv[1:]:
+        production()
+    else:
+        main()
