@@ -8,7 +8,7 @@ Streaming bounds the peak whatever the height (it levels off once the pipeline o
 bands is full), so the same peak is what a global year needs; ``ours`` is the tallest
 band's peak, ``reference`` the shortest one's (ratio ~1: no growth with height).
 
-``predict_global_memory_production`` repeats it (heights 1000, 2000, 3000) with the
+``predict_global_memory_production`` repeats it (same heights) with the
 production model and predict settings of ``config/config.yaml`` (U-Net base 32, depth 4,
 untrained; tile 512, overlap 64, batch 4): larger windows, activations and row bands.
 
@@ -30,7 +30,6 @@ from benchmarks.common import write_result
 WIDTH, FACTOR, HEIGHTS = 36000, 25, (1000, 2000, 3000)
 PREDICT = {"tile_size": 256, "overlap": 32, "batch_size": 4, "device": "cpu"}
 TINY = {"base_channels": 4, "depth": 2}
-PRODUCTION_HEIGHTS = (1000, 2000, 3000)
 
 GENERATE = r'''
 import json, sys, warnings
@@ -120,18 +119,26 @@ def run(height: int, *, predict: dict = PREDICT, architecture: dict = TINY) -> d
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    results = {height: run(height) for height in HEIGHTS}
+def height_sweep(name: str, *, predict: dict, architecture: dict, model: str,
+                 **params) -> None:
+    """Peak memory of the job at each of ``HEIGHTS``; ours = the tallest, reference = the
+    shortest (a ratio ~1 means no growth with height)."""
+    results = {h: run(h, predict=predict, architecture=architecture) for h in HEIGHTS}
     small, large = (results[h]["peak_rss_mib"] for h in (HEIGHTS[0], HEIGHTS[-1]))
     write_result(
-        "predict_global_memory", metric="peak_rss_mib", ours=large, reference=small,
+        name, metric="peak_rss_mib", ours=large, reference=small,
         reference_name=f"same job, {WIDTH} x {HEIGHTS[0]} (growth check)",
         target="peak < 4096 MiB, independent of height", meets_target=large < 4096,
-        params={"width": WIDTH, "heights": list(HEIGHTS), "factor": FACTOR, **PREDICT,
-                "model": "UNet base 4, depth 2", "runs": {str(h): r for h, r in results.items()},
-                "note": "global-width bands, not a full 36000 x 18000 year (too slow on 2 "
-                        "cores); streamed memory does not depend on height"},
+        params={"width": WIDTH, "heights": list(HEIGHTS), "factor": FACTOR, **predict,
+                "model": model, "runs": {str(h): r for h, r in results.items()}, **params},
     )
+
+
+def main() -> None:
+    height_sweep("predict_global_memory", predict=PREDICT, architecture=TINY,
+                 model="UNet base 4, depth 2",
+                 note="global-width bands, not a full 36000 x 18000 year (too slow on 2 "
+                      "cores); streamed memory does not depend on height")
     production()
 
 
@@ -139,18 +146,9 @@ def production() -> None:
     from benchmarks.bench_predict_overhead import production_settings
 
     architecture, predict = production_settings()
-    results = {h: run(h, predict=predict, architecture=architecture)
-               for h in PRODUCTION_HEIGHTS}
-    small, large = (results[h]["peak_rss_mib"]
-                    for h in (PRODUCTION_HEIGHTS[0], PRODUCTION_HEIGHTS[-1]))
-    write_result(
-        "predict_global_memory_production", metric="peak_rss_mib", ours=large,
-        reference=small, reference_name=f"same job, {WIDTH} x {PRODUCTION_HEIGHTS[0]}",
-        target="peak < 4096 MiB, independent of height", meets_target=large < 4096,
-        params={"width": WIDTH, "heights": list(PRODUCTION_HEIGHTS), "factor": FACTOR,
-                **predict, "model": f"UNet {architecture} (config/config.yaml), untrained",
-                "runs": {str(h): r for h, r in results.items()}},
-    )
+    height_sweep("predict_global_memory_production", predict=predict,
+                 architecture=architecture,
+                 model=f"UNet {architecture} (config/config.yaml), untrained")
 
 
 def full_year() -> None:
