@@ -10,9 +10,10 @@ Per coarse cell with ``n`` valid land pixels, the target count of each group is
 then go to groups by the greedy rule "the highest (pixel, group) probability first,
 while the group has room" — computed as a deferred-acceptance matching (pixels propose
 to groups in order of their probability, groups keep their best proposals up to the
-quota), which for scores shared by both sides yields exactly the greedy matching, but
-runs as a handful of vectorised rounds over all cells at once. Inside a group, a pixel
-takes the group's class with the highest probability.
+quota), which for scores shared by both sides yields exactly the greedy matching; it
+runs compiled (numba), in time about linear in the pixels, without the GIL, so it
+overlaps the model's forward pass. Inside a group, a pixel takes the group's class with
+the highest probability.
 
 The default target is the delta method of DESIGN.md (:func:`delta_target`).
 """
@@ -23,6 +24,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 OTHER_GROUP = "other"
@@ -213,7 +215,7 @@ class HarmonizeResult:
     index: np.ndarray  # (H, W) int64 class index, -1 outside valid pixels
     counts: np.ndarray  # (G, hc, wc) target counts (-1 = unconstrained cell)
     changed: int  # pixels whose class differs from the plain argmax
-    rounds: int  # deferred-acceptance rounds
+    rejections: int  # proposals rejected by a full (cell, group): how contested
 
 
 def harmonize(
@@ -266,11 +268,12 @@ def harmonize(
 
     constrained = quota[pixel_cell, 0] >= 0
     if constrained.all():
-        assigned, rounds = _deferred_acceptance(group_p, pixel_cell, quota)
+        assigned, rejections = _deferred_acceptance(group_p, pixel_cell, quota)
     else:  # unconstrained cells keep the argmax
         assigned = first_group.copy()
         idx = np.flatnonzero(constrained)
-        assigned[idx], rounds = _deferred_acceptance(group_p[idx], pixel_cell[idx], quota)
+        assigned[idx], rejections = _deferred_acceptance(group_p[idx], pixel_cell[idx],
+                                                          quota)
 
     # Within its group a pixel takes the group's most probable class: the argmax itself
     # unless the pixel moved to another group (ties resolve to the lower index either way).
@@ -282,7 +285,7 @@ def harmonize(
     index[flat] = chosen
     changed = int(moved.size)
     return HarmonizeResult(index=index.reshape(height, width), counts=counts,
-                           changed=changed, rounds=rounds)
+                           changed=changed, rejections=rejections)
 
 
 def _group_probabilities(p: np.ndarray, member: np.ndarray) -> np.ndarray:
@@ -298,84 +301,100 @@ def _group_probabilities(p: np.ndarray, member: np.ndarray) -> np.ndarray:
     return out
 
 
-def _stable_argsort(values: np.ndarray) -> np.ndarray:
-    """``np.argsort(values, kind="stable")`` for int64, several times faster: an unstable
-    sort, then equal runs (rare unless probabilities saturate) put back in index order."""
-    order = np.argsort(values)
-    ordered = values[order]
-    equal = ordered[1:] == ordered[:-1]
-    if equal.any():
-        tied = np.zeros(order.size, dtype=bool)
-        tied[1:] = equal
-        tied[:-1] |= equal
-        at = np.flatnonzero(tied)
-        # number the runs of equal values among the tied positions only (few)
-        starts = np.ones(at.size, dtype=bool)
-        inner = at > 0
-        starts[inner] = ~equal[at[inner] - 1]
-        run = np.cumsum(starts)
-        # unique keys (run, index), so the unstable sort is exact here
-        order[at] = order[at][np.argsort((run << 32) | order[at])]
-    return order
-
-
 def _deferred_acceptance(gp: np.ndarray, pc: np.ndarray,
                          quota: np.ndarray) -> tuple[np.ndarray, int]:
-    """Group index per pixel: pixels propose in order of ``gp`` (M, G), each (cell, group)
-    keeps its best proposals up to ``quota`` (cells, G); ties go to the lower pixel index
-    (and, for a pixel's own choices, to the lower group index).
+    """Group index per pixel, and the number of rejected proposals: pixels propose in
+    order of ``gp`` (M, G), each (cell, group) keeps its best proposals up to ``quota``
+    (cells, G); ties go to the lower pixel index (and, for a pixel's own choices, to the
+    lower group index). Every cell's quotas must sum to its pixel count.
 
-    A cell whose pixels' first choices fit every quota is settled at once (no proposal
-    can ever be rejected there), so only contested cells iterate, and in each round
-    only the (cell, group) pairs holding more than their quota are sorted.
+    Scores compare as the bits of non-negative float32 (negative values, -0.0 included,
+    count as 0), so the order is exact and platform-independent.
     """
-    m, n_groups = gp.shape
-    first = gp.argmax(axis=1)
-    held = first.astype("int64")
-    if not m:
-        return held, 0
-    flat_quota = quota.reshape(-1)
-    keys = pc * n_groups + first
-    over = np.bincount(keys, minlength=flat_quota.size) > flat_quota
-    local = np.flatnonzero(over.reshape(-1, n_groups).any(axis=1)[pc])
-    if not local.size:
-        return held, 1
-    # scores as int32 bits: for non-negative float32 the bit order is the value order
-    # (negative values, -0.0 included, count as 0); a rejected (pixel, group) gets -1 so
-    # the pixel's next argmax is its next choice
-    score = np.ascontiguousarray(gp[local], dtype="float32").view("int32")
-    np.maximum(score, 0, out=score)
-    flat_score = score.reshape(-1)
-    pc, keys, state = pc[local], keys[local], held[local]
-    # the score of each pixel's proposal
-    current = flat_score[np.arange(local.size) * n_groups + state].astype("int64")
-    holders = np.bincount(keys, minlength=flat_quota.size)
-    rounds = 0
-    while True:
-        rounds += 1
-        over = holders > flat_quota
-        cand = np.flatnonzero(over[keys])
-        if not cand.size:
-            break
-        # sort by (key, -score, pixel): cand is ascending, the sort stable
-        ck = keys[cand]
-        order = _stable_argsort((ck << 32) | ((1 << 31) - 1 - current[cand]))
-        sorted_keys = ck[order]
-        in_sort = np.where(over, holders, 0)
-        first_of_key = np.cumsum(in_sort) - in_sort
-        within = np.arange(order.size) - first_of_key[sorted_keys]
-        rejected = cand[order[within >= flat_quota[sorted_keys]]]
-        flat_score[rejected * n_groups + state[rejected]] = -1
-        # the rejected propose to their next choice; holders follow incrementally
-        holders -= np.bincount(keys[rejected], minlength=flat_quota.size)
-        state[rejected] = score[rejected].argmax(axis=1)
-        current[rejected] = score[rejected, state[rejected]]
-        if (current[rejected] < 0).any():  # cannot happen when quotas sum to n
-            raise RuntimeError("harmonisation failed to place every pixel")
-        keys[rejected] = pc[rejected] * n_groups + state[rejected]
-        holders += np.bincount(keys[rejected], minlength=flat_quota.size)
-    held[local] = state
-    return held, rounds
+    scores = np.ascontiguousarray(gp, dtype="float32").view("int32")
+    held, rejections = _propose(scores, np.ascontiguousarray(pc, dtype="int64"),
+                                np.ascontiguousarray(quota, dtype="int64").reshape(-1))
+    if rejections < 0:  # cannot happen when quotas sum to the pixel counts
+        raise RuntimeError("harmonisation failed to place every pixel")
+    return held, int(rejections)
+
+
+@numba.njit(cache=True, nogil=True)
+def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
+    """McVitie-Wilson deferred acceptance: each pixel proposes in turn; a full (cell,
+    group) keeps a min-heap of its holders and evicts the worst for a better proposer,
+    who then proposes again. With strict preferences (ties broken as documented in
+    ``_deferred_acceptance``) the pixel-optimal stable matching is unique, whatever the
+    order of proposals, and for preferences from one shared score it is the greedy
+    "best (pixel, group) pair first" matching. Returns -1 rejections if a pixel runs out
+    of groups."""
+    m, n_groups = scores.shape
+    held = np.full(m, -1, dtype=np.int64)
+    refused = np.zeros(m, dtype=np.uint64)  # bit g: the pixel was rejected by group g
+    first = np.zeros(quota.size + 1, dtype=np.int64)  # heap of key k: first[k]..first[k+1]
+    for k in range(quota.size):
+        first[k + 1] = first[k] + max(quota[k], 0)
+    size = np.zeros(quota.size, dtype=np.int64)
+    heap = np.empty(first[-1], dtype=np.int64)
+    rejections = 0
+    for start in range(m):
+        pixel = start
+        while pixel >= 0:
+            group, best = -1, -1
+            for g in range(n_groups):
+                if not (refused[pixel] >> np.uint64(g)) & np.uint64(1):
+                    s = max(scores[pixel, g], 0)
+                    if s > best:
+                        group, best = g, s
+            if group < 0:
+                return held, -1
+            key = pixel_cell[pixel] * n_groups + group
+            base, count = first[key], size[key]
+            if count < quota[key]:  # room: push and sift up (root = worst holder)
+                at = count
+                while at > 0:
+                    parent = (at - 1) // 2
+                    other = heap[base + parent]
+                    s = max(scores[other, group], 0)
+                    if s < best or (s == best and other > pixel):
+                        break
+                    heap[base + at] = other
+                    at = parent
+                heap[base + at] = pixel
+                size[key] = count + 1
+                held[pixel] = group
+                pixel = -1
+                continue
+            rejections += 1
+            if count > 0:
+                worst = heap[base]
+                s = max(scores[worst, group], 0)
+                if best > s or (best == s and pixel < worst):
+                    # evict the worst: replace the root and sift down
+                    at = 0
+                    while True:
+                        child = 2 * at + 1
+                        if child >= count:
+                            break
+                        c = heap[base + child]
+                        cs = max(scores[c, group], 0)
+                        if child + 1 < count:
+                            d = heap[base + child + 1]
+                            ds = max(scores[d, group], 0)
+                            if ds < cs or (ds == cs and d > c):
+                                child, c, cs = child + 1, d, ds
+                        if best < cs or (best == cs and pixel > c):
+                            break
+                        heap[base + at] = c
+                        at = child
+                    heap[base + at] = pixel
+                    held[pixel] = group
+                    held[worst] = -1
+                    refused[worst] |= np.uint64(1) << np.uint64(group)
+                    pixel = worst
+                    continue
+            refused[pixel] |= np.uint64(1) << np.uint64(group)
+    return held, rejections
 
 
 class ErrorTally:
@@ -400,6 +419,13 @@ class ErrorTally:
             self.count += diff.size
             self.max = max(self.max, float(diff.max()))
             self.cells += int(use.sum())
+
+    def merge(self, other: ErrorTally) -> None:
+        """Add another band's tally (merge bands in row order for reproducible sums)."""
+        self.total += other.total
+        self.count += other.count
+        self.max = max(self.max, other.max)
+        self.cells += other.cells
 
     def result(self) -> dict[str, float]:
         mae = self.total / self.count if self.count else 0.0

@@ -28,6 +28,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -380,20 +381,37 @@ def probability_layers(probs: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarra
     """Probability of the chosen class index and normalised entropy, both (H, W) float32.
 
     ``chosen`` holds class indices (-1 where no class was chosen: both layers are NaN).
-    Entropy is divided by log(K), so 0 = certain, 1 = uniform.
+    Entropy is divided by log(K), so 0 = certain, 1 = uniform. Compiled, one pass over
+    the probabilities, and single-threaded: predict runs it in several threads at once.
     """
-    k = probs.shape[-1]
-    safe = np.clip(chosen, 0, k - 1)
-    p_chosen = np.take_along_axis(probs, safe[..., None], axis=-1)[..., 0].astype("float32")
-    if k > 1:  # torch's entr is vectorised and threaded: ~2.4x faster than numpy here
-        values = torch.from_numpy(np.ascontiguousarray(probs, dtype="float32"))
-        entropy = (torch.special.entr(values).sum(dim=-1) / math.log(k)).clamp_(0.0, 1.0).numpy()
-    else:
-        entropy = np.zeros(chosen.shape, dtype="float32")
-    invalid = chosen < 0
-    p_chosen[invalid] = np.nan
-    entropy[invalid] = np.nan
+    probs = np.ascontiguousarray(probs, dtype="float32")
+    chosen = np.ascontiguousarray(chosen, dtype="int64")
+    if probs.shape[:-1] != chosen.shape:
+        raise ValueError(f"probabilities {probs.shape} do not match chosen {chosen.shape}")
+    p_chosen = np.empty(chosen.shape, dtype="float32")
+    entropy = np.empty(chosen.shape, dtype="float32")
+    _probability_entropy(probs.reshape(-1, probs.shape[-1]), chosen.reshape(-1),
+                         p_chosen.reshape(-1), entropy.reshape(-1))
     return p_chosen, entropy
+
+
+@numba.njit(cache=True, nogil=True)
+def _probability_entropy(probs, chosen, p_chosen, entropy):  # pragma: no cover - compiled
+    n, k = probs.shape
+    scale = 1.0 / math.log(k) if k > 1 else 0.0
+    for i in range(n):
+        c = chosen[i]
+        if c < 0:
+            p_chosen[i] = np.nan
+            entropy[i] = np.nan
+            continue
+        p_chosen[i] = probs[i, min(c, k - 1)]
+        h = 0.0
+        for j in range(k):
+            x = np.float64(probs[i, j])
+            if x > 0.0:
+                h -= x * math.log(x)
+        entropy[i] = min(max(h * scale, 0.0), 1.0)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

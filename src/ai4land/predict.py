@@ -27,6 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -72,7 +73,7 @@ from ai4land.products import (
 from ai4land.samples.features import build_inputs, input_channel_names
 
 STORE_TILE = 256
-BAND_PIXELS = 1 << 21  # pixels harmonised at once: ~0.3 GiB of working arrays
+BAND_PIXELS = 1 << 21  # pixels one worker harmonises at once: ~0.3 GiB of working arrays
 
 PriorReader = Callable[[Window], np.ndarray]
 
@@ -157,12 +158,18 @@ def year_probabilities(config, *, cube: Cube, model, scenario: str, year: int,
     return np.concatenate([band[..., :k] for _, band in stream]), n_windows
 
 
-def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int,
-            height: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Regroup consecutive row bands into bands of ``multiple`` rows starting on a
-    multiple of it (the last one ends at ``height``). Bands inside an input band are
-    views of it; only the band straddling two input bands is copied, and the rows held
-    back for the next one (fewer than ``multiple``) are copied out of theirs."""
+def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int, height: int,
+            max_rows: int | None = None, parts: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """Regroup consecutive row bands into bands that start on a multiple of ``multiple``
+    rows and end on one (the last one ends at ``height``), as soon as the rows are there.
+
+    The rows each input band completes are cut into at least ``parts`` nearly equal
+    bands (so that many workers can take them) of at most ``max_rows`` rows (default:
+    ``multiple``, i.e. bands of exactly ``multiple`` rows). Bands inside an input band
+    are views of it; only a band straddling two input bands is copied, and the rows held
+    back for the next one (fewer than ``multiple``) are copied out of theirs.
+    """
+    units_max = max(1, (max_rows or multiple) // multiple)
     top, pending = 0, []
     for row, band in bands:
         if row != top + sum(len(b) for b in pending):
@@ -173,12 +180,17 @@ def rebands(bands: Iterable[tuple[int, np.ndarray]], *, multiple: int,
             pending.append(band)
             continue
         head = np.concatenate(pending) if len(pending) > 1 else (pending[0] if pending else None)
-        for start in range(top, cut, multiple):
-            stop = min(start + multiple, cut)
+        units = -(-(cut - top) // multiple)
+        n = min(units, max(parts, -(-units // units_max)))
+        start = top
+        for i in range(n):
+            stop = min(start + (units // n + (i < units % n)) * multiple, cut)
             if start >= row:
                 yield start, band[start - row : stop - row]
             else:  # rows held back from earlier bands, then the first rows of this one
-                yield start, np.concatenate([head[start - top :], band[: stop - row]])
+                yield start, np.concatenate([head[start - top : stop - top],
+                                             band[: max(stop - row, 0)]])
+            start = stop
         rest = band[cut - row :]
         pending = [rest.copy()] if len(rest) else []
         top = cut
@@ -268,9 +280,35 @@ def _check_year(cube: Cube, scenario: str, year: int) -> None:
         )
 
 
+class _Tally:
+    """What the per-year report counts (conservation errors, class counts, pixels,
+    spread), for one band or, merged band by band in row order, for the year: float
+    sums then add up in the same order whichever thread finalised which band."""
+
+    def __init__(self, k: int):
+        self.errors = {(when, target): ErrorTally() for when in ("before", "after")
+                       for target in ("delta_target", "luh")}
+        self.class_counts = np.zeros(k, dtype="int64")
+        self.pixels = {"land": 0, "valid": 0, "nodata": 0}
+        self.changed = self.rejections = 0
+        self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
+        self.seconds = 0.0
+
+    def merge(self, band: _Tally) -> None:
+        for key, tally in self.errors.items():
+            tally.merge(band.errors[key])
+        self.class_counts += band.class_counts
+        for key in self.pixels:
+            self.pixels[key] += band.pixels[key]
+        self.changed += band.changed
+        self.rejections += band.rejections
+        self.spread_sums += band.spread_sums
+        self.seconds += band.seconds
+
+
 class _Finaliser:
-    """Turns whole coarse-cell rows of probabilities into product layers, and tallies
-    the per-year report (conservation errors, class fractions, spread) as it goes."""
+    """Turns whole coarse-cell rows of probabilities into product layers and the band's
+    :class:`_Tally`; safe to call from several threads at once (bands of different rows)."""
 
     def __init__(self, config, *, cube: Cube, anchor: int, classes: list[int], groups: Groups,
                  weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray):
@@ -278,18 +316,13 @@ class _Finaliser:
         self.cells, self.anchor_cells = cells, anchor_cells  # whole region, coarse
         self.classes, self.groups, self.weight, self.layers = classes, groups, weight, layers
         self.code_of = np.asarray(classes, dtype="uint8")
-        self.errors = {(when, target): ErrorTally() for when in ("before", "after")
-                       for target in ("delta_target", "luh")}
-        self.class_counts = np.zeros(len(classes), dtype="int64")
-        self.pixels = {"land": 0, "valid": 0, "nodata": 0}
-        self.changed = self.rounds = 0
-        self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
-        self.seconds = 0.0
+        self.total = _Tally(len(classes))
 
-    def __call__(self, row: int, band: np.ndarray) -> tuple[int, np.ndarray]:
+    def __call__(self, row: int, band: np.ndarray) -> tuple[int, np.ndarray, _Tally]:
         start = time.perf_counter()
         cube, config, factor = self.cube, self.config, self.cube.factor
         k = len(self.classes)
+        tally = _Tally(k)
         window = Window(row, 0, band.shape[0], band.shape[1])
         probs = band[..., :k]
         land = cube.land_mask_window(window)
@@ -314,48 +347,66 @@ class _Finaliser:
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
                                groups=self.groups, argmax=best)
             index = result.index
-            self.changed += result.changed
-            self.rounds = max(self.rounds, result.rounds)
+            tally.changed, tally.rejections = result.changed, result.rejections
         codes = np.where(valid, self.code_of[np.maximum(index, 0)], config.classes.nodata)
         codes = np.where(land, codes, config.classes.ocean).astype("uint8")
         for when, mapped in (("before", argmax_codes), ("after", codes)):
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
-                self.errors[when, name].add_fractions(fractions, n, target=goal)
-        self.class_counts += np.bincount(index[valid], minlength=k)[:k]
-        n_valid = int(valid.sum())
-        self.pixels["land"] += int(land.sum())
-        self.pixels["valid"] += n_valid
-        self.pixels["nodata"] += int(land.sum()) - n_valid
+                tally.errors[when, name].add_fractions(fractions, n, target=goal)
+        tally.class_counts += np.bincount(index[valid], minlength=k)[:k]
+        n_valid, n_land = int(valid.sum()), int(land.sum())
+        tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid)
 
         probability, entropy = probability_layers(probs, index)
         out = {"lulc": codes, "probability": quantise(probability),
                "entropy": quantise(entropy)}
         if band.shape[-1] > k:  # ensemble: member std of the top class, disagreement
-            self.spread_sums += band[valid][:, k : k + 2].sum(axis=0, dtype="float64")
+            tally.spread_sums += band[valid][:, k : k + 2].sum(axis=0, dtype="float64")
             out["spread"] = quantise(np.where(valid, band[..., k], np.nan))
-        self.seconds += time.perf_counter() - start
-        return row, np.stack([out[name] for name in self.layers], axis=-1)
+        tally.seconds = time.perf_counter() - start
+        return row, np.stack([out[name] for name in self.layers], axis=-1), tally
+
+    def collect(self, finalised: tuple[int, np.ndarray, _Tally]) -> tuple[int, np.ndarray]:
+        """Add a band's tally to the year's (call in row order); the band's layers."""
+        row, block, tally = finalised
+        self.total.merge(tally)
+        return row, block
 
     def report(self) -> dict:
-        valid = max(self.pixels["valid"], 1)
+        total = self.total
+        valid = max(total.pixels["valid"], 1)
         fractions = {str(c): round(float(n) / valid, 6)
-                     for c, n in zip(self.classes, self.class_counts, strict=True)}
+                     for c, n in zip(self.classes, total.class_counts, strict=True)}
         ensemble = self.config.predict.ensemble
         spread = {"kind": ensemble.kind, "members": ensemble.members}
         if ensemble.kind != "none":
-            spread.update(mean_std=round(float(self.spread_sums[0]) / valid, 6),
-                          mean_disagreement=round(float(self.spread_sums[1]) / valid, 6))
+            spread.update(mean_std=round(float(total.spread_sums[0]) / valid, 6),
+                          mean_disagreement=round(float(total.spread_sums[1]) / valid, 6))
         return {
-            "conservation": {when: {name: self.errors[when, name].result()
+            "conservation": {when: {name: total.errors[when, name].result()
                                     for name in ("delta_target", "luh")}
                              for when in ("before", "after")},
-            "changed_pixels": int(self.changed),
-            "harmonize_rounds": int(self.rounds),
+            "changed_pixels": int(total.changed),
+            "harmonize_rejections": int(total.rejections),
             "class_fractions": fractions,
-            "pixels": dict(self.pixels),
+            "pixels": dict(total.pixels),
             "ensemble": spread,
         }
+
+
+def band_rows(factor: int, width: int) -> int:
+    """Rows of the largest band a worker finalises: whole coarse-cell rows, at most
+    :data:`BAND_PIXELS` pixels (one coarse-cell row at least)."""
+    return factor * max(1, BAND_PIXELS // (factor * width))
+
+
+def finalise_workers() -> int:
+    """Threads that finalise bands: the job's cores (torch's thread count, which
+    Snakemake and Slurm set through ``OMP_NUM_THREADS``)."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def run_predict(
@@ -409,30 +460,10 @@ def run_predict(
     finalise = _Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
                           weight=weight, layers=layers, cells=cells,
                           anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole))
-    model_hash = weights_digest(model)
-    prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
-    tags = {
-        "AI4LAND_SCENARIO": scenario,
-        "AI4LAND_YEAR": int(year),
-        "AI4LAND_DIRECTION": direction,
-        "AI4LAND_PRIOR": prior_source,
-        "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
-        "AI4LAND_CONFIG_HASH": config.hash(),
-        "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
-        "AI4LAND_CODE_VERSION": code_version(),
-    }
     device = resolve_device(config.predict.device)
-    init_store(store, grid=grid, scenarios=config.product_scenarios,
-               years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
-               layers=layers)
-    writer = StoreWriter(store, scenario=scenario, year=year)
-    timings = {"load": time.perf_counter() - t_start, "write": 0.0}
+    workers = finalise_workers()
+    timings = {"load": time.perf_counter() - t_start, "wait": 0.0, "write": 0.0}
 
-    # whole coarse-cell rows, at most BAND_PIXELS and at most one row of windows, so the
-    # first band is finalised while the model runs the next row of windows
-    stride = config.predict.tile_size - config.predict.overlap
-    rows_per_band = cube.factor * max(
-        1, min(BAND_PIXELS // (cube.factor * grid.width), stride // cube.factor))
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         if prior_path is None:
@@ -440,6 +471,36 @@ def run_predict(
                 return cube.target_window(anchor, window)
         else:
             prior = stack.enter_context(open_prior(prior_path, grid))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
+        stack.callback(pool.shutdown, cancel_futures=True)
+        stream, n_windows = probability_bands(
+            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
+            direction=direction, device=device, progress=progress, coarse_cells=cells)
+        # The model's thread cuts each row band into whole coarse-cell rows for the
+        # workers, which finalise them while the model runs the next row of windows; this
+        # thread collects them in row order and writes them. It starts before the rest of
+        # the setup below, which then overlaps the first windows.
+        bands = rebands(stream, multiple=cube.factor, height=grid.height,
+                        max_rows=band_rows(cube.factor, grid.width), parts=workers)
+        futures = stack.enter_context(Prefetch(
+            (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
+
+        model_hash = weights_digest(model)
+        prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
+        tags = {
+            "AI4LAND_SCENARIO": scenario,
+            "AI4LAND_YEAR": int(year),
+            "AI4LAND_DIRECTION": direction,
+            "AI4LAND_PRIOR": prior_source,
+            "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
+            "AI4LAND_CONFIG_HASH": config.hash(),
+            "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
+            "AI4LAND_CODE_VERSION": code_version(),
+        }
+        init_store(store, grid=grid, scenarios=config.product_scenarios,
+                   years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
+                   layers=layers)
+        writer = StoreWriter(store, scenario=scenario, year=year)
         workdir = stack.enter_context(staging_dir(output))
         cogs = {}
         for name in layers:
@@ -448,14 +509,20 @@ def run_predict(
                     else quantised_layer(name, tags=tags, level=level))
             cogs[name] = stack.enter_context(
                 CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
-        stream, n_windows = probability_bands(
-            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress, coarse_cells=cells)
-        # the model runs the next band while this thread harmonises and writes
-        stream = stack.enter_context(Prefetch(stream, depth=1))
-        bands = (finalise(row, band)
-                 for row, band in rebands(stream, multiple=rows_per_band, height=grid.height))
-        for row, block in rebands(bands, multiple=STORE_TILE, height=grid.height):
+        timings["load"] = time.perf_counter() - t_start
+
+        def finalised() -> Iterator[tuple[int, np.ndarray]]:
+            results = iter(futures)
+            while True:  # the wait: for the model, then for the band's worker
+                t0 = time.perf_counter()
+                future = next(results, None)
+                result = None if future is None else future.result()
+                timings["wait"] += time.perf_counter() - t0
+                if result is None:
+                    return
+                yield finalise.collect(result)
+
+        for row, block in rebands(finalised(), multiple=STORE_TILE, height=grid.height):
             t0 = time.perf_counter()
             values = {name: np.ascontiguousarray(block[..., i]) for i, name in enumerate(layers)}
             writer.write(row, values)
@@ -463,13 +530,17 @@ def run_predict(
                 cog.write(row, values[name])
             timings["write"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for name in [*layers[1:], layers[0]]:  # the class map last: it marks completion
-            cogs[name].finish()
+        # converted side by side; the class map is renamed into place last: it marks
+        # the job's products complete
+        conversions = [pool.submit(cog.convert) for cog in cogs.values()]
+        wait(conversions)  # all done (or failed) before any temporary file is cleaned up
+        for conversion in conversions:
+            conversion.result()
+        for name in [*layers[1:], layers[0]]:
+            cogs[name].publish()
         timings["convert"] = time.perf_counter() - t0
-    timings["harmonize"] = finalise.seconds
+    timings["finalise_thread_s"] = finalise.total.seconds
     timings["total"] = time.perf_counter() - t_start
-    timings["inference"] = timings["total"] - sum(
-        timings[k] for k in ("load", "write", "convert", "harmonize"))
 
     dtype = autocast_dtype(device)
     report = {

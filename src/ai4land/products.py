@@ -35,7 +35,6 @@ from rasterio.windows import Window
 
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
-from ai4land.io.atomic import atomic_path
 
 NODATA = 99
 QUANT_NODATA = 255
@@ -110,6 +109,7 @@ class CogLayer:
         self.options = _cog_options(nodata=nodata, blocksize=blocksize, compress=compress,
                                     level=level, resampling=resampling, shape=grid.shape)
         self.staging = Path(workdir) / f"{self.path.stem}.staging.tif"
+        self._converted: Path | None = None
         self._env = rasterio.Env(**GDAL_ENV)
         self._env.__enter__()
         self._dst = rasterio.open(
@@ -138,12 +138,28 @@ class CogLayer:
 
     def finish(self) -> Path:
         """Convert the staged rows to the COG at ``path`` (atomically)."""
+        self.convert()
+        return self.publish()
+
+    def convert(self) -> Path:
+        """Convert the staged rows to a COG under a hidden temporary name beside ``path``
+        (thread-safe: layers of a job convert side by side); :meth:`publish` renames it."""
         from rasterio.shutil import copy as gdal_copy
 
         self._dst.close()
-        with atomic_path(self.path) as tmp:
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._converted = tmp
+        with rasterio.Env(**GDAL_ENV):  # GDAL options are per thread
             gdal_copy(str(self.staging), str(tmp), driver="COG", **self.options)
         self.staging.unlink()
+        return tmp
+
+    def publish(self) -> Path:
+        """Rename the converted COG onto ``path``."""
+        if self._converted is None:
+            raise RuntimeError(f"{self.path}: publish() before convert()")
+        os.replace(self._converted, self.path)
+        self._converted = None
         return self.path
 
     def close(self) -> None:
@@ -157,6 +173,8 @@ class CogLayer:
     def __exit__(self, *exc) -> None:
         self.close()
         self.staging.unlink(missing_ok=True)
+        if self._converted is not None:  # converted but never published: not a product
+            self._converted.unlink(missing_ok=True)
 
 
 def _write_cog(path: Path, data: np.ndarray, grid: Grid, **layer) -> Path:

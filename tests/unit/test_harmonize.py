@@ -200,10 +200,33 @@ def test_offset_weight_decays_linearly_to_zero():
     assert offset_weight(2100, 2019, decay_years=10) == 0.0
 
 
-def test_stable_argsort_equals_numpy_stable_sort_with_and_without_ties():
-    from ai4land.harmonize import _stable_argsort
+def test_deferred_acceptance_equals_the_greedy_with_ties_and_full_groups():
+    """Many equal scores (saturated or coarse probabilities), quotas of 0, one pixel
+    per cell: the compiled matching still equals the greedy over (pixel, group) pairs
+    ranked by score, then group, then pixel."""
+    from ai4land.harmonize import _deferred_acceptance
 
-    rng = np.random.default_rng(0)
-    for n, high in [(0, 5), (1, 5), (2, 1), (10, 3), (1000, 10), (50000, 50), (50000, 2**40)]:
-        values = rng.integers(0, high, size=n).astype("int64")
-        np.testing.assert_array_equal(_stable_argsort(values), np.argsort(values, kind="stable"))
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n_groups = int(rng.integers(1, 6))
+        n_cells, per_cell = int(rng.integers(1, 5)), int(rng.integers(1, 25))
+        cell = np.repeat(np.arange(n_cells), per_cell)
+        scores = (rng.integers(0, 3, size=(cell.size, n_groups)) / 2).astype("float32")
+        if trial % 4 == 0:
+            scores = rng.random((cell.size, n_groups)).astype("float32")
+        quota = np.stack([rng.multinomial(per_cell, rng.dirichlet(np.ones(n_groups)))
+                          for _ in range(n_cells)])
+        held, _ = _deferred_acceptance(scores, cell, quota)
+        for c in range(n_cells):
+            mine = cell == c
+            ref = _greedy(scores[mine], np.eye(n_groups, dtype="float32"), quota[c])
+            assert held[mine].tolist() == ref, trial
+
+
+def test_deferred_acceptance_refuses_quotas_that_do_not_sum_to_the_pixels():
+    from ai4land.harmonize import _deferred_acceptance
+
+    scores = np.ones((3, 2), dtype="float32")
+    with pytest.raises(RuntimeError, match="failed to place"):
+        _deferred_acceptance(scores, np.zeros(3, dtype="int64"), np.array([[1, 1]]))
+

@@ -162,11 +162,14 @@ def _outputs(out: Path) -> list[Path]:
     return sorted(p for p in out.parent.iterdir() if p.name.startswith(out.stem))
 
 
-def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, workers):
     root, config = world
+    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: 1)
     whole_out, whole = _job(root, config, "ssp126", 1966)
-    # Harmonise and write one coarse-cell row (8 pixel rows) at a time.
+    # Harmonise one coarse-cell row (8 pixel rows) at a time, in several threads.
     monkeypatch.setattr("ai4land.predict.BAND_PIXELS", 8 * 48)
+    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: workers)
     out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
     banded = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                          prior_path=None, output=out, store=tmp_path / "s.zarr")
@@ -252,30 +255,43 @@ def test_unwritable_output_is_refused_before_any_work(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-@pytest.mark.parametrize("where", ["writer", "model"])
+@pytest.mark.parametrize("where", ["writer", "model", "finaliser", "convert"])
 def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypatch, where):
-    """A failure in this thread (writing) or in the model's background thread stops
-    the job with that error, leaves no product and no thread behind."""
+    """A failure in this thread (writing), in the model's background thread, in a
+    finalising worker or while converting one layer while the others convert stops the
+    job with that error, leaves no product, no temporary file and no thread behind."""
     import threading
 
     import ai4land.inference
     from ai4land.products import CogLayer
 
     root, config = world
+    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: 2)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
     if where == "writer":
         monkeypatch.setattr(CogLayer, "write", crash)
-    else:
+    elif where == "model":
         monkeypatch.setattr(ai4land.inference, "_softmax", crash)
+    elif where == "finaliser":
+        monkeypatch.setattr("ai4land.predict.harmonize", crash)
+    else:
+        convert = CogLayer.convert
+
+        def convert_but_entropy(self):
+            if "entropy" in self.path.name:
+                raise KeyboardInterrupt("killed")
+            return convert(self)
+
+        monkeypatch.setattr(CogLayer, "convert", convert_but_entropy)
     out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
     with pytest.raises(KeyboardInterrupt):
         run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                     prior_path=None, output=out, store=tmp_path / "s.zarr")
     assert list(out.parent.iterdir()) == []  # no COG, no report, no staging left over
-    assert not [t for t in threading.enumerate() if t.name == "ai4land-prefetch"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("ai4land-")]
 
 
 def test_rebands_regroups_rows_on_multiples():
@@ -303,3 +319,42 @@ def test_rebands_regroups_rows_on_multiples():
             owner = [b for a, b in bands if a <= row and row + len(band) <= a + len(b)]
             if owner:
                 assert np.shares_memory(band, owner[0])
+
+
+def test_rebands_cuts_available_rows_into_parts_for_workers():
+    from ai4land.predict import rebands
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        height, multiple = int(rng.integers(1, 80)), int(rng.integers(1, 9))
+        parts, max_rows = int(rng.integers(1, 4)), int(rng.integers(1, 30))
+        cuts = np.unique(np.r_[0, rng.integers(1, height + 1, size=rng.integers(0, 6)), height])
+        grid = np.arange(height * 2).reshape(height, 2)
+        bands = [(int(a), grid[a:b].copy()) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        taken = []
+
+        def source(bands=bands, taken=taken):
+            for row, band in bands:
+                taken.append(row + len(band))
+                yield row, band
+
+        out = []
+        for row, band in rebands(source(), multiple=multiple, height=height,
+                                 max_rows=max_rows, parts=parts):
+            # each band starts and ends on a multiple (or the bottom), within max_rows
+            # (at least one multiple), and only holds rows the input has given so far
+            assert row % multiple == 0
+            assert (row + len(band)) % multiple == 0 or row + len(band) == height
+            assert len(band) <= max(max_rows, multiple)
+            assert row + len(band) <= taken[-1]
+            out.append((row, band, taken[-1]))
+        np.testing.assert_array_equal(np.concatenate([b for _, b, _ in out]), grid)
+        # every whole multiple given is handed on before the next input band is read,
+        # cut into `parts` bands when it holds that many multiples
+        for end in taken:
+            given = [(r, b) for r, b, seen in out if seen == end]
+            ready = end if end == height else end // multiple * multiple
+            if given:
+                assert given[-1][0] + len(given[-1][1]) == ready
+                units = -(-(ready - given[0][0]) // multiple)
+                assert len(given) >= min(parts, units)
