@@ -120,10 +120,16 @@ def predict_job(config, root: Path, model_dir: Path, *, year: int = 1959) -> dic
                        store=root / "results" / model_dir.name / "ai4land.zarr", progress=False)
 
 
-def forward_pass(config, model_dir: Path, *, year: int = 1959):
-    """A callable running only the model's forward passes over the job's windows."""
+def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
+    """A callable running only the model's forward passes over the job's windows, in
+    the job's batches: ``streams`` single-threaded passes side by side, each on
+    ``batch_size / streams`` windows, as the job runs them on a CPU with that many
+    cores (``streams=1``: one pass at a time on all of torch's threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ai4land.grid import Window
     from ai4land.inference import (
+        _intra_op_threads,
         _pad_to_multiple,
         autocast_dtype,
         fold_batchnorm,
@@ -142,7 +148,7 @@ def forward_pass(config, model_dir: Path, *, year: int = 1959):
     prior = cube.target_window(1958, Window(0, 0, *cube.fine_grid.shape))  # the job's anchor
     predicted = list(config.classes.predicted)
     batches = []
-    for batch in plan_batches(windows, config.predict.batch_size):  # as the job batches
+    for batch in plan_batches(windows, -(-config.predict.batch_size // streams)):
         inputs = np.stack([build_inputs(cube, scenario="historical", year=year, window=w,
                                         predicted=predicted, prior=prior[w.slices], direction=-1)
                            for w in batch])
@@ -150,11 +156,18 @@ def forward_pass(config, model_dir: Path, *, year: int = 1959):
         batches.append(x.contiguous(memory_format=torch.channels_last))
     dtype = autocast_dtype(torch.device("cpu"))
 
-    def run():
+    def forward(x):
         with torch.inference_mode(), torch.autocast("cpu", dtype=dtype,
                                                     enabled=dtype is not None):
+            model(x)
+
+    def run():
+        if streams == 1:
             for x in batches:
-                model(x)
+                forward(x)
+            return
+        with _intra_op_threads(1), ThreadPoolExecutor(streams) as pool:
+            list(pool.map(forward, batches))
 
     return run, len(windows)
 
@@ -166,18 +179,27 @@ def timed(fn) -> tuple[float, object]:
 
 
 def measure(config, root: Path, model_dir: Path, repeats: int) -> dict:
-    forward_run, n_windows = forward_pass(config, model_dir)
+    """Job and forward passes interleaved (load from other processes hits both alike);
+    the reference is the faster forward: the job's own scheme (one single-threaded
+    stream per core) or one stream on all cores."""
+    streams = torch.get_num_threads()
+    forwards = {n: forward_pass(config, model_dir, streams=n)[0] for n in sorted({1, streams})}
+    _, n_windows = forward_pass(config, model_dir, streams=1)
     predict_job(config, root, model_dir)  # warm-up: store created, caches filled
-    forward_run()
-    walls, forwards, reports = [], [], []
-    for _ in range(repeats):  # interleaved, so load from other processes hits both alike
+    for run in forwards.values():
+        run()
+    walls, reports, times = [], [], {n: [] for n in forwards}
+    for _ in range(repeats):
         wall, report = timed(lambda: predict_job(config, root, model_dir))
         walls.append(wall)
         reports.append(report)
-        forwards.append(timed(forward_run)[0])
+        for n, run in forwards.items():
+            times[n].append(timed(run)[0])
     best = int(np.argmin(walls))
-    return {"wall_s": round(walls[best], 3), "forward_s": round(min(forwards), 3),
-            "ratio": round(walls[best] / min(forwards), 3), "windows": n_windows,
+    forward_s = min(min(t) for t in times.values())
+    return {"wall_s": round(walls[best], 3), "forward_s": round(forward_s, 3),
+            "ratio": round(walls[best] / forward_s, 3), "windows": n_windows,
+            "forward_s_by_streams": {str(n): round(min(t), 3) for n, t in times.items()},
             "job_stages_s": reports[best]["timings_s"],
             "changed_pixels": reports[best]["changed_pixels"],
             "valid_pixels": reports[best]["pixels"]["valid"]}
@@ -193,7 +215,8 @@ def main() -> None:
         worst = measure(config, root, untrained_model(config, root), 1)
     write_result(
         "predict_overhead", metric="wall_s", ours=ours["wall_s"], reference=ours["forward_s"],
-        reference_name="model forward only (same windows, bf16 + channels_last)",
+        reference_name="model forward only (same windows and batches, bf16 + channels_last, "
+                       "the faster of one stream per core and one stream on all cores)",
         target="job / forward <= 1.3", meets_target=ours["ratio"] <= 1.3,
         params={"grid": [SIZE, SIZE], "factor": FACTOR, **predict, **architecture,
                 "model": f"production architecture trained {TRAIN_STEPS} steps "

@@ -23,10 +23,12 @@ and the share of members whose most probable class differs from the mean's.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ai4land.grid import Window
+from ai4land.prefetch import Prefetch
 
 # load_window(window, out=None) -> (C_in, h, w) float32 input, ``out`` filled if given
 WindowLoader = Callable[..., np.ndarray]
@@ -230,7 +233,9 @@ class _InputBuffers:
     (padded if needed) into its slot of one reused channels_last tensor. Reuse saves the
     page faults of fresh large arrays (as costly as the copies); building one window at
     a time keeps a batch's input in host memory once, not twice (that saved ~0.4 GB for
-    a batch of 16 windows of 512 x 512)."""
+    a batch of 16 windows of 512 x 512). On a CPU the copy is numpy's, single-threaded:
+    the batch is built in its own thread while the model's threads run the batch before.
+    """
 
     def __init__(self, batch_size: int, device: torch.device):
         self.batch_size, self.device = batch_size, device
@@ -255,8 +260,51 @@ class _InputBuffers:
             if self.tensor is None or tuple(self.tensor.shape) != shape:
                 self.tensor = torch.empty(shape, dtype=torch.float32, device=self.device,
                                           memory_format=torch.channels_last)
-            self.tensor[i].copy_(x[0])
+            if self.device.type == "cpu":
+                np.copyto(self.tensor[i].numpy(), x[0].numpy())
+            else:
+                self.tensor[i].copy_(x[0])
         return self.tensor[: len(windows)], h, w
+
+
+def _batch_inputs(batches: Sequence[Sequence[Window]], load_window: WindowLoader, *,
+                  batch_size: int, device: torch.device, pad_multiple: int,
+                  buffers: int) -> Iterator[tuple]:
+    """``(batch index, windows, x, h, w, last of the batch)`` per group of same-shaped
+    windows of each batch, built in ``buffers`` input buffers taken in turn. The consumer
+    must be done with an item before the one ``buffers`` items on is built: under
+    :class:`Prefetch` (depth d) with at most s items in flight, that takes s + d + 1."""
+    ring = [_InputBuffers(batch_size, device) for _ in range(buffers)]
+    item = 0
+    for index, batch_windows in enumerate(batches):
+        shapes = sorted({(w.height, w.width) for w in batch_windows})
+        for n, group_shape in enumerate(shapes):
+            group = [w for w in batch_windows if (w.height, w.width) == group_shape]
+            x, h, w = ring[item % buffers].batch(group, load_window, pad_multiple)
+            item += 1
+            yield index, group, x, h, w, n == len(shapes) - 1
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block (threads started inside
+    take it up), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Ready:
+    """A finished future, for the single-stream path."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
 
 
 def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | None,
@@ -270,7 +318,7 @@ def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | Non
         logits = model(x)
     if flip:
         logits = torch.flip(logits, flip)
-    return torch.softmax(logits[..., :h, :w].float(), dim=1)
+    return torch.softmax(logits[..., :h, :w], dim=1, dtype=torch.float32)
 
 
 def _ensemble(members: list[torch.Tensor]) -> torch.Tensor:
@@ -299,6 +347,7 @@ def stream_probabilities(
     seed: int = 0,
     progress: bool | None = None,
     description: str = "inference",
+    streams: int = 1,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, band)``: blended (h, W, C) float32 rows, top to bottom, covering the grid.
 
@@ -309,7 +358,9 @@ def stream_probabilities(
     else 16) are padded (reflect) and the logits cropped back. ``amp=None`` picks bf16
     autocast where the hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an
     ensemble of ``members`` (``tta``: up to 4 flips; ``mc_dropout``: dropout on, torch
-    seeded with ``seed``). ``progress=None`` shows a bar only on a terminal.
+    seeded with ``seed``). ``progress=None`` shows a bar only on a terminal. On a CPU,
+    ``streams`` > 1 runs that many single-threaded forward passes at once, each on
+    ``batch_size / streams`` windows (the blend is the same: tiles are added in order).
     """
     from tqdm.auto import tqdm
 
@@ -334,24 +385,63 @@ def stream_probabilities(
     last_of_row = {row[-1]: (rows[i + 1][0].row if i + 1 < len(rows) else shape[0])
                    for i, row in enumerate(rows)}
 
-    accumulator: BandAccumulator | None = None
-    buffers = _InputBuffers(batch_size, device)
+    # On a CPU, ``streams`` single-threaded model passes run side by side, each on its
+    # share of the batch: no thread waits at the barriers of a multi-threaded operator
+    # (9 % faster here), and the job's other threads take cores without stalling them.
+    # MC dropout keeps one stream: its masks come from one random generator, in order.
+    if device.type != "cpu" or ensemble == "mc_dropout":
+        streams = 1
+    streams = max(1, streams)
+    batches = plan_batches(windows, -(-batch_size // streams))
+    # the next inputs are built (reading the cube) while the model runs on these
+    inputs = Prefetch(_batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
+                                    device=device, pad_multiple=pad_multiple,
+                                    buffers=streams + 2),
+                      depth=1, name="ai4land-inputs")
     bar = tqdm(total=len(windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
     rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
-    with rng, torch.inference_mode():
+
+    def forward(x: torch.Tensor, h: int, w: int) -> np.ndarray:
+        """(B, h, w, C) blended-member probabilities of one input batch."""
+        with torch.inference_mode():  # thread-local, like autocast
+            probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
+            out = probs[0] if ensemble == "none" else _ensemble(probs)
+            return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+    accumulator: BandAccumulator | None = None
+    outputs: dict[Window, np.ndarray] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(inputs)
+        stack.enter_context(rng)
         if ensemble == "mc_dropout":
             torch.manual_seed(seed)
-        for batch_windows in plan_batches(windows, batch_size):
-            shapes = {(w.height, w.width) for w in batch_windows}
-            outputs: dict[Window, np.ndarray] = {}
-            for group_shape in sorted(shapes):
-                group = [w for w in batch_windows if (w.height, w.width) == group_shape]
-                x, h, w = buffers.batch(group, load_window, pad_multiple)
-                probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
-                out = probs[0] if ensemble == "none" else _ensemble(probs)
-                values = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-                outputs.update(zip(group, values, strict=True))
+        pool = None
+        if streams > 1:
+            stack.enter_context(_intra_op_threads(1))
+            pool = ThreadPoolExecutor(streams, thread_name_prefix="ai4land-model")
+            stack.callback(pool.shutdown, cancel_futures=True)
+        items = iter(inputs)
+        pending: collections.deque = collections.deque()
+
+        def top_up() -> None:  # keep `streams` passes running
+            while len(pending) < streams:
+                item = next(items, None)
+                if item is None:
+                    return
+                _, _, x, h, w, _ = item
+                pending.append((item, pool.submit(forward, x, h, w) if pool
+                                else _Ready(forward(x, h, w))))
+
+        top_up()
+        while pending:
+            (index, group, *_, last), future = pending.popleft()
+            values = future.result()
+            top_up()
+            outputs.update(zip(group, values, strict=True))
+            if not last:
+                continue
+            batch_windows = batches[index]
             for window in batch_windows:  # row-major, so rows of tiles complete in turn
                 tile = outputs[window]
                 if accumulator is None:
@@ -360,6 +450,7 @@ def stream_probabilities(
                 if window in last_of_row:
                     top = accumulator.top
                     yield top, accumulator.pop(last_of_row[window])
+            outputs.clear()
             bar.update(len(batch_windows))
     bar.close()
 

@@ -110,10 +110,25 @@ class _StaticBands:
         return self._static[:, :, window.col : window.col + window.width]
 
 
+def _banded(read: PriorReader, width: int) -> PriorReader:
+    """``read``, one full-width band of rows at a time: windows run row by row, so one
+    read serves a whole row of windows (a read per window re-reads their overlaps)."""
+    held: dict[str, object] = {"rows": None, "band": None}
+
+    def read_window(window: Window) -> np.ndarray:
+        rows = (window.row, window.height)
+        if held["rows"] != rows:
+            held["band"] = read(Window(window.row, 0, window.height, width))
+            held["rows"] = rows
+        return held["band"][:, window.col : window.col + window.width]
+
+    return read_window
+
+
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
                       progress: bool | None = None, coarse_cells: np.ndarray | None = None,
-                      ) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
+                      streams: int = 1) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
     """Blended (h, W, C) probability bands of the region, top to bottom; and the window count.
 
     C is the number of classes, plus the two spread channels of an ensemble.
@@ -128,10 +143,12 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     cells = (cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
              if coarse_cells is None else coarse_cells)
 
+    prior_band = None if prior is None else _banded(prior, grid.width)
+
     def load_window(window: Window, out: np.ndarray | None = None) -> np.ndarray:
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
                             predicted=predicted,
-                            prior=None if prior is None else prior(window),
+                            prior=None if prior_band is None else prior_band(window),
                             direction=direction, coarse_cells=cells, out=out)
 
     ensemble = config.predict.ensemble
@@ -141,7 +158,7 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
         device=device if device is not None else resolve_device(config.predict.device),
         ensemble=ensemble.kind, members=ensemble.members,
         seed=_ensemble_seed(config, scenario, year),
-        progress=progress, description=f"{scenario} {year}",
+        progress=progress, description=f"{scenario} {year}", streams=streams,
     )
     return stream, len(windows)
 
@@ -401,9 +418,10 @@ def band_rows(factor: int, width: int) -> int:
     return factor * max(1, BAND_PIXELS // (factor * width))
 
 
-def finalise_workers() -> int:
-    """Threads that finalise bands: the job's cores (torch's thread count, which
-    Snakemake and Slurm set through ``OMP_NUM_THREADS``)."""
+def job_threads() -> int:
+    """The job's cores: torch's thread count, which Snakemake sets from the rule's
+    ``threads`` (``OMP_NUM_THREADS``). On a CPU the model runs that many single-threaded
+    streams, and as many workers finalise bands."""
     import torch
 
     return max(1, torch.get_num_threads())
@@ -461,7 +479,7 @@ def run_predict(
                           weight=weight, layers=layers, cells=cells,
                           anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole))
     device = resolve_device(config.predict.device)
-    workers = finalise_workers()
+    workers = job_threads()
     timings = {"load": time.perf_counter() - t_start, "wait": 0.0, "write": 0.0}
 
     with ExitStack() as stack:
@@ -475,7 +493,9 @@ def run_predict(
         stack.callback(pool.shutdown, cancel_futures=True)
         stream, n_windows = probability_bands(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress, coarse_cells=cells)
+            direction=direction, device=device, progress=progress, coarse_cells=cells,
+            streams=workers)
+        stack.callback(stream.close)  # its threads stop with the job, however it ends
         # The model's thread cuts each row band into whole coarse-cell rows for the
         # workers, which finalise them while the model runs the next row of windows; this
         # thread collects them in row order and writes them. It starts before the rest of

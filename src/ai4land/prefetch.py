@@ -24,14 +24,14 @@ class Prefetch:
     stops the thread when the consumer leaves early.
     """
 
-    def __init__(self, items: Iterable, depth: int):
+    def __init__(self, items: Iterable, depth: int, *, name: str = "ai4land-prefetch"):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True,
-                                        name="ai4land-prefetch")
+                                        name=name)
         self._thread.start()
 
     def _wait_for_slot(self) -> bool:
@@ -41,6 +41,7 @@ class Prefetch:
         return False
 
     def _fill(self, items: Iterable) -> None:
+        iterator = None
         try:
             iterator = iter(items)
             while self._wait_for_slot():
@@ -50,6 +51,10 @@ class Prefetch:
                     return
         except BaseException as exc:  # handed to the consumer
             self._queue.put((_END, exc))
+        finally:  # stopped early: a generator's own clean-up runs here, in its thread
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     def __iter__(self) -> Iterator:
         while True:

@@ -126,7 +126,7 @@ def test_inference_is_deterministic_and_normalised():
 
     c = predict_probabilities(model, batch_size=4, **{**kwargs, "load_window": fill})
     np.testing.assert_array_equal(a, c)
-    assert len(filled) == len(windows) - 1  # all but the very first window
+    assert len(filled) == len(windows) - 3  # all but the first window of each of 3 buffers
     np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
     # fp32 without tiling: a single window over the whole image gives the plain softmax
     # in the interior (equal weights do not change a single prediction).
@@ -137,6 +137,32 @@ def test_inference_is_deterministic_and_normalised():
         x = torch.nn.functional.pad(torch.from_numpy(image)[None], (0, 3, 0, 3), mode="reflect")
         ref = torch.softmax(model(x)[0, :, :45, :61], 0).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(single, ref, atol=1e-5)
+
+
+def test_model_streams_give_the_same_blend_and_restore_threads():
+    """Several single-threaded forward passes side by side (a CPU job with several
+    cores): the same tiles added in the same order, so the same blend; torch's thread
+    count is restored afterwards, and no model thread is left running."""
+    import threading
+
+    from ai4land.models import UNet
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(3, 70, 90)).astype("float32")
+    windows = plan_windows((70, 90), tile_size=32, overlap=8)
+    torch.manual_seed(0)
+    model = UNet(3, 4, base_channels=4, depth=2)
+    kwargs = {"load_window": _loader(image), "shape": (70, 90), "windows": windows,
+              "device": "cpu", "progress": False, "batch_size": 4}
+    threads = torch.get_num_threads()
+    one = predict_probabilities(model, streams=1, **kwargs)
+    two = predict_probabilities(model, streams=2, **kwargs)
+    three = predict_probabilities(model, streams=3, **kwargs)
+    assert torch.get_num_threads() == threads
+    np.testing.assert_array_equal(two, predict_probabilities(model, streams=2, **kwargs))
+    np.testing.assert_allclose(two, one, atol=1e-5)
+    np.testing.assert_allclose(three, one, atol=1e-5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ai4land-")]
 
 
 def test_autocast_choice():

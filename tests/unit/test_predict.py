@@ -165,11 +165,11 @@ def _outputs(out: Path) -> list[Path]:
 @pytest.mark.parametrize("workers", [1, 3])
 def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, workers):
     root, config = world
-    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: 1)
+    monkeypatch.setattr("ai4land.predict.job_threads", lambda: 1)
     whole_out, whole = _job(root, config, "ssp126", 1966)
     # Harmonise one coarse-cell row (8 pixel rows) at a time, in several threads.
     monkeypatch.setattr("ai4land.predict.BAND_PIXELS", 8 * 48)
-    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: workers)
+    monkeypatch.setattr("ai4land.predict.job_threads", lambda: workers)
     out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
     banded = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                          prior_path=None, output=out, store=tmp_path / "s.zarr")
@@ -266,7 +266,7 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
     from ai4land.products import CogLayer
 
     root, config = world
-    monkeypatch.setattr("ai4land.predict.finalise_workers", lambda: 2)
+    monkeypatch.setattr("ai4land.predict.job_threads", lambda: 2)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
