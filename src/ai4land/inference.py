@@ -374,9 +374,6 @@ def stream_probabilities(
         raise ValueError(f"mc_dropout needs at least 2 members, got {members}")
     device = resolve_device(device)
     dtype = autocast_dtype(device, amp)
-    model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
-    if ensemble == "mc_dropout":
-        enable_mc_dropout(model)
     flips = TTA_FLIPS[:members] if ensemble == "tta" else ((),) * max(members, 1)
     if pad_multiple is None:
         pad_multiple = 2 ** int(getattr(model, "depth", 4))
@@ -393,11 +390,6 @@ def stream_probabilities(
         streams = 1
     streams = max(1, streams)
     batches = plan_batches(windows, -(-batch_size // streams))
-    # the next inputs are built (reading the cube) while the model runs on these
-    inputs = Prefetch(_batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
-                                    device=device, pad_multiple=pad_multiple,
-                                    buffers=streams + 2),
-                      depth=1, name="ai4land-inputs")
     bar = tqdm(total=len(windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
     rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
@@ -412,7 +404,14 @@ def stream_probabilities(
     accumulator: BandAccumulator | None = None
     outputs: dict[Window, np.ndarray] = {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(inputs)
+        # inputs are built (reading the cube) in their own thread, ahead of the model
+        inputs = stack.enter_context(Prefetch(
+            _batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
+                          device=device, pad_multiple=pad_multiple, buffers=streams + 2),
+            depth=1, name="ai4land-inputs"))
+        model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
+        if ensemble == "mc_dropout":
+            enable_mc_dropout(model)
         stack.enter_context(rng)
         if ensemble == "mc_dropout":
             torch.manual_seed(seed)
