@@ -598,7 +598,49 @@ class StoreWriter:
             if data.ndim != 2 or data.shape[1] != width or row + data.shape[0] > height:
                 raise ValueError(f"{name} rows {row}..{row + len(data)} of shape {data.shape} "
                                  f"do not fit the store's {(height, width)}")
-            array[(*self.index, slice(row, row + data.shape[0]))] = data
+            if not self._write_chunks(array, row, data):
+                array[(*self.index, slice(row, row + data.shape[0]))] = data
+
+    def _write_chunks(self, array, row: int, data: np.ndarray) -> bool:
+        """Write rows that fill whole chunks of a local Zarr v2 store as chunk files
+        directly: the bytes zarr writes (the compressor's encoding of the C-order chunk,
+        edge chunks padded with the fill value, all-fill chunks left out) at a tenth of
+        the CPU time (zarr's per-chunk machinery dominates for 64 KiB chunks). Each file
+        is written to a temporary name and renamed, so a reader never sees half a chunk.
+        False (nothing written) for anything else: zarr writes it then."""
+        import zarr
+
+        meta = array.metadata
+        height, width = array.shape[2:]
+        chunk_h, chunk_w = array.chunks[2:]
+        if (not isinstance(self.group.store, zarr.storage.LocalStore) or meta.zarr_format != 2
+                or meta.filters or meta.compressor is None or meta.order != "C"
+                or array.chunks[:2] != (1, 1)
+                or data.dtype != array.dtype or row % chunk_h
+                or (row + len(data) != height and (row + len(data)) % chunk_h)):
+            return False
+        folder = Path(self.group.store.root) / array.path
+        sep = meta.dimension_separator
+        fill = np.asarray(meta.fill_value, dtype=data.dtype)
+        for top in range(0, len(data), chunk_h):
+            rows = data[top : top + chunk_h]
+            for left in range(0, width, chunk_w):
+                block = rows[:, left : left + chunk_w]
+                if block.shape != (chunk_h, chunk_w):  # array edge: padded as zarr pads
+                    padded = np.full((chunk_h, chunk_w), fill, dtype=data.dtype)
+                    padded[: block.shape[0], : block.shape[1]] = block
+                    block = padded
+                key = sep.join(str(i) for i in (*self.index, (row + top) // chunk_h,
+                                                  left // chunk_w))
+                path = folder / key
+                if (block == fill).all():
+                    path.unlink(missing_ok=True)
+                    continue
+                encoded = meta.compressor.encode(np.ascontiguousarray(block))
+                tmp = folder / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+                tmp.write_bytes(encoded)
+                os.replace(tmp, path)
+        return True
 
 
 def write_year(

@@ -187,3 +187,42 @@ def test_init_store_appends_a_new_scenario_and_keeps_written_years(tmp_path):
     assert (read_year(store, scenario="ssp585", year=2020) == 99).all()
     write_year(store, scenario="ssp585", year=2020, codes=np.full((20, 20), 33, np.uint8))
     assert (read_year(store, scenario="ssp585", year=2020) == 33).all()
+
+
+def test_chunk_files_written_directly_equal_zarrs_own(tmp_path, monkeypatch):
+    """The writer's direct chunk files are the bytes zarr writes itself: interior and
+    edge chunks, all-fill chunks left out (and removed when overwritten), band by band
+    on chunk rows and, for a band off the chunk grid, through zarr."""
+    from ai4land.products import StoreWriter
+
+    written = []
+    write_chunks = StoreWriter._write_chunks
+
+    def build(path, direct):
+        if direct:  # record which writes took the direct path
+            monkeypatch.setattr(StoreWriter, "_write_chunks",
+                                lambda *args: written.append(write_chunks(*args)) or written[-1])
+        else:
+            monkeypatch.setattr(StoreWriter, "_write_chunks", lambda *args: False)
+        init_store(path, grid=SMALL, scenarios=SCENARIOS, years=YEARS, tile=16, legend=LEGEND)
+        writer = StoreWriter(path, scenario="ssp126", year=2020)
+        codes = _codes(2020, SMALL.shape)
+        codes[:16, :16] = 99  # one chunk of fill only
+        for row in (0, 16, 32):  # the last band is the 4 rows at the bottom edge
+            writer.write(row, {"lulc": codes[row : row + 16]})
+        writer.write(0, {"lulc": np.full((16, 40), 99, "uint8")})  # rewritten as fill
+        writer.write(5, {"lulc": codes[5:9]})  # off the chunk grid: zarr merges it
+        monkeypatch.undo()
+        return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*"))
+                if p.is_file()}
+
+    direct, zarrs = build(tmp_path / "direct.zarr", True), build(tmp_path / "zarr.zarr", False)
+    assert written == [True, True, True, True, False]
+    assert direct == zarrs
+    assert not [p for p in direct if p.name.endswith(".tmp")]
+    expected = _codes(2020, SMALL.shape)
+    expected[:16] = 99
+    expected[5:9] = _codes(2020, SMALL.shape)[5:9]
+    expected[:16, :16][5:9] = 99
+    np.testing.assert_array_equal(read_year(tmp_path / "direct.zarr", scenario="ssp126",
+                                            year=2020), expected)

@@ -298,3 +298,37 @@ def test_augment_turns_inputs_and_target_together_by_each_symmetry(world):
         [turned[i]["inputs"].sum() for i in range(10)]
     assert ([dataset(True, seed=4).symmetry(spec) for spec in plan[:30]]
             != [turned.symmetry(spec) for spec in plan[:30]])
+
+
+def test_inputs_built_channels_last_equal_the_planar_inputs(world):
+    """A predict job builds each window straight into a channels_last batch slot: the
+    same values as the planar array, with and without a prior, a prior mask, windows not
+    aligned to coarse cells, and NaN (ocean) cells."""
+    from ai4land.grid import Window
+    from ai4land.samples.features import build_inputs
+
+    config, cube, _, _ = world
+    predicted = list(config.classes.predicted)
+    year = cube.target_years[0]
+    scenario = cube.scenario_for_year(year)
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    cells = cube.coarse_cells(scenario, year, whole)
+    rng = np.random.default_rng(0)
+    prior_map = cube.target_window(year, whole)
+    for trial in range(6):
+        h, w = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        row = int(rng.integers(0, cube.fine_grid.height - h + 1))
+        col = int(rng.integers(0, cube.fine_grid.width - w + 1))
+        window = Window(row, col, h, w)
+        prior = None if trial % 3 == 0 else prior_map[window.slices]
+        keep = rng.random((h, w)) > 0.5 if trial % 3 == 2 else None
+        kwargs = {"scenario": scenario, "year": year, "window": window,
+                  "predicted": predicted, "prior": prior, "prior_keep": keep,
+                  "direction": -1 if trial % 2 else 1}
+        planar = build_inputs(cube, **kwargs, coarse_cells=cells if trial % 2 else None)
+        slot = torch.full((1, *planar.shape), np.nan).contiguous(
+            memory_format=torch.channels_last)[0].numpy()
+        out = build_inputs(cube, **kwargs, coarse_cells=cells, out=slot)
+        assert np.shares_memory(out, slot)
+        np.testing.assert_array_equal(out, planar)
+    assert np.isnan(cells).any()  # the world has ocean cells: NaN read as 0 on both paths

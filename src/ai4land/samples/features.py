@@ -15,6 +15,7 @@ zeroes its channels itself (``UNet(zero_channels=...)``), so the layout never ch
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ai4land.grid import Window
@@ -112,7 +113,8 @@ def build_inputs(
     ``coarse_cells``: the cube's coarse cells of the *whole* region for (scenario, year)
     (``cube.coarse_cells(scenario, year, whole)``) when the caller holds them; saves
     reading the coarse store for every window. ``out``: a (C, h, w) float32 array to
-    fill (e.g. a slot of a batch buffer) instead of a new one.
+    fill (e.g. a slot of a batch buffer) instead of a new one; a channels-last view (a
+    slot of a channels_last batch tensor) is filled pixel by pixel in one compiled pass.
     """
     if coarse_cells is None:
         cells = cube.coarse_cells(scenario, year, window)
@@ -127,10 +129,51 @@ def build_inputs(
     elif out.shape != shape or out.dtype != np.float32:
         raise ValueError(f"out is {out.dtype} {out.shape}, expected float32 {shape}")
     # NaN (ocean, missing) → 0 on the cells, before they are repeated to fine pixels
-    out[:n_coarse] = upsample_cells(np.nan_to_num(cells, nan=0.0), factor=cube.factor,
-                                    window=window)
+    cells = np.nan_to_num(cells, nan=0.0)
+    if out.transpose(1, 2, 0).flags.c_contiguous:  # channels last: one compiled pass
+        index = (np.full((0, 0), IGNORE_INDEX, dtype="int64") if prior is None
+                 else _prior_index(prior, predicted, prior_keep))
+        factor = cube.factor
+        _fill_channels_last(
+            out.transpose(1, 2, 0), np.ascontiguousarray(cells, dtype="float32"),
+            (window.row + np.arange(window.height)) // factor - window.row // factor,
+            (window.col + np.arange(window.width)) // factor - window.col // factor,
+            np.ascontiguousarray(static, dtype="float32"), index, len(predicted),
+            float(direction))
+        return out
+    out[:n_coarse] = upsample_cells(cells, factor=cube.factor, window=window)
     out[n_coarse : n_coarse + n_static] = static
     prior_channels(prior, predicted=predicted, keep=prior_keep,
                    shape=(window.height, window.width), out=out[n_coarse + n_static : -1])
     out[-1] = float(direction)
     return out
+
+
+def _prior_index(prior: np.ndarray, predicted: list[int], keep: np.ndarray | None) -> np.ndarray:
+    index = codes_to_index(prior, predicted)
+    return index if keep is None else np.where(keep, index, IGNORE_INDEX)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_channels_last(out, cells, cell_rows, cell_cols, static, prior_index, n_classes,
+                        direction):  # pragma: no cover - compiled
+    """The channels of :func:`build_inputs`, written pixel by pixel into an (h, w, C)
+    array (a channels_last batch slot): the same values as the planar path, without a
+    planar copy to transpose. ``prior_index`` is (0, 0) when there is no prior."""
+    height, width, channels = out.shape
+    n_coarse, n_static = cells.shape[0], static.shape[0]
+    first_prior = n_coarse + n_static
+    has_prior = prior_index.shape[0] > 0
+    for i in range(height):
+        r = cell_rows[i]
+        for j in range(width):
+            c = cell_cols[j]
+            for v in range(n_coarse):
+                out[i, j, v] = cells[v, r, c]
+            for s in range(n_static):
+                out[i, j, n_coarse + s] = static[s, i, j]
+            k = prior_index[i, j] if has_prior else -1
+            for m in range(n_classes):
+                out[i, j, first_prior + m] = 1.0 if m == k else 0.0
+            out[i, j, first_prior + n_classes] = 1.0 if k >= 0 else 0.0
+            out[i, j, channels - 1] = direction
