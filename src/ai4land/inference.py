@@ -154,9 +154,9 @@ class BandAccumulator:
             raise RuntimeError(f"window {window} lies outside the band of rows "
                                f"{self.top}..{self.top + self.capacity}")
         rows, cols = slice(row, row + window.height), slice(window.col, window.col + window.width)
-        w = self.tile_weight[: window.height, : window.width]
-        self.sum[rows, cols] += values_hwc * w[..., None]
-        self.weight[rows, cols] += w
+        _add_weighted(self.sum[rows, cols], self.weight[rows, cols],
+                      np.ascontiguousarray(values_hwc, dtype="float32"),
+                      self.tile_weight[: window.height, : window.width])
 
     def pop(self, until: int) -> np.ndarray:
         """Blended rows ``top .. until`` (final: no later window may touch them)."""
@@ -172,6 +172,19 @@ class BandAccumulator:
         self.weight[self.capacity - n :] = 0
         self.top = until
         return band
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_weighted(total, weight, values, tile_weight):  # pragma: no cover - compiled
+    """``total += values * tile_weight[..., None]; weight += tile_weight`` in one pass
+    (the same float32 roundings as numpy's two)."""
+    height, width, channels = values.shape
+    for i in range(height):
+        for j in range(width):
+            w = tile_weight[i, j]
+            for c in range(channels):
+                total[i, j, c] += values[i, j, c] * w
+            weight[i, j] += w
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
