@@ -326,18 +326,36 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     who then proposes again. With strict preferences (ties broken as documented in
     ``_deferred_acceptance``) the pixel-optimal stable matching is unique, whatever the
     order of proposals, and for preferences from one shared score it is the greedy
-    "best (pixel, group) pair first" matching. Returns -1 rejections if a pixel runs out
-    of groups."""
+    "best (pixel, group) pair first" matching. Cells where every pixel's first choice
+    fits are settled without heaps. Heaps keep each holder's score beside it (no random
+    reads of the score table). Returns -1 rejections if a pixel runs out of groups."""
     m, n_groups = scores.shape
+    n_keys = quota.size
     held = np.full(m, -1, dtype=np.int64)
+    count = np.zeros(n_keys, dtype=np.int64)
+    for pixel in range(m):  # first choices: the highest score, the lower group on ties
+        group, best = 0, max(scores[pixel, 0], 0)
+        for g in range(1, n_groups):
+            s = max(scores[pixel, g], 0)
+            if s > best:
+                group, best = g, s
+        held[pixel] = group
+        count[pixel_cell[pixel] * n_groups + group] += 1
+    contested = np.zeros(n_keys // n_groups + 1, dtype=np.bool_)
+    for key in range(n_keys):
+        if count[key] > quota[key]:
+            contested[key // n_groups] = True
+    first = np.zeros(n_keys + 1, dtype=np.int64)  # heap of key k: first[k]..first[k+1]
+    for k in range(n_keys):
+        first[k + 1] = first[k] + (max(quota[k], 0) if contested[k // n_groups] else 0)
+    size = np.zeros(n_keys, dtype=np.int64)
+    heap_pixel = np.empty(first[-1], dtype=np.int64)
+    heap_score = np.empty(first[-1], dtype=np.int64)
     refused = np.zeros(m, dtype=np.uint64)  # bit g: the pixel was rejected by group g
-    first = np.zeros(quota.size + 1, dtype=np.int64)  # heap of key k: first[k]..first[k+1]
-    for k in range(quota.size):
-        first[k + 1] = first[k] + max(quota[k], 0)
-    size = np.zeros(quota.size, dtype=np.int64)
-    heap = np.empty(first[-1], dtype=np.int64)
     rejections = 0
     for start in range(m):
+        if not contested[pixel_cell[start]]:
+            continue  # keeps its first choice
         pixel = start
         while pixel >= 0:
             group, best = -1, -1
@@ -349,45 +367,41 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
             if group < 0:
                 return held, -1
             key = pixel_cell[pixel] * n_groups + group
-            base, count = first[key], size[key]
-            if count < quota[key]:  # room: push and sift up (root = worst holder)
-                at = count
+            base, n = first[key], size[key]
+            if n < quota[key]:  # room: push and sift up (root = worst holder)
+                at = n
                 while at > 0:
                     parent = (at - 1) // 2
-                    other = heap[base + parent]
-                    s = max(scores[other, group], 0)
+                    other, s = heap_pixel[base + parent], heap_score[base + parent]
                     if s < best or (s == best and other > pixel):
                         break
-                    heap[base + at] = other
+                    heap_pixel[base + at], heap_score[base + at] = other, s
                     at = parent
-                heap[base + at] = pixel
-                size[key] = count + 1
+                heap_pixel[base + at], heap_score[base + at] = pixel, best
+                size[key] = n + 1
                 held[pixel] = group
                 pixel = -1
                 continue
             rejections += 1
-            if count > 0:
-                worst = heap[base]
-                s = max(scores[worst, group], 0)
+            if n > 0:
+                worst, s = heap_pixel[base], heap_score[base]
                 if best > s or (best == s and pixel < worst):
                     # evict the worst: replace the root and sift down
                     at = 0
                     while True:
                         child = 2 * at + 1
-                        if child >= count:
+                        if child >= n:
                             break
-                        c = heap[base + child]
-                        cs = max(scores[c, group], 0)
-                        if child + 1 < count:
-                            d = heap[base + child + 1]
-                            ds = max(scores[d, group], 0)
+                        c, cs = heap_pixel[base + child], heap_score[base + child]
+                        if child + 1 < n:
+                            d, ds = heap_pixel[base + child + 1], heap_score[base + child + 1]
                             if ds < cs or (ds == cs and d > c):
                                 child, c, cs = child + 1, d, ds
                         if best < cs or (best == cs and pixel > c):
                             break
-                        heap[base + at] = c
+                        heap_pixel[base + at], heap_score[base + at] = c, cs
                         at = child
-                    heap[base + at] = pixel
+                    heap_pixel[base + at], heap_score[base + at] = pixel, best
                     held[pixel] = group
                     held[worst] = -1
                     refused[worst] |= np.uint64(1) << np.uint64(group)
