@@ -6,13 +6,19 @@ year's map). The first job of a chain gets ``prior_path=None`` and starts from t
 observed map of the cube (first observed year going backward, last going forward).
 
 Memory is bounded whatever the region size: inference yields final rows band by band
-(:func:`ai4land.inference.stream_probabilities`); bands are regrouped into whole
-coarse-cell rows of at most :data:`BAND_PIXELS` pixels, which are harmonised on their
-own (harmonisation never crosses a coarse cell), then into rows of
-:data:`STORE_TILE`, which are written to the Zarr slice and to staged GTiffs. Inputs
-(cube, prior COG) are read window by window. The model runs in a background thread
-(:class:`ai4land.prefetch.Prefetch`) while this one harmonises and writes the band
-before, so on a CPU the single-threaded numpy and GDAL work overlaps the forward pass.
+(:func:`ai4land.inference.stream_probabilities`); bands are cut into whole coarse-cell
+rows (:func:`rebands`), at most :data:`BAND_PIXELS` pixels over all workers, which are
+harmonised on their own (harmonisation never crosses a coarse cell), then regrouped
+into rows of :data:`STORE_TILE`, which are written to the Zarr slice and to staged
+GTiffs. Inputs (cube, prior COG) are read a row of windows at a time.
+
+Threads, on a CPU job with N cores (:func:`job_threads`): one builds the next windows'
+inputs; N single-threaded model streams run the windows; the model's thread blends
+them and hands each band's coarse-cell rows to N finalising workers (harmonise,
+uncertainty layers, report tallies); this thread collects the finalised rows in row
+order (so the report's sums do not depend on the threads) and writes them; the three
+COG layers are converted side by side at the end. The numpy, numba, torch and GDAL work
+in all of them releases the GIL.
 
 Outputs are written in an order that keeps a killed job visible as incomplete: the
 Zarr region (streamed), then the probability/entropy(/spread) COGs, then the class
@@ -73,7 +79,7 @@ from ai4land.products import (
 from ai4land.samples.features import build_inputs, input_channel_names
 
 STORE_TILE = 256
-BAND_PIXELS = 1 << 21  # pixels one worker harmonises at once: ~0.3 GiB of working arrays
+BAND_PIXELS = 1 << 21  # pixels harmonised at once (all workers): ~0.3 GiB of working arrays
 
 PriorReader = Callable[[Window], np.ndarray]
 
@@ -412,10 +418,11 @@ class _Finaliser:
         }
 
 
-def band_rows(factor: int, width: int) -> int:
+def band_rows(factor: int, width: int, workers: int = 1) -> int:
     """Rows of the largest band a worker finalises: whole coarse-cell rows, at most
-    :data:`BAND_PIXELS` pixels (one coarse-cell row at least)."""
-    return factor * max(1, BAND_PIXELS // (factor * width))
+    :data:`BAND_PIXELS` pixels over all ``workers`` (one coarse-cell row at least), so
+    the finalisers' working arrays do not grow with their number."""
+    return factor * max(1, BAND_PIXELS // workers // (factor * width))
 
 
 def job_threads() -> int:
@@ -501,7 +508,7 @@ def run_predict(
         # thread collects them in row order and writes them. It starts before the rest of
         # the setup below, which then overlaps the first windows.
         bands = rebands(stream, multiple=cube.factor, height=grid.height,
-                        max_rows=band_rows(cube.factor, grid.width), parts=workers)
+                        max_rows=band_rows(cube.factor, grid.width, workers), parts=workers)
         futures = stack.enter_context(Prefetch(
             (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
 
