@@ -227,6 +227,7 @@ def harmonize(
     targets: np.ndarray,
     groups: Groups,
     argmax: np.ndarray | None = None,
+    group_p: np.ndarray | None = None,
 ) -> HarmonizeResult:
     """Class indices (H, W) whose group counts per coarse cell match ``targets``.
 
@@ -234,7 +235,8 @@ def harmonize(
     ``valid``: (H, W) bool, the pixels to allocate (land with data);
     ``targets``: (G, hc, wc) group fractions (rows of cells covering the grid; partial
     edge cells allowed). Cells whose targets are all 0 keep the argmax.
-    ``argmax``: (H, W) ``probs.argmax(axis=-1)``, when the caller has it already.
+    ``argmax``: (H, W) ``probs.argmax(axis=-1)`` and ``group_p``: (H, W, G) summed
+    probabilities per group, when the caller has them (:func:`ai4land.layers.summarise`).
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape
@@ -250,17 +252,21 @@ def harmonize(
 
     everywhere = bool(valid.all())  # the usual inland band: views, not copies
     flat = np.arange(valid.size) if everywhere else np.flatnonzero(valid)
-    p = probs.reshape(-1, k).astype("float32", copy=False)
+    p_all = probs.reshape(-1, k).astype("float32", copy=False)
     pixel_cell = cell.reshape(-1)
     if not everywhere:
-        p, pixel_cell = p[flat], pixel_cell[flat]
+        pixel_cell = pixel_cell[flat]
     n = np.bincount(pixel_cell, minlength=hc * wc).reshape(hc, wc)
     counts = largest_remainder_counts(targets, n)
     quota = np.moveaxis(counts, 0, -1).reshape(-1, n_groups)  # (cells, G)
 
-    group_p = _group_probabilities(p, member)  # (N, G)
+    if group_p is None:
+        group_p = _group_probabilities(p_all if everywhere else p_all[flat], member)
+    else:
+        group_p = group_p.reshape(-1, n_groups)
+        group_p = group_p if everywhere else group_p[flat]
     if argmax is None:
-        argmax_class = p.argmax(axis=1)
+        argmax_class = (p_all if everywhere else p_all[flat]).argmax(axis=1)
     else:
         argmax_class = argmax.reshape(-1) if everywhere else argmax.reshape(-1)[flat]
     group_of_class = member.argmax(axis=1)
@@ -279,7 +285,7 @@ def harmonize(
     # unless the pixel moved to another group (ties resolve to the lower index either way).
     chosen = argmax_class.copy()
     moved = np.flatnonzero(assigned != first_group)
-    masked = np.where(member.T[assigned[moved]], p[moved], -1.0)
+    masked = np.where(member.T[assigned[moved]], p_all[flat[moved]], -1.0)
     chosen[moved] = masked.argmax(axis=1)
     index = np.full(height * width, -1, dtype="int64")
     index[flat] = chosen

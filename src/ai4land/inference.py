@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -489,43 +488,6 @@ def coverage_count(windows: Iterable[Window], shape: tuple[int, int]) -> np.ndar
     for window in windows:
         count[window.slices] += 1
     return count
-
-
-def probability_layers(probs: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probability of the chosen class index and normalised entropy, both (H, W) float32.
-
-    ``chosen`` holds class indices (-1 where no class was chosen: both layers are NaN).
-    Entropy is divided by log(K), so 0 = certain, 1 = uniform. Compiled, one pass over
-    the probabilities, and single-threaded: predict runs it in several threads at once.
-    """
-    probs = np.ascontiguousarray(probs, dtype="float32")
-    chosen = np.ascontiguousarray(chosen, dtype="int64")
-    if probs.shape[:-1] != chosen.shape:
-        raise ValueError(f"probabilities {probs.shape} do not match chosen {chosen.shape}")
-    p_chosen = np.empty(chosen.shape, dtype="float32")
-    entropy = np.empty(chosen.shape, dtype="float32")
-    _probability_entropy(probs.reshape(-1, probs.shape[-1]), chosen.reshape(-1),
-                         p_chosen.reshape(-1), entropy.reshape(-1))
-    return p_chosen, entropy
-
-
-@numba.njit(cache=True, nogil=True)
-def _probability_entropy(probs, chosen, p_chosen, entropy):  # pragma: no cover - compiled
-    n, k = probs.shape
-    scale = 1.0 / math.log(k) if k > 1 else 0.0
-    for i in range(n):
-        c = chosen[i]
-        if c < 0:
-            p_chosen[i] = np.nan
-            entropy[i] = np.nan
-            continue
-        p_chosen[i] = probs[i, min(c, k - 1)]
-        h = 0.0
-        for j in range(k):
-            x = np.float64(probs[i, j])
-            if x > 0.0:
-                h -= x * math.log(x)
-        entropy[i] = min(max(h * scale, 0.0), 1.0)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -55,13 +55,13 @@ from ai4land.harmonize import (
 from ai4land.inference import (
     autocast_dtype,
     plan_windows,
-    probability_layers,
     resolve_device,
     stream_probabilities,
     weights_digest,
 )
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube, upsample_cells
+from ai4land.layers import map_layers, summarise
 from ai4land.prefetch import Prefetch
 from ai4land.products import (
     GDAL_ENV,
@@ -354,10 +354,8 @@ class _Finaliser:
         cell_nodata = np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
         valid = land & ~upsample_cells(cell_nodata, factor=factor, window=window)
 
-        best = probs.argmax(axis=-1)
-        argmax = np.where(valid, best, -1)
-        argmax_codes = np.where(valid, self.code_of[np.maximum(argmax, 0)],
-                                config.classes.nodata).astype("uint8")
+        best, group_p, entropy = summarise(probs, self.groups, self.classes)
+        argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
         names = cube.coarse_channel_names
         luh_t = luh_group_fractions(cells, names, self.groups)
         luh_anchor = luh_group_fractions(self.anchor_cells[:, rows, cols], names, self.groups)
@@ -365,25 +363,23 @@ class _Finaliser:
                                                   self.groups, factor=factor, valid=land)
         target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
 
-        index = argmax
+        index = best
         if config.predict.harmonize:
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
-                               groups=self.groups, argmax=best)
+                               groups=self.groups, argmax=best, group_p=group_p)
             index = result.index
             tally.changed, tally.rejections = result.changed, result.rejections
-        codes = np.where(valid, self.code_of[np.maximum(index, 0)], config.classes.nodata)
-        codes = np.where(land, codes, config.classes.ocean).astype("uint8")
+        codes, probability, entropy, tally.class_counts = map_layers(
+            probs, index, entropy=entropy, valid=valid, land=land, codes=self.code_of,
+            nodata=config.classes.nodata, ocean=config.classes.ocean)
         for when, mapped in (("before", argmax_codes), ("after", codes)):
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
                 tally.errors[when, name].add_fractions(fractions, n, target=goal)
-        tally.class_counts += np.bincount(index[valid], minlength=k)[:k]
         n_valid, n_land = int(valid.sum()), int(land.sum())
         tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid)
 
-        probability, entropy = probability_layers(probs, index)
-        out = {"lulc": codes, "probability": quantise(probability),
-               "entropy": quantise(entropy)}
+        out = {"lulc": codes, "probability": probability, "entropy": entropy}
         if band.shape[-1] > k:  # ensemble: member std of the top class, disagreement
             tally.spread_sums += band[valid][:, k : k + 2].sum(axis=0, dtype="float64")
             out["spread"] = quantise(np.where(valid, band[..., k], np.nan))

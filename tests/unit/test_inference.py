@@ -14,7 +14,6 @@ from ai4land.inference import (
     plan_batches,
     plan_windows,
     predict_probabilities,
-    probability_layers,
     tile_rows,
 )
 
@@ -168,32 +167,6 @@ def test_model_streams_give_the_same_blend_and_restore_threads():
 def test_autocast_choice():
     assert autocast_dtype(torch.device("cpu"), amp=False) is None
     assert autocast_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
-
-
-def test_probability_layers():
-    probs = np.array([[[1.0, 0.0], [0.5, 0.5]]], dtype="float32")
-    chosen = np.array([[0, -1]])
-    p, h = probability_layers(probs, chosen)
-    assert p[0, 0] == 1.0 and h[0, 0] == 0.0
-    assert np.isnan(p[0, 1]) and np.isnan(h[0, 1])
-    p, h = probability_layers(probs, np.array([[0, 1]]))
-    assert p[0, 1] == 0.5 and h[0, 1] == pytest.approx(1.0)
-    # random probabilities, zeros included: the textbook formula
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.full(7, 0.3), size=(20, 30)).astype("float32")
-    probs[rng.random(probs.shape) < 0.2] = 0.0
-    chosen = rng.integers(-1, 7, size=(20, 30))
-    p, h = probability_layers(probs, chosen)
-    x = probs.astype("float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        expected = -np.where(x > 0, x * np.log(x), 0.0).sum(axis=-1) / np.log(7)
-    ok = chosen >= 0
-    np.testing.assert_allclose(h[ok], np.clip(expected, 0, 1)[ok], rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(p[ok], np.take_along_axis(probs, chosen[..., None].clip(0),
-                                                            axis=-1)[..., 0][ok])
-    assert np.isnan(p[~ok]).all() and np.isnan(h[~ok]).all()
-    _, h = probability_layers(np.ones((2, 3, 1), dtype="float32"), np.zeros((2, 3), int))
-    assert (h == 0).all()  # one class: no uncertainty
 
 
 def test_fold_batchnorm_keeps_outputs_and_the_original_model():

@@ -1,0 +1,62 @@
+"""The compiled per-pixel passes of a predict job against plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ai4land.config import CoarseSource
+from ai4land.harmonize import _group_probabilities, class_groups
+from ai4land.layers import map_layers, summarise
+from ai4land.products import quantise
+
+PREDICTED = [11, 22, 33, 44, 55, 66, 77]
+
+
+def _probs(seed=0, shape=(20, 30)):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(7, 0.3), size=shape).astype("float32")
+    probs[rng.random(probs.shape) < 0.2] = 0.0  # zeros (and exact ties) included
+    return probs
+
+
+def test_summarise_equals_argmax_group_sums_and_entropy():
+    groups = class_groups(CoarseSource(historical="x").groups, PREDICTED)
+    probs = _probs()
+    best, group_p, entropy = summarise(probs, groups, PREDICTED)
+    np.testing.assert_array_equal(best, probs.argmax(axis=-1))
+    member = groups.membership(PREDICTED)
+    # the very float32 sums harmonisation ranks pixels by
+    np.testing.assert_array_equal(group_p.reshape(-1, len(groups)),
+                                  _group_probabilities(probs.reshape(-1, 7), member))
+    x = probs.astype("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = -np.where(x > 0, x * np.log(x), 0.0).sum(axis=-1) / np.log(7)
+    np.testing.assert_allclose(entropy, np.clip(expected, 0, 1), rtol=1e-6, atol=1e-7)
+    _, _, certain = summarise(np.eye(7, dtype="float32")[None], groups, PREDICTED)
+    assert (certain == 0).all()
+    _, _, uniform = summarise(np.full((1, 1, 7), 1 / 7, "float32"), groups, PREDICTED)
+    assert uniform[0, 0] == pytest.approx(1.0)
+
+
+def test_map_layers_equal_the_numpy_layers():
+    groups = class_groups(CoarseSource(historical="x").groups, PREDICTED)
+    probs = _probs(1)
+    rng = np.random.default_rng(1)
+    land = rng.random(probs.shape[:2]) > 0.2
+    valid = land & (rng.random(probs.shape[:2]) > 0.1)
+    index = np.where(valid, rng.integers(0, 7, size=valid.shape), -1)
+    _, _, entropy = summarise(probs, groups, PREDICTED)
+    codes = np.asarray(PREDICTED, dtype="uint8")
+    lulc, probability, quantised_entropy, counts = map_layers(
+        probs, index, entropy=entropy, valid=valid, land=land, codes=codes, nodata=99,
+        ocean=0)
+    expected = np.where(valid, codes[np.maximum(index, 0)], 99)
+    np.testing.assert_array_equal(lulc, np.where(land, expected, 0))
+    chosen = np.take_along_axis(probs, np.maximum(index, 0)[..., None], axis=-1)[..., 0]
+    np.testing.assert_array_equal(probability, quantise(np.where(valid, chosen, np.nan)))
+    np.testing.assert_array_equal(quantised_entropy, quantise(np.where(valid, entropy, np.nan)))
+    np.testing.assert_array_equal(counts, np.bincount(index[valid], minlength=7))
+    with pytest.raises(ValueError, match="index has shape"):
+        map_layers(probs, index[:1], entropy=entropy, valid=valid, land=land, codes=codes,
+                   nodata=99, ocean=0)
