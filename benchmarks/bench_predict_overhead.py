@@ -11,7 +11,9 @@ harmonisation move most pixels, is measured once as the worst case.
 The job (``run_predict``, in process) reads inputs, runs the windows, harmonises,
 writes three COGs and the Zarr slice; the reference is only the model's forward passes
 (bf16 autocast + channels_last, folded batch norm, as in the job) over the same
-windows in the same batches, with inputs built beforehand. Job and reference run
+windows in the same batches, with inputs built beforehand: the faster of the job's
+own scheme (one single-threaded stream per core, each on its share of the batch) and
+one stream on all cores (``forward_s_by_streams`` gives both). Job and reference run
 interleaved, best of 3.
 """
 
