@@ -29,6 +29,7 @@ of the job is there.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import json
 import time
@@ -414,6 +415,21 @@ class _Finaliser:
         }
 
 
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (restored after). A full
+    collection walks every object of a heap that holds torch, xarray and numba while
+    holding the GIL, stalling all the job's threads (0.1-0.2 s, measured, several
+    times a job); the job's arrays are freed by reference counting anyway."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def band_rows(factor: int, width: int, workers: int = 1) -> int:
     """Rows of the largest band a worker finalises: whole coarse-cell rows, at most
     :data:`BAND_PIXELS` pixels over all ``workers`` (one coarse-cell row at least), so
@@ -486,28 +502,13 @@ def run_predict(
     timings = {"load": time.perf_counter() - t_start, "wait": 0.0, "write": 0.0}
 
     with ExitStack() as stack:
+        stack.enter_context(_garbage_collection_paused())
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         if prior_path is None:
             def prior(window: Window) -> np.ndarray:
                 return cube.target_window(anchor, window)
         else:
             prior = stack.enter_context(open_prior(prior_path, grid))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
-        stack.callback(pool.shutdown, cancel_futures=True)
-        stream, n_windows = probability_bands(
-            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress, coarse_cells=cells,
-            streams=workers)
-        stack.callback(stream.close)  # its threads stop with the job, however it ends
-        # The model's thread cuts each row band into whole coarse-cell rows for the
-        # workers, which finalise them while the model runs the next row of windows; this
-        # thread collects them in row order and writes them. It starts before the rest of
-        # the setup below, which then overlaps the first windows.
-        bands = rebands(stream, multiple=cube.factor, height=grid.height,
-                        max_rows=band_rows(cube.factor, grid.width, workers), parts=workers)
-        futures = stack.enter_context(Prefetch(
-            (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
-
         model_hash = weights_digest(model)
         prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
         tags = {
@@ -532,6 +533,21 @@ def run_predict(
                     else quantised_layer(name, tags=tags, level=level))
             cogs[name] = stack.enter_context(
                 CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
+        stack.callback(pool.shutdown, cancel_futures=True)
+        stream, n_windows = probability_bands(
+            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
+            direction=direction, device=device, progress=progress, coarse_cells=cells,
+            streams=workers)
+        stack.callback(stream.close)  # its threads stop with the job, however it ends
+        # The model's thread cuts each row band into whole coarse-cell rows for the
+        # workers, which finalise them while the model runs the next row of windows; this
+        # thread collects them in row order and writes them.
+        bands = rebands(stream, multiple=cube.factor, height=grid.height,
+                        max_rows=band_rows(cube.factor, grid.width, workers), parts=workers)
+        futures = stack.enter_context(Prefetch(
+            (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
+
         timings["load"] = time.perf_counter() - t_start
 
         def finalised() -> Iterator[tuple[int, np.ndarray]]:
