@@ -28,6 +28,7 @@ of the job is there.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import gc
 import hashlib
@@ -446,6 +447,7 @@ def job_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+@_garbage_collection_paused()
 def run_predict(
     config,
     *,
@@ -502,13 +504,28 @@ def run_predict(
     timings = {"load": time.perf_counter() - t_start, "wait": 0.0, "write": 0.0}
 
     with ExitStack() as stack:
-        stack.enter_context(_garbage_collection_paused())
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         if prior_path is None:
             def prior(window: Window) -> np.ndarray:
                 return cube.target_window(anchor, window)
         else:
             prior = stack.enter_context(open_prior(prior_path, grid))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
+        stack.callback(pool.shutdown, cancel_futures=True)
+        stream, n_windows = probability_bands(
+            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
+            direction=direction, device=device, progress=progress, coarse_cells=cells,
+            streams=workers)
+        stack.callback(stream.close)  # its threads stop with the job, however it ends
+        # The model's thread cuts each row band into whole coarse-cell rows for the
+        # workers, which finalise them while the model runs the next row of windows; this
+        # thread collects them in row order and writes them. It starts before the rest of
+        # the setup below, which then overlaps the first windows' inputs.
+        bands = rebands(stream, multiple=cube.factor, height=grid.height,
+                        max_rows=band_rows(cube.factor, grid.width, workers), parts=workers)
+        futures = stack.enter_context(Prefetch(
+            (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
+
         model_hash = weights_digest(model)
         prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
         tags = {
@@ -533,20 +550,6 @@ def run_predict(
                     else quantised_layer(name, tags=tags, level=level))
             cogs[name] = stack.enter_context(
                 CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
-        stack.callback(pool.shutdown, cancel_futures=True)
-        stream, n_windows = probability_bands(
-            config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress, coarse_cells=cells,
-            streams=workers)
-        stack.callback(stream.close)  # its threads stop with the job, however it ends
-        # The model's thread cuts each row band into whole coarse-cell rows for the
-        # workers, which finalise them while the model runs the next row of windows; this
-        # thread collects them in row order and writes them.
-        bands = rebands(stream, multiple=cube.factor, height=grid.height,
-                        max_rows=band_rows(cube.factor, grid.width, workers), parts=workers)
-        futures = stack.enter_context(Prefetch(
-            (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
 
         timings["load"] = time.perf_counter() - t_start
 
@@ -561,20 +564,25 @@ def run_predict(
                     return
                 yield finalise.collect(result)
 
+        # Zarr blocks are written by the workers (chunk files, any order), so the last
+        # ones overlap the COG conversions; at most `workers` blocks wait at a time.
+        store_writes: collections.deque = collections.deque()
         for row, block in rebands(finalised(), multiple=STORE_TILE, height=grid.height):
             t0 = time.perf_counter()
             values = {name: np.ascontiguousarray(block[..., i]) for i, name in enumerate(layers)}
-            writer.write(row, values)
             for name, cog in cogs.items():
                 cog.write(row, values[name])
+            store_writes.append(pool.submit(writer.write, row, values))
+            while len(store_writes) > workers:
+                store_writes.popleft().result()
             timings["write"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        # converted side by side; the class map is renamed into place last: it marks
-        # the job's products complete
+        # converted side by side; the class map is renamed into place last, after the
+        # Zarr region: it marks the job's products complete
         conversions = [pool.submit(cog.convert) for cog in cogs.values()]
-        wait(conversions)  # all done (or failed) before any temporary file is cleaned up
-        for conversion in conversions:
-            conversion.result()
+        wait([*conversions, *store_writes])  # all done (or failed) before any clean-up
+        for future in [*store_writes, *conversions]:
+            future.result()
         for name in [*layers[1:], layers[0]]:
             cogs[name].publish()
         timings["convert"] = time.perf_counter() - t0

@@ -255,11 +255,12 @@ def test_unwritable_output_is_refused_before_any_work(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-@pytest.mark.parametrize("where", ["writer", "model", "finaliser", "convert"])
+@pytest.mark.parametrize("where", ["writer", "store", "model", "finaliser", "convert"])
 def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypatch, where):
     """A failure in this thread (writing), in the model's background thread, in a
-    finalising worker or while converting one layer while the others convert stops the
-    job with that error, leaves no product, no temporary file and no thread behind."""
+    worker (finalising, writing the Zarr region) or while converting one layer while the
+    others convert stops the job with that error, leaves no product, no temporary file
+    and no thread behind."""
     import threading
 
     import ai4land.inference
@@ -273,6 +274,8 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
 
     if where == "writer":
         monkeypatch.setattr(CogLayer, "write", crash)
+    elif where == "store":
+        monkeypatch.setattr("ai4land.predict.StoreWriter.write", crash)
     elif where == "model":
         monkeypatch.setattr(ai4land.inference, "_softmax", crash)
     elif where == "finaliser":
