@@ -332,3 +332,38 @@ def test_inputs_built_channels_last_equal_the_planar_inputs(world):
         assert np.shares_memory(out, slot)
         np.testing.assert_array_equal(out, planar)
     assert np.isnan(cells).any()  # the world has ocean cells: NaN read as 0 on both paths
+
+
+def test_cube_reads_windows_past_xarray_only_when_values_are_unchanged(world, tmp_path):
+    """Target, land mask and static windows read from the zarr arrays directly equal
+    xarray's decoded values; a variable xarray would rescale is read through xarray."""
+    import xarray as xr
+
+    from ai4land.grid import Window
+    from ai4land.io.cube import LAND_MASK, _direct_array
+
+    _, cube, _, _ = world
+    assert cube._target_array is not None
+    assert all(array is not None for array in cube._static_arrays.values())
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        window = Window(int(rng.integers(0, cube.fine_grid.height - h + 1)),
+                        int(rng.integers(0, cube.fine_grid.width - w + 1)), h, w)
+        rows, cols = window.slices
+        for i, year in enumerate(cube.target_years):
+            np.testing.assert_array_equal(
+                cube.target_window(year, window),
+                cube.target.isel(year=i, lat=rows, lon=cols).values)
+        np.testing.assert_array_equal(
+            cube.land_mask_window(window),
+            cube.static[LAND_MASK].isel(lat=rows, lon=cols).values.astype(bool))
+        for name in cube.static_names:
+            np.testing.assert_array_equal(
+                cube._static_window(name, window),
+                cube.static[name].isel(lat=rows, lon=cols).values)
+    packed = xr.Dataset({"v": (("lat", "lon"), np.ones((4, 4), "float32"))})
+    packed["v"].encoding.update(scale_factor=0.5, dtype="int16", _FillValue=-1)
+    packed.to_zarr(tmp_path / "packed.zarr", zarr_format=2, consolidated=False)
+    opened = xr.open_zarr(tmp_path / "packed.zarr", chunks=None)
+    assert _direct_array(tmp_path / "packed.zarr", opened["v"]) is None

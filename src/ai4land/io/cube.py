@@ -57,6 +57,25 @@ def _open_zarr(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, chunks=None)
 
 
+def _direct_array(path: Path, variable: xr.DataArray):
+    """The zarr array behind ``variable`` for windowed reads without xarray's indexing
+    layers (3-4x faster for a band, and less time holding the GIL), when xarray's
+    decoding would not change a value: no scale or offset, no fill value other than
+    NaN turned into NaN. None otherwise (read through xarray then)."""
+    import zarr
+
+    encoding = variable.encoding
+    fill = encoding.get("_FillValue", variable.attrs.get("_FillValue"))
+    nan_fill = isinstance(fill, float | np.floating) and np.isnan(fill)
+    if ({"scale_factor", "add_offset", "missing_value"} & (set(encoding) | set(variable.attrs))
+            or (fill is not None and not (nan_fill and variable.dtype.kind == "f"))):
+        return None
+    array = zarr.open_group(str(path), mode="r")[variable.name]
+    if array.dtype != variable.dtype or array.shape != variable.shape:
+        return None
+    return array
+
+
 class Cube:
     """Read access to the cube, window by window."""
 
@@ -84,16 +103,23 @@ class Cube:
     def target(self) -> xr.DataArray:
         return _open_zarr(self.paths.target)[TARGET_VARIABLE]
 
-    @property
+    @cached_property
     def target_years(self) -> list[int]:
         return [int(y) for y in self.target["year"].values]
 
     def target_window(self, year: int, window: Window) -> np.ndarray:
-        if year not in self.target_years:
+        years = self.target_years
+        if year not in years:
             raise InputDataError(f"{self.paths.target}: no map for year {year}")
         rows, cols = window.slices
-        index = self.target_years.index(year)
+        index = years.index(year)
+        if self._target_array is not None:
+            return self._target_array[index, rows, cols]
         return np.asarray(self.target.isel(year=index, lat=rows, lon=cols).values)
+
+    @cached_property
+    def _target_array(self):
+        return _direct_array(self.paths.target, self.target)
 
     # --- static features -----------------------------------------------------------
 
@@ -107,11 +133,10 @@ class Cube:
 
     def static_window(self, window: Window) -> np.ndarray:
         """Normalised static features, (S, h, w) float32, NaN replaced by 0 (the mean)."""
-        rows, cols = window.slices
         layers = []
         for name in self.static_names:
             var = self.static[name]
-            values = np.asarray(var.isel(lat=rows, lon=cols).values, dtype="float32")
+            values = np.asarray(self._static_window(name, window), dtype="float32")
             values = (values - float(var.attrs["mean"])) / float(var.attrs["std"])
             layers.append(np.nan_to_num(values, nan=0.0))
         if not layers:
@@ -119,8 +144,19 @@ class Cube:
         return np.stack(layers)
 
     def land_mask_window(self, window: Window) -> np.ndarray:
+        return np.asarray(self._static_window(LAND_MASK, window)).astype(bool)
+
+    @cached_property
+    def _static_arrays(self) -> dict:
+        return {name: _direct_array(self.paths.static, self.static[name])
+                for name in self.static.data_vars}
+
+    def _static_window(self, name: str, window: Window) -> np.ndarray:
         rows, cols = window.slices
-        return np.asarray(self.static[LAND_MASK].isel(lat=rows, lon=cols).values).astype(bool)
+        array = self._static_arrays[name]
+        if array is not None:
+            return array[rows, cols]
+        return self.static[name].isel(lat=rows, lon=cols).values
 
     # --- coarse fractions ----------------------------------------------------------
 
