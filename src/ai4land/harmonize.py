@@ -144,19 +144,29 @@ def map_group_fractions(
     Returns the fractions and the (hc, wc) count of valid pixels per cell. Valid pixels
     whose code is in no group are left out of the denominator too.
     """
-    cell, (hc, wc) = cell_ids(codes.shape, factor)
+    h, w = codes.shape
+    hc, wc = -(-h // factor), -(-w // factor)
     g = len(groups)
-    # slot g of every cell counts the pixels in no group; invalid pixels go to cell 0's
-    # (full-size integer passes: boolean gathers of every pixel cost ~3x more)
+    # slot g of every cell counts the valid pixels in no group (one compiled pass)
     table = groups.code_table()
     table = np.where(table >= 0, table, g)
-    key = cell * (g + 1) + table[np.asarray(codes, dtype="uint8")]
-    key[~np.asarray(valid, dtype=bool)] = g
-    counts = np.bincount(key.reshape(-1), minlength=hc * wc * (g + 1))
+    counts = np.zeros(hc * wc * (g + 1), dtype="int64")
+    _count_groups(np.ascontiguousarray(codes, dtype="uint8"),
+                  np.ascontiguousarray(valid, dtype=bool), table, factor, wc, g + 1, counts)
     counts = counts.reshape(hc, wc, g + 1)[..., :g]
     n = counts.sum(axis=-1)
     fractions = counts / np.maximum(n, 1)[..., None]
     return np.moveaxis(fractions, -1, 0).astype("float64"), n
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_groups(codes, valid, table, factor, wc, slots, counts):  # pragma: no cover
+    height, width = codes.shape
+    for i in range(height):
+        first = (i // factor) * wc
+        for j in range(width):
+            if valid[i, j]:
+                counts[(first + j // factor) * slots + table[codes[i, j]]] += 1
 
 
 def delta_target(
@@ -317,12 +327,35 @@ def _deferred_acceptance(gp: np.ndarray, pc: np.ndarray,
     Scores compare as the bits of non-negative float32 (negative values, -0.0 included,
     count as 0), so the order is exact and platform-independent.
     """
+    if gp.shape[1] > 32 or len(gp) >= 2**31:
+        raise ValueError(f"harmonisation takes at most 32 groups and 2**31 pixels at once, "
+                         f"got {gp.shape[1]} groups and {len(gp)} pixels")
     scores = np.ascontiguousarray(gp, dtype="float32").view("int32")
     held, rejections = _propose(scores, np.ascontiguousarray(pc, dtype="int64"),
                                 np.ascontiguousarray(quota, dtype="int64").reshape(-1))
     if rejections < 0:  # cannot happen when quotas sum to the pixel counts
         raise RuntimeError("harmonisation failed to place every pixel")
     return held, int(rejections)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap_pixel, heap_score, base, n, at, pixel, score):  # pragma: no cover
+    """Place (pixel, score) at ``at`` of the n-element min-heap at ``base`` and sift it
+    down; the root is the worst holder (lowest score, then highest pixel index)."""
+    while True:
+        child = 2 * at + 1
+        if child >= n:
+            break
+        c, cs = heap_pixel[base + child], heap_score[base + child]
+        if child + 1 < n:
+            d, ds = heap_pixel[base + child + 1], heap_score[base + child + 1]
+            if ds < cs or (ds == cs and d > c):
+                child, c, cs = child + 1, d, ds
+        if score < cs or (score == cs and pixel > c):
+            break
+        heap_pixel[base + at], heap_score[base + at] = c, cs
+        at = child
+    heap_pixel[base + at], heap_score[base + at] = pixel, score
 
 
 @numba.njit(cache=True, nogil=True)
@@ -333,8 +366,9 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     ``_deferred_acceptance``) the pixel-optimal stable matching is unique, whatever the
     order of proposals, and for preferences from one shared score it is the greedy
     "best (pixel, group) pair first" matching. Cells where every pixel's first choice
-    fits are settled without heaps. Heaps keep each holder's score beside it (no random
-    reads of the score table). Returns -1 rejections if a pixel runs out of groups."""
+    fits are settled without heaps; a (cell, group) becomes a heap only once full. Heaps
+    keep each holder's score beside it (no random reads of the score table). Returns -1
+    rejections if a pixel runs out of groups."""
     m, n_groups = scores.shape
     n_keys = quota.size
     held = np.full(m, -1, dtype=np.int64)
@@ -355,65 +389,50 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     for k in range(n_keys):
         first[k + 1] = first[k] + (max(quota[k], 0) if contested[k // n_groups] else 0)
     size = np.zeros(n_keys, dtype=np.int64)
-    heap_pixel = np.empty(first[-1], dtype=np.int64)
-    heap_score = np.empty(first[-1], dtype=np.int64)
-    refused = np.zeros(m, dtype=np.uint64)  # bit g: the pixel was rejected by group g
+    heap_pixel = np.empty(first[-1], dtype=np.int32)
+    heap_score = np.empty(first[-1], dtype=np.int32)
+    refused = np.zeros(m, dtype=np.uint32)  # bit g: the pixel was rejected by group g
     rejections = 0
     for start in range(m):
         if not contested[pixel_cell[start]]:
             continue  # keeps its first choice
         pixel = start
         while pixel >= 0:
-            group, best = -1, -1
-            for g in range(n_groups):
-                if not (refused[pixel] >> np.uint64(g)) & np.uint64(1):
-                    s = max(scores[pixel, g], 0)
-                    if s > best:
-                        group, best = g, s
-            if group < 0:
-                return held, -1
+            if refused[pixel] == 0:  # a first proposal: the first choice found above
+                group = held[pixel]
+                best = max(scores[pixel, group], 0)
+            else:
+                group, best = -1, -1
+                for g in range(n_groups):
+                    if not (refused[pixel] >> np.uint32(g)) & np.uint32(1):
+                        s = max(scores[pixel, g], 0)
+                        if s > best:
+                            group, best = g, s
+                if group < 0:
+                    return held, -1
             key = pixel_cell[pixel] * n_groups + group
             base, n = first[key], size[key]
-            if n < quota[key]:  # room: push and sift up (root = worst holder)
-                at = n
-                while at > 0:
-                    parent = (at - 1) // 2
-                    other, s = heap_pixel[base + parent], heap_score[base + parent]
-                    if s < best or (s == best and other > pixel):
-                        break
-                    heap_pixel[base + at], heap_score[base + at] = other, s
-                    at = parent
-                heap_pixel[base + at], heap_score[base + at] = pixel, best
+            if n < quota[key]:  # room: append; a heap is needed only once it is full
+                heap_pixel[base + n], heap_score[base + n] = pixel, best
                 size[key] = n + 1
                 held[pixel] = group
                 pixel = -1
+                if n + 1 == quota[key]:
+                    for at in range((n + 1) // 2 - 1, -1, -1):
+                        _sift_down(heap_pixel, heap_score, base, n + 1, at,
+                                   heap_pixel[base + at], heap_score[base + at])
                 continue
             rejections += 1
             if n > 0:
                 worst, s = heap_pixel[base], heap_score[base]
-                if best > s or (best == s and pixel < worst):
-                    # evict the worst: replace the root and sift down
-                    at = 0
-                    while True:
-                        child = 2 * at + 1
-                        if child >= n:
-                            break
-                        c, cs = heap_pixel[base + child], heap_score[base + child]
-                        if child + 1 < n:
-                            d, ds = heap_pixel[base + child + 1], heap_score[base + child + 1]
-                            if ds < cs or (ds == cs and d > c):
-                                child, c, cs = child + 1, d, ds
-                        if best < cs or (best == cs and pixel > c):
-                            break
-                        heap_pixel[base + at], heap_score[base + at] = c, cs
-                        at = child
-                    heap_pixel[base + at], heap_score[base + at] = pixel, best
+                if best > s or (best == s and pixel < worst):  # evict the worst
+                    _sift_down(heap_pixel, heap_score, base, n, 0, pixel, best)
                     held[pixel] = group
                     held[worst] = -1
-                    refused[worst] |= np.uint64(1) << np.uint64(group)
+                    refused[worst] |= np.uint32(1) << np.uint32(group)
                     pixel = worst
                     continue
-            refused[pixel] |= np.uint64(1) << np.uint64(group)
+            refused[pixel] |= np.uint32(1) << np.uint32(group)
     return held, rejections
 
 

@@ -365,5 +365,5 @@ def test_cube_reads_windows_past_xarray_only_when_values_are_unchanged(world, tm
     packed = xr.Dataset({"v": (("lat", "lon"), np.ones((4, 4), "float32"))})
     packed["v"].encoding.update(scale_factor=0.5, dtype="int16", _FillValue=-1)
     packed.to_zarr(tmp_path / "packed.zarr", zarr_format=2, consolidated=False)
-    opened = xr.open_zarr(tmp_path / "packed.zarr", chunks=None)
+    opened = xr.open_zarr(tmp_path / "packed.zarr", chunks=None, consolidated=False)
     assert _direct_array(tmp_path / "packed.zarr", opened["v"]) is None
