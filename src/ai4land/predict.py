@@ -420,8 +420,8 @@ class _Finaliser:
 def _garbage_collection_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the block (restored after). A full
     collection walks every object of a heap that holds torch, xarray and numba while
-    holding the GIL, stalling all the job's threads (0.1-0.2 s, measured, several
-    times a job); the job's arrays are freed by reference counting anyway."""
+    holding the GIL, stalling all the job's threads (measured: the first windows of a
+    job waited ~0.2 s for one); the job's arrays are freed by reference counting."""
     enabled = gc.isenabled()
     gc.disable()
     try:
