@@ -27,7 +27,7 @@ import collections
 import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -329,6 +329,10 @@ class _Ready:
     def result(self):
         return self._value
 
+    @staticmethod
+    def done() -> bool:
+        return True
+
 
 def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | None,
              flip: tuple[int, ...] = ()) -> torch.Tensor:
@@ -430,7 +434,7 @@ def stream_probabilities(
         # inputs are built (reading the cube) in their own thread, ahead of the model
         inputs = stack.enter_context(Prefetch(
             _batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
-                          device=device, pad_multiple=pad_multiple, buffers=streams + 2),
+                          device=device, pad_multiple=pad_multiple, buffers=2 * streams + 2),
             depth=1, name="ai4land-inputs"))
         model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
         if ensemble == "mc_dropout":
@@ -444,10 +448,14 @@ def stream_probabilities(
             pool = ThreadPoolExecutor(streams, thread_name_prefix="ai4land-model")
             stack.callback(pool.shutdown, cancel_futures=True)
         items = iter(inputs)
-        pending: collections.deque = collections.deque()
+        pending: collections.deque = collections.deque()  # in window order
 
-        def top_up() -> None:  # keep `streams` passes running
-            while len(pending) < streams:
+        def top_up() -> None:
+            """Start passes while fewer than `streams` run (a stream that finished early,
+            e.g. on a row's shorter last batch, takes the next one at once); at most
+            2 x streams wait for their turn to be blended."""
+            while (len(pending) < (2 * streams if pool is not None else 1)
+                   and sum(not future.done() for _, future in pending) < streams):
                 item = next(items, None)
                 if item is None:
                     return
@@ -457,6 +465,10 @@ def stream_probabilities(
 
         top_up()
         while pending:
+            oldest = pending[0][1]
+            while pool is not None and not oldest.done():
+                wait([f for _, f in pending if not f.done()], return_when=FIRST_COMPLETED)
+                top_up()
             (index, group, *_, last), future = pending.popleft()
             values = future.result()
             top_up()
