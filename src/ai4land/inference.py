@@ -434,7 +434,7 @@ def stream_probabilities(
         # inputs are built (reading the cube) in their own thread, ahead of the model
         inputs = stack.enter_context(Prefetch(
             _batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
-                          device=device, pad_multiple=pad_multiple, buffers=2 * streams + 2),
+                          device=device, pad_multiple=pad_multiple, buffers=streams + 3),
             depth=1, name="ai4land-inputs"))
         model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
         if ensemble == "mc_dropout":
@@ -453,8 +453,8 @@ def stream_probabilities(
         def top_up() -> None:
             """Start passes while fewer than `streams` run (a stream that finished early,
             e.g. on a row's shorter last batch, takes the next one at once); at most
-            2 x streams wait for their turn to be blended."""
-            while (len(pending) < (2 * streams if pool is not None else 1)
+            streams + 1 wait for their turn to be blended (each holds an input buffer)."""
+            while (len(pending) < (streams + 1 if pool is not None else 1)
                    and sum(not future.done() for _, future in pending) < streams):
                 item = next(items, None)
                 if item is None:
