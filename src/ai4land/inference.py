@@ -320,20 +320,6 @@ def _intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class _Ready:
-    """A finished future, for the single-stream path."""
-
-    def __init__(self, value):
-        self._value = value
-
-    def result(self):
-        return self._value
-
-    @staticmethod
-    def done() -> bool:
-        return True
-
-
 def _softmax(model, x: torch.Tensor, *, h: int, w: int, dtype: torch.dtype | None,
              flip: tuple[int, ...] = ()) -> torch.Tensor:
     """(B, K, h, w) float32 softmax of one forward pass (on ``x`` flipped by ``flip``)."""
@@ -442,11 +428,10 @@ def stream_probabilities(
         stack.enter_context(rng)
         if ensemble == "mc_dropout":
             torch.manual_seed(seed)
-        pool = None
         if streams > 1:
             stack.enter_context(_intra_op_threads(1))
-            pool = ThreadPoolExecutor(streams, thread_name_prefix="ai4land-model")
-            stack.callback(pool.shutdown, cancel_futures=True)
+        pool = ThreadPoolExecutor(streams, thread_name_prefix="ai4land-model")
+        stack.callback(pool.shutdown, cancel_futures=True)
         items = iter(inputs)
         pending: collections.deque = collections.deque()  # in window order
 
@@ -454,19 +439,18 @@ def stream_probabilities(
             """Start passes while fewer than `streams` run (a stream that finished early,
             e.g. on a row's shorter last batch, takes the next one at once); at most
             streams + 1 wait for their turn to be blended (each holds an input buffer)."""
-            while (len(pending) < (streams + 1 if pool is not None else 1)
+            while (len(pending) <= streams
                    and sum(not future.done() for _, future in pending) < streams):
                 item = next(items, None)
                 if item is None:
                     return
                 _, _, x, h, w, _ = item
-                pending.append((item, pool.submit(forward, x, h, w) if pool
-                                else _Ready(forward(x, h, w))))
+                pending.append((item, pool.submit(forward, x, h, w)))
 
         top_up()
         while pending:
             oldest = pending[0][1]
-            while pool is not None and not oldest.done():
+            while not oldest.done():
                 wait([f for _, f in pending if not f.done()], return_when=FIRST_COMPLETED)
                 top_up()
             (index, group, *_, last), future = pending.popleft()
