@@ -213,6 +213,13 @@ def upsample_cells(cells: np.ndarray, *, factor: int, window: Window) -> np.ndar
 
     ``cells`` start at the cell holding the window's first pixel.
     """
+    rows, cols = cell_indices(window, factor)
+    return np.take(np.take(cells, rows, axis=-2), cols, axis=-1)
+
+
+def cell_indices(window: Window, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse-cell row of each pixel row and column of each pixel column of
+    ``window``, counted from the cell holding its first pixel."""
     rows = (window.row + np.arange(window.height)) // factor - window.row // factor
     cols = (window.col + np.arange(window.width)) // factor - window.col // factor
-    return np.take(np.take(cells, rows, axis=-2), cols, axis=-1)
+    return rows, cols

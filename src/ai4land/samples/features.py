@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ai4land.grid import Window
-from ai4land.io.cube import Cube, upsample_cells
+from ai4land.io.cube import Cube, cell_indices, upsample_cells
 
 IGNORE_INDEX = -1
 INPUT_GROUPS = ("coarse", "static", "prior")
@@ -87,9 +87,7 @@ def prior_channels(
     if prior is None:
         out[...] = 0.0
         return out
-    index = codes_to_index(prior, predicted)
-    if keep is not None:
-        index = np.where(keep, index, IGNORE_INDEX)
+    index = _prior_index(prior, predicted, keep)
     np.equal(index[None], np.arange(len(predicted))[:, None, None], out=out[:-1], casting="unsafe")
     np.greater_equal(index, 0, out=out[-1], casting="unsafe")
     return out
@@ -133,13 +131,10 @@ def build_inputs(
     if out.transpose(1, 2, 0).flags.c_contiguous:  # channels last: one compiled pass
         index = (np.full((0, 0), IGNORE_INDEX, dtype="int64") if prior is None
                  else _prior_index(prior, predicted, prior_keep))
-        factor = cube.factor
         _fill_channels_last(
             out.transpose(1, 2, 0), np.ascontiguousarray(cells, dtype="float32"),
-            (window.row + np.arange(window.height)) // factor - window.row // factor,
-            (window.col + np.arange(window.width)) // factor - window.col // factor,
-            np.ascontiguousarray(static, dtype="float32"), index, len(predicted),
-            float(direction))
+            *cell_indices(window, cube.factor), np.ascontiguousarray(static, dtype="float32"),
+            index, len(predicted), float(direction))
         return out
     out[:n_coarse] = upsample_cells(cells, factor=cube.factor, window=window)
     out[n_coarse : n_coarse + n_static] = static
