@@ -604,9 +604,11 @@ class StoreWriter:
     def _write_chunks(self, array, row: int, data: np.ndarray) -> bool:
         """Write rows that fill whole chunks of a local Zarr v2 store as chunk files
         directly: the bytes zarr writes (the compressor's encoding of the C-order chunk,
-        edge chunks padded with the fill value, all-fill chunks left out) at a tenth of
-        the CPU time (zarr's per-chunk machinery dominates for 64 KiB chunks). Each file
-        is written to a temporary name and renamed, so a reader never sees half a chunk.
+        edge chunks padded with the fill value, all-fill chunks left out) at less than
+        half of zarr's CPU time (measured on 1800 x 1800 x 3 layers of random codes:
+        0.07 vs 0.17 s; zarr's per-chunk machinery dominates for 64 KiB chunks). Each
+        file is written to a temporary name and renamed, so a reader never sees half a
+        chunk.
         False (nothing written) for anything else: zarr writes it then."""
         import zarr
 
