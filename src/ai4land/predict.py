@@ -92,35 +92,10 @@ def _ensemble_seed(config, scenario: str, year: int) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
-class _StaticBands:
-    """The cube, with the static features of the current band of window rows in memory.
-
-    Windows run row by row, so a band of ``height`` full-width rows serves every window
-    of that row; reading the store once per window costs more than the model's forward
-    pass on a CPU. A static band of a global row of 512-pixel tiles is ~220 MB for three
-    features. (The year's coarse cells go to ``build_inputs`` as ``coarse_cells``.)
-    """
-
-    def __init__(self, cube: Cube):
-        self._cube = cube
-        self._band: tuple[int, int] | None = None
-        self._static: np.ndarray | None = None
-
-    def __getattr__(self, name: str):
-        return getattr(self._cube, name)
-
-    def static_window(self, window: Window) -> np.ndarray:
-        band = (window.row, window.height)
-        if band != self._band:
-            width = self._cube.fine_grid.width
-            self._static = self._cube.static_window(Window(window.row, 0, window.height, width))
-            self._band = band
-        return self._static[:, :, window.col : window.col + window.width]
-
-
-def _banded(read: PriorReader, width: int) -> PriorReader:
-    """``read``, one full-width band of rows at a time: windows run row by row, so one
-    read serves a whole row of windows (a read per window re-reads their overlaps)."""
+def _banded(read: Callable[[Window], np.ndarray], width: int) -> Callable[[Window], np.ndarray]:
+    """``read`` (a window → (..., h, w) array), one full-width band of rows at a time:
+    windows run row by row, so one read serves a whole row of windows; a read per window
+    re-reads their overlaps and costs more than the model's forward pass on a CPU."""
     held: dict[str, object] = {"rows": None, "band": None}
 
     def read_window(window: Window) -> np.ndarray:
@@ -128,9 +103,22 @@ def _banded(read: PriorReader, width: int) -> PriorReader:
         if held["rows"] != rows:
             held["band"] = read(Window(window.row, 0, window.height, width))
             held["rows"] = rows
-        return held["band"][:, window.col : window.col + window.width]
+        return held["band"][..., window.col : window.col + window.width]
 
     return read_window
+
+
+class _StaticBands:
+    """The cube, with the static features of the current band of window rows in memory
+    (a static band of a global row of 512-pixel tiles is ~220 MB for three features).
+    The year's coarse cells go to ``build_inputs`` as ``coarse_cells``."""
+
+    def __init__(self, cube: Cube):
+        self._cube = cube
+        self.static_window = _banded(cube.static_window, cube.fine_grid.width)
+
+    def __getattr__(self, name: str):
+        return getattr(self._cube, name)
 
 
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
