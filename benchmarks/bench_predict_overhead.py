@@ -185,8 +185,9 @@ def measure(config, root: Path, model_dir: Path, repeats: int) -> dict:
     the reference is the faster forward: the job's own scheme (one single-threaded
     stream per core) or one stream on all cores."""
     streams = torch.get_num_threads()
-    forwards = {n: forward_pass(config, model_dir, streams=n)[0] for n in sorted({1, streams})}
-    _, n_windows = forward_pass(config, model_dir, streams=1)
+    passes = {n: forward_pass(config, model_dir, streams=n) for n in sorted({1, streams})}
+    forwards = {n: run for n, (run, _) in passes.items()}
+    n_windows = passes[1][1]
     predict_job(config, root, model_dir)  # warm-up: store created, caches filled
     for run in forwards.values():
         run()
