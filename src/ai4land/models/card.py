@@ -142,11 +142,14 @@ def load_model(directory: str | Path, *, map_location="cpu") -> tuple[UNet, Mode
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise ModelCardError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from None
-    model = card.build_model()
     if not isinstance(state, dict):
         raise ModelCardError(f"{weights}: expected a state_dict, got {type(state).__name__}")
+    # Layers built on the meta device and given the loaded tensors: no random
+    # initialisation that the weights would overwrite (it took half the load time).
+    with torch.device("meta"):
+        model = card.build_model()
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).strip().splitlines()[-1].strip()
         raise ModelCardError(f"{weights}: weights do not match the card's architecture ({first})") from None
@@ -154,7 +157,7 @@ def load_model(directory: str | Path, *, map_location="cpu") -> tuple[UNet, Mode
         what = (f"missing {result.missing_keys[:3]}" if result.missing_keys
                 else f"unexpected {result.unexpected_keys[:3]}")
         raise ModelCardError(f"{weights}: weights do not match the card's architecture ({what})")
-    model.to(map_location)
+    model.to(map_location).float()  # the module's dtype, whatever the file held
     model.eval()
     return model, card
 

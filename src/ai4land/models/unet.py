@@ -73,7 +73,8 @@ class UNet(nn.Module):
         self.depth = depth
         scale = None
         if zero_channels:
-            scale = torch.ones(1, in_channels, 1, 1)
+            # on the CPU even when the layers are built on the meta device (load_model)
+            scale = torch.ones(1, in_channels, 1, 1, device="cpu")
             scale[:, zero_channels] = 0.0
         # Derived from the config, not learned: kept out of the state_dict.
         self.register_buffer("input_scale", scale, persistent=False)
