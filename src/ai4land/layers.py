@@ -43,25 +43,61 @@ def summarise(probs: np.ndarray, groups: Groups,
             entropy.reshape(height, width))
 
 
+# Pixels whose x·ln(x) terms are computed together (a vectorised pass) before their sums.
+_ENTROPY_BLOCK = 256
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _x_log_x(x, bits, out):  # pragma: no cover - compiled
+    """``out = x · ln(x)`` in float64 for float32 ``x`` (``bits``: the same memory as
+    int32), 0 where x is not > 0; relative error < 1e-11 (below 1e-35 absolute for
+    subnormal x, whose exponent field is not theirs). ln(x) = e·ln 2 + ln(m) from the float's
+    exponent e and mantissa m in [√½, √2), ln(m) = 2·atanh(s), s = (m - 1) / (m + 1),
+    by its series to s¹³. Branch-free, so it compiles to vector instructions: ~3x
+    faster than calling libm's log per value, which was half of a band's summary."""
+    for t in range(x.shape[0]):
+        b = bits[t]
+        m = 1.0 + np.float64(b & 0x007FFFFF) * (1.0 / 8388608.0)
+        big = np.float64(m > _SQRT2)
+        m = m * (1.0 - 0.5 * big)
+        e = np.float64(((b >> 23) & 0xFF) - 127) + big
+        s = (m - 1.0) / (m + 1.0)
+        s2 = s * s
+        series = 1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (
+            1.0 / 9 + s2 * (1.0 / 11 + s2 * (1.0 / 13))))))
+        v = np.float64(x[t])
+        out[t] = v * (e * _LN2 + 2.0 * s * series) if v > 0 else 0.0
+
+
 @numba.njit(cache=True, nogil=True)
 def _summarise(probs, group_of_class, best, group_p, entropy):  # pragma: no cover - compiled
     n, k = probs.shape
     n_groups = group_p.shape[1]
     scale = 1.0 / math.log(k) if k > 1 else 0.0
-    for i in range(n):
-        top, top_p = 0, probs[i, 0]
-        for g in range(n_groups):
-            group_p[i, g] = np.float32(0.0)
-        h = 0.0
-        for j in range(k):
-            x = probs[i, j]
-            if x > top_p:
-                top, top_p = j, x
-            group_p[i, group_of_class[j]] += x
-            if x > 0:
-                h -= np.float64(x) * math.log(np.float64(x))
-        best[i] = top
-        entropy[i] = min(max(h * scale, 0.0), 1.0)
+    flat = probs.reshape(-1)
+    bits = flat.view(np.int32)
+    terms = np.empty(_ENTROPY_BLOCK * k, dtype=np.float64)
+    for start in range(0, n, _ENTROPY_BLOCK):
+        stop = min(start + _ENTROPY_BLOCK, n)
+        size = (stop - start) * k
+        _x_log_x(flat[start * k : start * k + size], bits[start * k : start * k + size],
+                 terms[:size])
+        for i in range(start, stop):
+            top, top_p = 0, probs[i, 0]
+            for g in range(n_groups):
+                group_p[i, g] = np.float32(0.0)
+            h = 0.0
+            first = (i - start) * k
+            for j in range(k):
+                x = probs[i, j]
+                if x > top_p:
+                    top, top_p = j, x
+                group_p[i, group_of_class[j]] += x
+                h -= terms[first + j]
+            best[i] = top
+            entropy[i] = min(max(h * scale, 0.0), 1.0)
 
 
 def map_layers(probs: np.ndarray, index: np.ndarray, *, entropy: np.ndarray, valid: np.ndarray,

@@ -7,7 +7,7 @@ import pytest
 
 from ai4land.config import CoarseSource
 from ai4land.harmonize import _group_probabilities, class_groups
-from ai4land.layers import map_layers, summarise
+from ai4land.layers import _x_log_x, map_layers, summarise
 from ai4land.products import quantise
 
 PREDICTED = [11, 22, 33, 44, 55, 66, 77]
@@ -37,6 +37,26 @@ def test_summarise_equals_argmax_group_sums_and_entropy():
     assert (certain == 0).all()
     _, _, uniform = summarise(np.full((1, 1, 7), 1 / 7, "float32"), groups, PREDICTED)
     assert uniform[0, 0] == pytest.approx(1.0)
+
+
+def test_x_log_x_matches_numpy_log_over_the_float32_range():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([
+        rng.random(100_000), 10.0 ** rng.uniform(-38, 0, 100_000),  # all exponents
+        [1.0, 0.5, 2**-126, 1e-45, np.sqrt(0.5), np.sqrt(2), 1 - 2**-24, 3.0],
+    ]).astype("float32")
+    out = np.empty(x.size)
+    _x_log_x(x, x.view("int32"), out)
+    v = x.astype("float64")
+    expected = v * np.log(v)
+    normal = x >= 2.0**-126
+    np.testing.assert_allclose(out[normal], expected[normal], rtol=1e-11)
+    # subnormal floats (< 1.2e-38) get a rough logarithm: their terms are below 1e-35
+    np.testing.assert_allclose(out[~normal], expected[~normal], rtol=0, atol=1e-35)
+    skipped = np.array([0.0, -0.5, np.nan, -np.inf], dtype="float32")  # not > 0: no term
+    out = np.ones(skipped.size)
+    _x_log_x(skipped, skipped.view("int32"), out)
+    assert (out == 0).all()
 
 
 def test_map_layers_equal_the_numpy_layers():
