@@ -25,6 +25,7 @@ import xarray as xr
 
 from ai4land.errors import InputDataError
 from ai4land.grid import Grid, Window
+from ai4land.io.chunks import ChunkReader
 
 TARGET_VARIABLE = "lulc"
 LAND_MASK = "land_mask"
@@ -61,7 +62,8 @@ def _direct_array(path: Path, variable: xr.DataArray):
     """The zarr array behind ``variable`` for windowed reads without xarray's indexing
     layers (3-4x faster for a band, and less time holding the GIL), when xarray's
     decoding would not change a value: no scale or offset, no fill value other than
-    NaN turned into NaN. None otherwise (read through xarray then)."""
+    NaN turned into NaN; read from its chunk files where :class:`ChunkReader` can (2x
+    less CPU again). None otherwise (read through xarray then)."""
     import zarr
 
     encoding = variable.encoding
@@ -73,7 +75,7 @@ def _direct_array(path: Path, variable: xr.DataArray):
     array = zarr.open_group(str(path), mode="r")[variable.name]
     if array.dtype != variable.dtype or array.shape != variable.shape:
         return None
-    return array
+    return ChunkReader.of(array) or array
 
 
 class Cube:
