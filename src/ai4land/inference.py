@@ -498,6 +498,6 @@ def weights_digest(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16
-                      else value.view(torch.int16).numpy().tobytes())
+        array = value.numpy() if value.dtype != torch.bfloat16 else value.view(torch.int16).numpy()
+        digest.update(memoryview(array).cast("B"))  # the same bytes, without a copy
     return digest.hexdigest()
