@@ -256,52 +256,94 @@ def harmonize(
     if not member.any(axis=1).all():
         missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
         raise ValueError(f"classes {missing} are in no group")
-    cell, (hc, wc) = cell_ids((height, width), factor)
+    hc, wc = -(-height // factor), -(-width // factor)
     if targets.shape != (n_groups, hc, wc):
         raise ValueError(f"targets have shape {targets.shape}, expected {(n_groups, hc, wc)}")
 
-    everywhere = bool(valid.all())  # the usual inland band: views, not copies
-    flat = np.arange(valid.size) if everywhere else np.flatnonzero(valid)
-    p_all = probs.reshape(-1, k).astype("float32", copy=False)
-    pixel_cell = cell.reshape(-1)
-    if not everywhere:
-        pixel_cell = pixel_cell[flat]
-    n = np.bincount(pixel_cell, minlength=hc * wc).reshape(hc, wc)
-    counts = largest_remainder_counts(targets, n)
-    quota = np.moveaxis(counts, 0, -1).reshape(-1, n_groups)  # (cells, G)
-
+    p_all = np.ascontiguousarray(probs.reshape(-1, k), dtype="float32")
     if group_p is None:
-        group_p = _group_probabilities(p_all if everywhere else p_all[flat], member)
-    else:
-        group_p = group_p.reshape(-1, n_groups)
-        group_p = group_p if everywhere else group_p[flat]
-    if argmax is None:
-        argmax_class = (p_all if everywhere else p_all[flat]).argmax(axis=1)
-    else:
-        argmax_class = argmax.reshape(-1) if everywhere else argmax.reshape(-1)[flat]
-    group_of_class = member.argmax(axis=1)
-    first_group = group_of_class[argmax_class]
+        group_p = _group_probabilities(p_all, member)
+    group_p = np.ascontiguousarray(group_p, dtype="float32").reshape(-1, n_groups)
+    argmax = (p_all.argmax(axis=1) if argmax is None
+              else np.ascontiguousarray(argmax, dtype="int64").reshape(-1))
+    valid = np.ascontiguousarray(valid)
+    n = _cell_counts(valid, factor, hc, wc)
+    counts = largest_remainder_counts(targets, n)
+    quota = np.ascontiguousarray(np.moveaxis(counts, 0, -1).reshape(-1, n_groups))
 
-    constrained = quota[pixel_cell, 0] >= 0
-    if constrained.all():
-        assigned, rejections = _deferred_acceptance(group_p, pixel_cell, quota)
-    else:  # unconstrained cells keep the argmax
-        assigned = first_group.copy()
-        idx = np.flatnonzero(constrained)
-        assigned[idx], rejections = _deferred_acceptance(group_p[idx], pixel_cell[idx],
-                                                          quota)
+    # Pixels of constrained cells, in row-major order (ties go to the lower index), and
+    # their group scores; those of unconstrained cells keep the argmax.
+    constrained = int(n.reshape(-1)[quota[:, 0] >= 0].sum())
+    pixels = np.empty(constrained, dtype="int64")
+    pixel_cell = np.empty(constrained, dtype="int64")
+    scores = np.empty((constrained, n_groups), dtype="float32")
+    _constrained_pixels(valid, factor, wc, quota, group_p, pixels, pixel_cell, scores)
+    assigned, rejections = _deferred_acceptance(scores, pixel_cell, quota)
 
     # Within its group a pixel takes the group's most probable class: the argmax itself
     # unless the pixel moved to another group (ties resolve to the lower index either way).
-    chosen = argmax_class.copy()
-    moved = np.flatnonzero(assigned != first_group)
-    masked = np.where(member.T[assigned[moved]], p_all[flat[moved]], -1.0)
-    chosen[moved] = masked.argmax(axis=1)
-    index = np.full(height * width, -1, dtype="int64")
-    index[flat] = chosen
-    changed = int(moved.size)
+    index = np.empty(height * width, dtype="int64")
+    changed = _chosen_classes(valid.reshape(-1), argmax, pixels, assigned,
+                              member.argmax(axis=1), member, p_all, index)
     return HarmonizeResult(index=index.reshape(height, width), counts=counts,
-                           changed=changed, rejections=rejections)
+                           changed=int(changed), rejections=rejections)
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_counts(valid, factor, hc, wc):  # pragma: no cover - compiled
+    """Valid pixels per coarse cell, (hc, wc) int64."""
+    n = np.zeros((hc, wc), dtype=np.int64)
+    height, width = valid.shape
+    for i in range(height):
+        for j in range(width):
+            if valid[i, j]:
+                n[i // factor, j // factor] += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _constrained_pixels(valid, factor, wc, quota, group_p, pixels, pixel_cell,
+                        scores):  # pragma: no cover - compiled
+    """Fill the flat index, coarse cell and group scores of each valid pixel whose cell
+    has quotas (row-major)."""
+    height, width = valid.shape
+    m = 0
+    for i in range(height):
+        for j in range(width):
+            if not valid[i, j]:
+                continue
+            cell = (i // factor) * wc + j // factor
+            if quota[cell, 0] < 0:
+                continue
+            flat = i * width + j
+            pixels[m] = flat
+            pixel_cell[m] = cell
+            for g in range(scores.shape[1]):
+                scores[m, g] = group_p[flat, g]
+            m += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _chosen_classes(valid, argmax, pixels, assigned, group_of_class, member, probs,
+                    index):  # pragma: no cover - compiled
+    """``index``: -1 off the valid pixels, the argmax class, or for a pixel assigned to
+    another group than its argmax's, that group's most probable class (the lower index
+    on ties). Returns how many pixels moved."""
+    for flat in range(valid.size):
+        index[flat] = argmax[flat] if valid[flat] else -1
+    moved = 0
+    for m in range(pixels.size):
+        flat = pixels[m]
+        group = assigned[m]
+        if group == group_of_class[argmax[flat]]:
+            continue
+        best, best_p = -1, -1.0
+        for c in range(member.shape[0]):
+            if member[c, group] and probs[flat, c] > best_p:
+                best, best_p = c, probs[flat, c]
+        index[flat] = best
+        moved += 1
+    return moved
 
 
 def _group_probabilities(p: np.ndarray, member: np.ndarray) -> np.ndarray:
