@@ -500,6 +500,10 @@ def run_predict(
             prior = stack.enter_context(open_prior(prior_path, grid))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
         stack.callback(pool.shutdown, cancel_futures=True)
+        # the COG layers convert in their own threads: they start while the workers
+        # still write the last Zarr blocks
+        converter = ThreadPoolExecutor(len(layers), thread_name_prefix="ai4land-cog")
+        stack.callback(converter.shutdown, cancel_futures=True)
         stream, n_windows = probability_bands(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
             direction=direction, device=device, progress=progress, coarse_cells=cells,
@@ -567,7 +571,7 @@ def run_predict(
         t0 = time.perf_counter()
         # converted side by side; the class map is renamed into place last, after the
         # Zarr region: it marks the job's products complete
-        conversions = [pool.submit(cog.convert) for cog in cogs.values()]
+        conversions = [converter.submit(cog.convert) for cog in cogs.values()]
         wait([*conversions, *store_writes])  # all done (or failed) before any clean-up
         for future in [*store_writes, *conversions]:
             future.result()
