@@ -537,9 +537,10 @@ def run_predict(
         workdir = stack.enter_context(staging_dir(output))
         cogs = {}
         for name in layers:
-            level = config.predict.compress_level
-            spec = (class_layer(config.classes.legend, tags=tags, level=level) if name == "lulc"
-                    else quantised_layer(name, tags=tags, level=level))
+            spec = (class_layer(config.classes.legend, tags=tags,
+                                level=config.predict.compress_level) if name == "lulc"
+                    else quantised_layer(name, tags=tags,
+                                         level=config.predict.uncertainty_compress_level))
             cogs[name] = stack.enter_context(
                 CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
 
