@@ -19,6 +19,7 @@ filled band by band by :class:`StoreWriter` (:func:`write_year` for a whole slic
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
+from ai4land.overviews import ModeOverviews, overview_shapes
 
 NODATA = 99
 QUANT_NODATA = 255
@@ -100,6 +103,10 @@ class CogLayer:
     driver (overviews, compression, ghost header) into a temporary sibling of ``path``
     and renames it. Until then ``path`` does not exist, so a killed job leaves no COG
     that looks complete. Use as a context manager; :meth:`finish` inside it.
+
+    MODE overviews are built as the rows arrive (:class:`ai4land.overviews.ModeOverviews`,
+    GDAL's values) and handed to the driver through a VRT, so the conversion only copies
+    them; if rows were written out of order, GDAL computes them as usual.
     """
 
     def __init__(self, path: str | Path, grid: Grid, *, workdir: str | Path, nodata: int,
@@ -128,6 +135,19 @@ class CogLayer:
         if colormap is not None:
             self._dst.write_colormap(1, colormap)
             self._dst.colorinterp = [ColorInterp.palette]
+        self._levels: list = []
+        self._overviews: ModeOverviews | None = None
+        count = self.options["overview_count"]
+        if resampling.upper() == "MODE" and count > 0:
+            for k, (height, width) in enumerate(overview_shapes(grid.shape, count), 1):
+                self._levels.append(rasterio.open(
+                    Path(workdir) / f"{self.path.stem}.overview{k}.tif", "w", driver="GTiff",
+                    width=width, height=height, count=1, dtype="uint8", tiled=True,
+                    blockxsize=blocksize, blockysize=blocksize, compress="NONE", crs=grid.crs,
+                    transform=grid.transform @ Affine.scale(grid.width / width,
+                                                            grid.height / height)))
+            self._overviews = ModeOverviews(grid.shape, nodata=nodata, sinks=[
+                functools.partial(_write_rows, level) for level in self._levels])
 
     def write(self, row: int, data: np.ndarray) -> None:
         """Write full-width rows ``row .. row + len(data)`` (uint8)."""
@@ -138,6 +158,8 @@ class CogLayer:
             raise ValueError(f"rows {row}..{row + len(data)} of width {data.shape[-1]} do not "
                              f"fit grid {self.grid.shape}")
         self._dst.write(data, 1, window=Window(0, row, self.grid.width, len(data)))
+        if self._overviews is not None:
+            self._overviews.add(row, data)
 
     def finish(self) -> Path:
         """Convert the staged rows to the COG at ``path`` (atomically)."""
@@ -150,12 +172,28 @@ class CogLayer:
         from rasterio.shutil import copy as gdal_copy
 
         self._dst.close()
+        for level in self._levels:
+            level.close()
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._converted = tmp
+        source, options = str(self.staging), self.options
         with rasterio.Env(**GDAL_ENV):  # GDAL options are per thread
-            gdal_copy(str(self.staging), str(tmp), driver="COG", **self.options)
-        self.staging.unlink()
+            if self._overviews is not None and self._overviews.complete:
+                source = str(self.staging.with_suffix(".vrt"))
+                gdal_copy(str(self.staging), source, driver="VRT")
+                _add_vrt_overviews(Path(source), [Path(level.name) for level in self._levels])
+                options = {key: value for key, value in self.options.items()
+                           if key not in ("overview_resampling", "overview_count")}
+                options["overviews"] = "FORCE_USE_EXISTING"
+            gdal_copy(source, str(tmp), driver="COG", **options)
+        self._remove_staging()
         return tmp
+
+    def _remove_staging(self) -> None:
+        self.staging.unlink(missing_ok=True)
+        self.staging.with_suffix(".vrt").unlink(missing_ok=True)
+        for level in self._levels:
+            Path(level.name).unlink(missing_ok=True)
 
     def publish(self) -> Path:
         """Rename the converted COG onto ``path``."""
@@ -166,8 +204,9 @@ class CogLayer:
         return self.path
 
     def close(self) -> None:
-        if not self._dst.closed:
-            self._dst.close()
+        for dataset in (self._dst, *self._levels):
+            if not dataset.closed:
+                dataset.close()
         self._env.__exit__(None, None, None)
 
     def __enter__(self) -> CogLayer:
@@ -175,9 +214,27 @@ class CogLayer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-        self.staging.unlink(missing_ok=True)
+        self._remove_staging()
         if self._converted is not None:  # converted but never published: not a product
             self._converted.unlink(missing_ok=True)
+
+
+def _write_rows(dataset, row: int, rows: np.ndarray) -> None:
+    dataset.write(rows, 1, window=Window(0, row, rows.shape[1], len(rows)))
+
+
+def _add_vrt_overviews(vrt: Path, levels: list[Path]) -> None:
+    """Give the (single) band of ``vrt`` the overview files ``levels``, finest first."""
+    from xml.etree import ElementTree
+
+    tree = ElementTree.parse(vrt)
+    band = tree.getroot().find("VRTRasterBand")
+    for level in levels:
+        overview = ElementTree.SubElement(band, "Overview")
+        source = ElementTree.SubElement(overview, "SourceFilename", relativeToVRT="0")
+        source.text = str(level)
+        ElementTree.SubElement(overview, "SourceBand").text = "1"
+    tree.write(vrt)
 
 
 def _write_cog(path: Path, data: np.ndarray, grid: Grid, **layer) -> Path:
