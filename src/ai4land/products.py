@@ -37,7 +37,7 @@ from rasterio.windows import Window
 
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
-from ai4land.overviews import ModeOverviews, overview_shapes
+from ai4land.overviews import RESAMPLINGS, StreamedOverviews, overview_shapes
 
 NODATA = 99
 QUANT_NODATA = 255
@@ -104,9 +104,10 @@ class CogLayer:
     and renames it. Until then ``path`` does not exist, so a killed job leaves no COG
     that looks complete. Use as a context manager; :meth:`finish` inside it.
 
-    MODE overviews are built as the rows arrive (:class:`ai4land.overviews.ModeOverviews`,
-    GDAL's values) and handed to the driver through a VRT, so the conversion only copies
-    them; if rows were written out of order, GDAL computes them as usual.
+    MODE and AVERAGE overviews are built as the rows arrive
+    (:class:`ai4land.overviews.StreamedOverviews`, GDAL's values) and handed to the
+    driver through a VRT, so the conversion only copies them; if rows were written out
+    of order, GDAL computes them as usual.
     """
 
     def __init__(self, path: str | Path, grid: Grid, *, workdir: str | Path, nodata: int,
@@ -136,9 +137,9 @@ class CogLayer:
             self._dst.write_colormap(1, colormap)
             self._dst.colorinterp = [ColorInterp.palette]
         self._levels: list = []
-        self._overviews: ModeOverviews | None = None
+        self._overviews: StreamedOverviews | None = None
         count = self.options["overview_count"]
-        if resampling.upper() == "MODE" and count > 0:
+        if resampling.upper() in RESAMPLINGS and count > 0:
             for k, (height, width) in enumerate(overview_shapes(grid.shape, count), 1):
                 self._levels.append(rasterio.open(
                     Path(workdir) / f"{self.path.stem}.overview{k}.tif", "w", driver="GTiff",
@@ -146,8 +147,9 @@ class CogLayer:
                     blockxsize=blocksize, blockysize=blocksize, compress="NONE", crs=grid.crs,
                     transform=grid.transform @ Affine.scale(grid.width / width,
                                                             grid.height / height)))
-            self._overviews = ModeOverviews(grid.shape, nodata=nodata, sinks=[
-                functools.partial(_write_rows, level) for level in self._levels])
+            self._overviews = StreamedOverviews(
+                grid.shape, resampling=resampling.upper(), nodata=nodata,
+                sinks=[functools.partial(_write_rows, level) for level in self._levels])
 
     def write(self, row: int, data: np.ndarray) -> None:
         """Write full-width rows ``row .. row + len(data)`` (uint8)."""

@@ -1,4 +1,4 @@
-"""Mode overviews built while rows stream in give the COG that GDAL's own would."""
+"""Overviews built while rows stream in give the COG that GDAL's own overviews would."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import rasterio
 
 from ai4land.grid import Grid
-from ai4land.overviews import ModeOverviews, overview_shapes, source_windows
-from ai4land.products import CogLayer, class_layer, overview_count
+from ai4land.overviews import StreamedOverviews, overview_shapes, source_windows
+from ai4land.products import CogLayer, class_layer, overview_count, quantised_layer
 
 LEGEND = {0: "ocean", 11: "urban", 22: "cropland", 33: "pasture", 44: "forest",
           55: "grass", 66: "sparse", 77: "water", 99: "no data"}
@@ -28,42 +28,67 @@ def _class_map(shape, seed=0):
     return codes
 
 
-def _cog(path, codes, blocks):
-    """A class COG written in ``blocks`` (row ranges, in the given order)."""
-    grid = Grid(west=0.0, north=50.0, res=0.01, width=codes.shape[1], height=codes.shape[0])
-    with CogLayer(path, grid, workdir=path.parent, **class_layer(LEGEND, tags={"X": 1})) as cog:
+def _quantised(shape, nodata, seed=0):
+    """Noise, a smooth ramp, nodata rows and scattered nodata pixels."""
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 256, size=shape).astype("uint8")
+    values[h // 3 : h // 3 + 40] = (np.add.outer(np.arange(40), np.arange(w)) % 250)
+    values[: h // 7] = nodata
+    values[h // 2, ::3] = nodata
+    return values
+
+
+LAYERS = {
+    "class map (mode)": (_class_map, class_layer(LEGEND, tags={"X": 1})),
+    "probability (average)": (lambda shape: _quantised(shape, 255), quantised_layer("probability")),
+    "average, nodata 0": (lambda shape: _quantised(shape, 0),
+                          {"nodata": 0, "resampling": "AVERAGE", "tags": {},
+                           "description": "test"}),
+}
+
+
+def _cog(path, values, spec, blocks, *, streamed):
+    """A COG written in ``blocks`` (row ranges, in the given order)."""
+    grid = Grid(west=0.0, north=50.0, res=0.01, width=values.shape[1], height=values.shape[0])
+    with CogLayer(path, grid, workdir=path.parent, **spec) as cog:
         for start, stop in blocks:
-            cog.write(start, codes[start:stop])
+            cog.write(start, values[start:stop])
+        assert cog._overviews.complete is streamed
         cog.finish()
     return path.read_bytes()
 
 
+@pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("shape", [(600, 512), (301, 257), (130, 300)])
-def test_streamed_mode_overviews_give_gdals_cog_bytes(tmp_path, shape):
-    codes = _class_map(shape)
+def test_streamed_overviews_give_gdals_cog_bytes(tmp_path, shape, layer):
+    make, spec = LAYERS[layer]
+    values = make(shape)
     h = shape[0]
     in_order = [(r, min(r + 96, h)) for r in range(0, h, 96)]
-    ours = _cog(tmp_path / "ours.tif", codes, in_order)
+    ours = _cog(tmp_path / "ours.tif", values, spec, in_order, streamed=True)
     # rows out of order: the streamed overviews are dropped and GDAL computes them
-    gdals = _cog(tmp_path / "gdal.tif", codes, in_order[1:] + in_order[:1])
+    gdals = _cog(tmp_path / "gdal.tif", values, spec, in_order[1:] + in_order[:1],
+                 streamed=False)
     assert ours == gdals
     with rasterio.open(tmp_path / "ours.tif") as src:
         assert len(src.overviews(1)) == overview_count(shape)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif"]
 
 
-def test_blocks_of_any_height_give_the_same_levels():
-    codes = _class_map((333, 250), seed=1)
-    shapes = overview_shapes(codes.shape, 3)
+@pytest.mark.parametrize("resampling", ["MODE", "AVERAGE"])
+def test_blocks_of_any_height_give_the_same_levels(resampling):
+    values = _class_map((333, 250), seed=1)
+    shapes = overview_shapes(values.shape, 3)
 
     def levels(block_heights):
-        got = [np.full(s, 255, dtype="uint8") for s in shapes]
+        got = [np.full(s, 1, dtype="uint8") for s in shapes]
         sinks = [lambda row, rows, out=out: out.__setitem__(slice(row, row + len(rows)), rows)
                  for out in got]
-        pyramid = ModeOverviews(codes.shape, nodata=99, sinks=sinks)
+        pyramid = StreamedOverviews(values.shape, resampling=resampling, nodata=99, sinks=sinks)
         row = 0
         for height in block_heights:
-            pyramid.add(row, codes[row : row + height])
+            pyramid.add(row, values[row : row + height])
             row += height
         assert pyramid.complete
         return got
@@ -72,11 +97,16 @@ def test_blocks_of_any_height_give_the_same_levels():
     for blocks in ([1] * 333, [256, 77], [5, 100, 3, 225]):
         for a, b in zip(whole, levels(blocks), strict=True):
             np.testing.assert_array_equal(a, b)
-    assert (whole[0] != 255).all()
 
 
 def test_source_windows_cover_every_source_pixel():
     for n_source, n_target in ((600, 300), (301, 150), (7, 3), (5, 1)):
-        start, stop = source_windows(n_source, n_target)
+        start, stop, first, last = source_windows(n_source, n_target)
         assert start[0] == 0 and stop[-1] == n_source
         assert (stop > start).all() and (start[1:] <= stop[:-1]).all()
+        assert ((0 < first) & (first <= 1) & (0 < last) & (last <= 1)).all()
+
+
+def test_unknown_resampling_is_refused():
+    with pytest.raises(ValueError, match="resampling 'CUBIC'"):
+        StreamedOverviews((10, 10), resampling="CUBIC", nodata=0, sinks=[])
