@@ -10,11 +10,12 @@ band's peak, ``reference`` the shortest one's (ratio ~1: no growth with height).
 
 ``predict_global_memory_production`` repeats it (same heights) with the
 production model and predict settings of ``config/config.yaml`` (U-Net base 32, depth 4,
-untrained; tile 512, overlap 64, batch 4): larger windows, activations and row bands.
+untrained; tile 512, overlap 64, batch 2): larger windows, activations and row bands.
 
 ``python -m benchmarks.bench_predict_memory --full-year`` runs the production job on a
-whole global year, 36000 x 18000 pixels (``predict_global_year``; ~25 minutes on 2
-cores, so ``make bench`` leaves it out).
+whole global year, 36000 x 18000 pixels, then the model's forward passes alone over the
+same windows (``predict_global_year``: peak memory, and the job / forward ratio at
+production size; ~25 minutes on 2 cores, so ``make bench`` leaves it out).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ xr.Dataset(data, coords={"year": np.array([1959, 1960]), "lat": coarse.lat, "lon
 JOB = r'''
 import json, resource, sys, time
 from pathlib import Path
+import numpy as np
 import torch
 from ai4land.config import parse_config
 from ai4land.io.cube import Cube
@@ -102,18 +104,60 @@ start = time.perf_counter()
 report = run_predict(config, scenario="historical", year=1959, model_dir=root / "model",
                      prior_path=None, output=root / "maps" / "x.tif",
                      store=root / "product.zarr", progress=False)
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "wall_s": time.perf_counter() - start, "timings_s": report["timings_s"]}))
+result = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "wall_s": time.perf_counter() - start, "timings_s": report["timings_s"]}
+if sys.argv[4:] == ["forward"]:
+    # The model's forward passes alone over the job's windows, as the job runs them (one
+    # single-threaded stream per core, free-running), a row of windows at a time with
+    # its inputs built beforehand (untimed; a row of a global year is ~2 GB of inputs).
+    from concurrent.futures import ThreadPoolExecutor
+    from ai4land.grid import Window
+    from ai4land.inference import (_intra_op_threads, autocast_dtype, fold_batchnorm,
+                                   plan_batches, plan_windows, tile_rows)
+    from ai4land.models.card import load_model
+    from ai4land.samples.features import build_inputs
+    cube = Cube.from_config(config)
+    net = fold_batchnorm(load_model(root / "model")[0]).to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(torch.device("cpu"))
+    streams = torch.get_num_threads()
+    predicted = list(config.classes.predicted)
+    cells = cube.coarse_cells("historical", 1959, Window(0, 0, *cube.fine_grid.shape))
+    def forward(x):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+            net(x)
+    forward_s = 0.0
+    windows = plan_windows(cube.fine_grid.shape, tile_size=predict["tile_size"],
+                           overlap=predict["overlap"])
+    with _intra_op_threads(1), ThreadPoolExecutor(streams) as pool:
+        for row in tile_rows(windows):
+            band = Window(row[0].row, 0, row[0].height, cube.fine_grid.width)
+            prior = cube.target_window(1960, band)  # the job's anchor (first observed year)
+            xs = [torch.from_numpy(np.stack([
+                      build_inputs(cube, scenario="historical", year=1959, window=w,
+                                   predicted=predicted, prior=prior[:, w.col:w.col + w.width],
+                                   direction=-1, coarse_cells=cells) for w in batch]))
+                  .contiguous(memory_format=torch.channels_last)
+                  for batch in plan_batches(row, -(-predict["batch_size"] // streams))]
+            t0 = time.perf_counter()
+            list(pool.map(forward, xs))
+            forward_s += time.perf_counter() - t0
+    result.update(forward_s=forward_s, ratio=result["wall_s"] / forward_s, windows=len(windows))
+print(json.dumps(result))
 '''
 
 
-def run(height: int, *, predict: dict = PREDICT, architecture: dict = TINY) -> dict:
+def run(height: int, *, predict: dict = PREDICT, architecture: dict = TINY,
+        forward: bool = False) -> dict:
+    """Peak memory and wall time of the job (in its own process) on a generated cube of
+    ``height`` rows; with ``forward``, also the model's forward passes alone over the same
+    windows afterwards (``forward_s``, ``ratio``)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         subprocess.run([sys.executable, "-c", GENERATE, str(root / "cube"), str(WIDTH),
                         str(height), str(FACTOR)], check=True)
         done = subprocess.run([sys.executable, "-c", JOB, str(root), json.dumps(predict),
-                               json.dumps(architecture)], capture_output=True, text=True)
+                               json.dumps(architecture), *(["forward"] if forward else [])],
+                              capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"predict job failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -155,7 +199,7 @@ def full_year() -> None:
     from benchmarks.bench_predict_overhead import production_settings
 
     architecture, predict = production_settings()
-    result = run(18000, predict=predict, architecture=architecture)
+    result = run(18000, predict=predict, architecture=architecture, forward=True)
     write_result(
         "predict_global_year", metric="peak_rss_mib", ours=result["peak_rss_mib"],
         reference=None, reference_name=None, target="peak < 4096 MiB",

@@ -42,6 +42,7 @@ def main() -> None:
                 "bytes_per_pixel": round(per_pixel, 4),
                 "global_estimate_gib": round(per_pixel * GLOBAL_PIXELS / 2**30, 2),
                 "compress_level": config.predict.compress_level,
+                "uncertainty_compress_level": config.predict.uncertainty_compress_level,
                 "note": "generated world, briefly trained production model; global value = "
                         "bytes per pixel x 36000 x 18000 (estimate)"},
     )
