@@ -28,8 +28,8 @@ RESAMPLINGS = ("MODE", "AVERAGE")
 
 def overview_shapes(shape: tuple[int, int], count: int) -> list[tuple[int, int]]:
     """The (height, width) of each of ``count`` overview levels, as the COG driver
-    sizes them: the full size halved k times, rounded down."""
-    return [(shape[0] >> k, shape[1] >> k) for k in range(1, count + 1)]
+    sizes them: the full size halved k times, rounded down, at least 1."""
+    return [(max(shape[0] >> k, 1), max(shape[1] >> k, 1)) for k in range(1, count + 1)]
 
 
 def source_windows(n_source: int, n_target: int) -> tuple[np.ndarray, ...]:
