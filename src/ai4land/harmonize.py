@@ -20,7 +20,6 @@ The default target is the delta method of DESIGN.md (:func:`delta_target`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -120,20 +119,13 @@ def luh_group_fractions(
     return _renormalise(out)
 
 
-@functools.lru_cache(maxsize=8)
 def cell_ids(shape: tuple[int, int], factor: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(H, W) index of each pixel's coarse cell (row-major), and the (hc, wc) cell shape.
-
-    Cached (a predict job asks for the same band shape several times per band); the
-    array is read-only.
-    """
+    """(H, W) index of each pixel's coarse cell (row-major), and the (hc, wc) cell shape."""
     h, w = shape
     hc, wc = -(-h // factor), -(-w // factor)
     rows = np.arange(h) // factor
     cols = np.arange(w) // factor
-    ids = rows[:, None] * wc + cols[None, :]
-    ids.flags.writeable = False
-    return ids, (hc, wc)
+    return rows[:, None] * wc + cols[None, :], (hc, wc)
 
 
 def map_group_fractions(
