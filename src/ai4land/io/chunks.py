@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 
 from ai4land.errors import InputDataError
@@ -104,8 +105,6 @@ class ChunkReader:
         except FileNotFoundError:
             return None
         if self._compressed:
-            import numcodecs
-
             raw = numcodecs.Zstd().decode(raw)
         if len(raw) != self._chunk_bytes:
             raise InputDataError(f"{path}: chunk holds {len(raw)} bytes, expected "
