@@ -242,7 +242,7 @@ def harmonize(
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape
-    valid = np.asarray(valid, dtype=bool)
+    valid = np.ascontiguousarray(valid, dtype=bool)
     n_groups = len(groups)
     member = groups.membership(predicted)  # (K, G)
     if not member.any(axis=1).all():
@@ -258,7 +258,6 @@ def harmonize(
     group_p = np.ascontiguousarray(group_p, dtype="float32").reshape(-1, n_groups)
     argmax = (p_all.argmax(axis=1) if argmax is None
               else np.ascontiguousarray(argmax, dtype="int64").reshape(-1))
-    valid = np.ascontiguousarray(valid)
     n = _cell_counts(valid, factor, hc, wc)
     counts = largest_remainder_counts(targets, n)
     quota = np.ascontiguousarray(np.moveaxis(counts, 0, -1).reshape(-1, n_groups))

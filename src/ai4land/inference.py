@@ -402,7 +402,8 @@ def stream_probabilities(
     if device.type != "cpu" or ensemble == "mc_dropout":
         streams = 1
     streams = max(1, streams)
-    batches = plan_batches(windows, -(-batch_size // streams))
+    stream_batch = -(-batch_size // streams)  # windows per forward pass of a stream
+    batches = plan_batches(windows, stream_batch)
     bar = tqdm(total=len(windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
     rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
@@ -419,7 +420,7 @@ def stream_probabilities(
     with contextlib.ExitStack() as stack:
         # inputs are built (reading the cube) in their own thread, ahead of the model
         inputs = stack.enter_context(Prefetch(
-            _batch_inputs(batches, load_window, batch_size=-(-batch_size // streams),
+            _batch_inputs(batches, load_window, batch_size=stream_batch,
                           device=device, pad_multiple=pad_multiple, buffers=streams + 3),
             depth=1, name="ai4land-inputs"))
         model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
