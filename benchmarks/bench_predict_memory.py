@@ -79,7 +79,6 @@ xr.Dataset(data, coords={"year": np.array([1959, 1960]), "lat": coarse.lat, "lon
 JOB = r'''
 import json, resource, sys, time
 from pathlib import Path
-import numpy as np
 import torch
 from ai4land.config import parse_config
 from ai4land.io.cube import Cube
@@ -112,31 +111,22 @@ if sys.argv[4:] == ["forward"]:
     # its inputs built beforehand (untimed; a row of a global year is ~2 GB of inputs).
     from concurrent.futures import ThreadPoolExecutor
     from ai4land.grid import Window
-    from ai4land.inference import (_intra_op_threads, autocast_dtype, fold_batchnorm,
-                                   plan_batches, plan_windows, tile_rows)
-    from ai4land.models.card import load_model
-    from ai4land.samples.features import build_inputs
+    from ai4land.inference import _intra_op_threads, plan_batches, plan_windows, tile_rows
+    from benchmarks.bench_predict_overhead import input_batch, model_forward
     cube = Cube.from_config(config)
-    net = fold_batchnorm(load_model(root / "model")[0]).to(memory_format=torch.channels_last)
-    dtype = autocast_dtype(torch.device("cpu"))
+    forward = model_forward(root / "model")
     streams = torch.get_num_threads()
-    predicted = list(config.classes.predicted)
     cells = cube.coarse_cells("historical", 1959, Window(0, 0, *cube.fine_grid.shape))
-    def forward(x):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
-            net(x)
     forward_s = 0.0
     windows = plan_windows(cube.fine_grid.shape, tile_size=predict["tile_size"],
                            overlap=predict["overlap"])
     with _intra_op_threads(1), ThreadPoolExecutor(streams) as pool:
         for row in tile_rows(windows):
-            band = Window(row[0].row, 0, row[0].height, cube.fine_grid.width)
-            prior = cube.target_window(1960, band)  # the job's anchor (first observed year)
-            xs = [torch.from_numpy(np.stack([
-                      build_inputs(cube, scenario="historical", year=1959, window=w,
-                                   predicted=predicted, prior=prior[:, w.col:w.col + w.width],
-                                   direction=-1, coarse_cells=cells) for w in batch]))
-                  .contiguous(memory_format=torch.channels_last)
+            band = cube.target_window(  # the job's anchor (first observed year)
+                1960, Window(row[0].row, 0, row[0].height, cube.fine_grid.width))
+            xs = [input_batch(cube, batch, predicted=list(config.classes.predicted),
+                              year=1959, prior=lambda w: band[:, w.col:w.col + w.width],
+                              pad_multiple=2 ** architecture["depth"], coarse_cells=cells)
                   for batch in plan_batches(row, -(-predict["batch_size"] // streams))]
             t0 = time.perf_counter()
             list(pool.map(forward, xs))

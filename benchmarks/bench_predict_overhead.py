@@ -130,6 +130,37 @@ def predict_job(config, root: Path, model_dir: Path, *, year: int = 1959) -> dic
                        store=root / "results" / model_dir.name / "ai4land.zarr", progress=False)
 
 
+def model_forward(model_dir: Path):
+    """One forward pass of the job's model (folded batch norm, channels_last, the job's
+    autocast) as a callable on an input batch; nothing else."""
+    from ai4land.inference import autocast_dtype, fold_batchnorm
+    from ai4land.models.card import load_model
+
+    model = fold_batchnorm(load_model(model_dir)[0]).to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(torch.device("cpu"))
+
+    def forward(x: torch.Tensor) -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype,
+                                                    enabled=dtype is not None):
+            model(x)
+
+    return forward
+
+
+def input_batch(cube, windows, *, predicted: list[int], year: int, prior, pad_multiple: int,
+                coarse_cells=None) -> torch.Tensor:
+    """The channels_last input of ``windows`` as the job builds it (backward chain, prior
+    ``prior(window)``), padded to ``pad_multiple``."""
+    from ai4land.inference import _pad_to_multiple
+    from ai4land.samples.features import build_inputs
+
+    inputs = np.stack([build_inputs(cube, scenario="historical", year=year, window=w,
+                                    predicted=predicted, prior=prior(w), direction=-1,
+                                    coarse_cells=coarse_cells) for w in windows])
+    x, _, _ = _pad_to_multiple(torch.from_numpy(inputs), pad_multiple)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
     """A callable running only the model's forward passes over the job's windows, in
     the job's batches: ``streams`` single-threaded passes side by side, each on
@@ -138,38 +169,17 @@ def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
     from concurrent.futures import ThreadPoolExecutor
 
     from ai4land.grid import Window
-    from ai4land.inference import (
-        _intra_op_threads,
-        _pad_to_multiple,
-        autocast_dtype,
-        fold_batchnorm,
-        plan_batches,
-        plan_windows,
-    )
+    from ai4land.inference import _intra_op_threads, plan_batches, plan_windows
     from ai4land.io.cube import Cube
-    from ai4land.models.card import load_model
-    from ai4land.samples.features import build_inputs
 
     cube = Cube.from_config(config)
-    model, _ = load_model(model_dir)
-    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    forward = model_forward(model_dir)
     windows = plan_windows(cube.fine_grid.shape, tile_size=config.predict.tile_size,
                            overlap=config.predict.overlap)
     prior = cube.target_window(1958, Window(0, 0, *cube.fine_grid.shape))  # the job's anchor
-    predicted = list(config.classes.predicted)
-    batches = []
-    for batch in plan_batches(windows, -(-config.predict.batch_size // streams)):
-        inputs = np.stack([build_inputs(cube, scenario="historical", year=year, window=w,
-                                        predicted=predicted, prior=prior[w.slices], direction=-1)
-                           for w in batch])
-        x, _, _ = _pad_to_multiple(torch.from_numpy(inputs), 2**config.train.depth)
-        batches.append(x.contiguous(memory_format=torch.channels_last))
-    dtype = autocast_dtype(torch.device("cpu"))
-
-    def forward(x):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype,
-                                                    enabled=dtype is not None):
-            model(x)
+    batches = [input_batch(cube, batch, predicted=list(config.classes.predicted), year=year,
+                           prior=lambda w: prior[w.slices], pad_multiple=2**config.train.depth)
+               for batch in plan_batches(windows, -(-config.predict.batch_size // streams))]
 
     def run():
         if streams == 1:
