@@ -296,22 +296,26 @@ def _cell_counts(valid, factor, hc, wc):  # pragma: no cover - compiled
 def _constrained_pixels(valid, factor, wc, quota, group_p, pixels, pixel_cell,
                         scores):  # pragma: no cover - compiled
     """Fill the flat index, coarse cell and group scores of each valid pixel whose cell
-    has quotas (row-major)."""
+    has quotas: cell by cell (row-major inside a cell), so the matching works on one
+    cell's pixels and heaps at a time (they stay in cache), while a cell's pixels keep
+    their raster order (ties between them break as in the raster)."""
     height, width = valid.shape
     m = 0
-    for i in range(height):
-        for j in range(width):
-            if not valid[i, j]:
-                continue
-            cell = (i // factor) * wc + j // factor
+    for top in range(0, height, factor):
+        for left in range(0, width, factor):
+            cell = (top // factor) * wc + left // factor
             if quota[cell, 0] < 0:
                 continue
-            flat = i * width + j
-            pixels[m] = flat
-            pixel_cell[m] = cell
-            for g in range(scores.shape[1]):
-                scores[m, g] = group_p[flat, g]
-            m += 1
+            for i in range(top, min(top + factor, height)):
+                for j in range(left, min(left + factor, width)):
+                    if not valid[i, j]:
+                        continue
+                    flat = i * width + j
+                    pixels[m] = flat
+                    pixel_cell[m] = cell
+                    for g in range(scores.shape[1]):
+                        scores[m, g] = group_p[flat, g]
+                    m += 1
 
 
 @numba.njit(cache=True, nogil=True)
