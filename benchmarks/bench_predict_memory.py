@@ -111,17 +111,17 @@ if sys.argv[4:] == ["forward"]:
     # its inputs built beforehand (untimed; a row of a global year is ~2 GB of inputs).
     from concurrent.futures import ThreadPoolExecutor
     from ai4land.grid import Window
-    from ai4land.inference import _intra_op_threads, plan_batches, plan_windows, tile_rows
+    from ai4land.inference import _intra_op_threads, plan_batches, tile_rows
+    from ai4land.predict import plan_prediction
     from benchmarks.bench_predict_overhead import input_batch, model_forward
     cube = Cube.from_config(config)
     forward = model_forward(root / "model")
     streams = torch.get_num_threads()
     cells = cube.coarse_cells("historical", 1959, Window(0, 0, *cube.fine_grid.shape))
     forward_s = 0.0
-    windows = plan_windows(cube.fine_grid.shape, tile_size=predict["tile_size"],
-                           overlap=predict["overlap"])
+    windows, skip = plan_prediction(config, cube=cube, cells=cells)  # the job's windows
     with _intra_op_threads(1), ThreadPoolExecutor(streams) as pool:
-        for row in tile_rows(windows):
+        for row in tile_rows([w for w in windows if w not in skip]):
             band = cube.target_window(  # the job's anchor (first observed year)
                 1960, Window(row[0].row, 0, row[0].height, cube.fine_grid.width))
             xs = [input_batch(cube, batch, predicted=list(config.classes.predicted),
@@ -131,7 +131,8 @@ if sys.argv[4:] == ["forward"]:
             t0 = time.perf_counter()
             list(pool.map(forward, xs))
             forward_s += time.perf_counter() - t0
-    result.update(forward_s=forward_s, ratio=result["wall_s"] / forward_s, windows=len(windows))
+    result.update(forward_s=forward_s, ratio=result["wall_s"] / forward_s, windows=len(windows),
+                  windows_skipped=len(skip))
 print(json.dumps(result))
 '''
 

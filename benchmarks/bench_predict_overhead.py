@@ -169,17 +169,21 @@ def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
     from concurrent.futures import ThreadPoolExecutor
 
     from ai4land.grid import Window
-    from ai4land.inference import _intra_op_threads, plan_batches, plan_windows
+    from ai4land.inference import _intra_op_threads, plan_batches
     from ai4land.io.cube import Cube
+    from ai4land.predict import plan_prediction
 
     cube = Cube.from_config(config)
     forward = model_forward(model_dir)
-    windows = plan_windows(cube.fine_grid.shape, tile_size=config.predict.tile_size,
-                           overlap=config.predict.overlap)
-    prior = cube.target_window(1958, Window(0, 0, *cube.fine_grid.shape))  # the job's anchor
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    # the windows the job runs (not those over open ocean)
+    windows, skip = plan_prediction(config, cube=cube,
+                                    cells=cube.coarse_cells("historical", year, whole))
+    run_windows = [w for w in windows if w not in skip]
+    prior = cube.target_window(1958, whole)  # the job's anchor
     batches = [input_batch(cube, batch, predicted=list(config.classes.predicted), year=year,
                            prior=lambda w: prior[w.slices], pad_multiple=2**config.train.depth)
-               for batch in plan_batches(windows, -(-config.predict.batch_size // streams))]
+               for batch in plan_batches(run_windows, -(-config.predict.batch_size // streams))]
 
     def run():
         if streams == 1:
@@ -189,7 +193,7 @@ def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
         with _intra_op_threads(1), ThreadPoolExecutor(streams) as pool:
             list(pool.map(forward, batches))
 
-    return run, len(windows)
+    return run, len(windows), len(skip)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -204,8 +208,8 @@ def measure(config, root: Path, model_dir: Path, repeats: int) -> dict:
     stream per core) or one stream on all cores."""
     streams = torch.get_num_threads()
     passes = {n: forward_pass(config, model_dir, streams=n) for n in sorted({1, streams})}
-    forwards = {n: run for n, (run, _) in passes.items()}
-    n_windows = passes[1][1]
+    forwards = {n: run for n, (run, *_) in passes.items()}
+    _, n_windows, n_skipped = passes[1]
     predict_job(config, root, model_dir)  # warm-up: store created, caches filled
     for run in forwards.values():
         run()
@@ -220,6 +224,7 @@ def measure(config, root: Path, model_dir: Path, repeats: int) -> dict:
     forward_s = min(min(t) for t in times.values())
     return {"wall_s": round(walls[best], 3), "forward_s": round(forward_s, 3),
             "ratio": round(walls[best] / forward_s, 3), "windows": n_windows,
+            "windows_skipped": n_skipped,
             "forward_s_by_streams": {str(n): round(min(t), 3) for n, t in times.items()},
             "job_stages_s": reports[best]["timings_s"],
             "changed_pixels": reports[best]["changed_pixels"],

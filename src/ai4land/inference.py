@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numba
@@ -147,15 +147,23 @@ class BandAccumulator:
         self.weight = np.zeros((self.capacity, shape[1]), dtype="float32")
         self.tile_weight = gaussian_weights(*tile_shape)
 
-    def add(self, window: Window, values_hwc: np.ndarray) -> None:
+    def _slices(self, window: Window) -> tuple[slice, slice]:
         row = window.row - self.top
         if row < 0 or row + window.height > self.capacity:
             raise RuntimeError(f"window {window} lies outside the band of rows "
                                f"{self.top}..{self.top + self.capacity}")
-        rows, cols = slice(row, row + window.height), slice(window.col, window.col + window.width)
+        return slice(row, row + window.height), slice(window.col, window.col + window.width)
+
+    def add(self, window: Window, values_hwc: np.ndarray) -> None:
+        rows, cols = self._slices(window)
         _add_weighted(self.sum[rows, cols], self.weight[rows, cols],
                       np.ascontiguousarray(values_hwc, dtype="float32"),
                       self.tile_weight[: window.height, : window.width])
+
+    def add_weight(self, window: Window) -> None:
+        """A window that was not run: its weight without values (``skip`` of
+        :func:`stream_probabilities`)."""
+        self.weight[self._slices(window)] += self.tile_weight[: window.height, : window.width]
 
     def pop(self, until: int) -> np.ndarray:
         """Blended rows ``top .. until`` (final: no later window may touch them)."""
@@ -293,19 +301,18 @@ class _InputBuffers:
 def _batch_inputs(batches: Sequence[Sequence[Window]], load_window: WindowLoader, *,
                   batch_size: int, device: torch.device, pad_multiple: int,
                   buffers: int) -> Iterator[tuple]:
-    """``(batch index, windows, x, h, w, last of the batch)`` per group of same-shaped
-    windows of each batch, built in ``buffers`` input buffers taken in turn. The consumer
-    must be done with an item before the one ``buffers`` items on is built: under
-    :class:`Prefetch` (depth d) with at most s items in flight, that takes s + d + 1."""
+    """``(windows, x, h, w)`` per group of same-shaped windows of each batch, built in
+    ``buffers`` input buffers taken in turn. The consumer must be done with an item
+    before the one ``buffers`` items on is built: under :class:`Prefetch` (depth d)
+    with at most s items in flight, that takes s + d + 1."""
     ring = [_InputBuffers(batch_size, device) for _ in range(buffers)]
     item = 0
-    for index, batch_windows in enumerate(batches):
-        shapes = sorted({(w.height, w.width) for w in batch_windows})
-        for n, group_shape in enumerate(shapes):
+    for batch_windows in batches:
+        for group_shape in sorted({(w.height, w.width) for w in batch_windows}):
             group = [w for w in batch_windows if (w.height, w.width) == group_shape]
             x, h, w = ring[item % buffers].batch(group, load_window, pad_multiple)
             item += 1
-            yield index, group, x, h, w, n == len(shapes) - 1
+            yield group, x, h, w
 
 
 @contextlib.contextmanager
@@ -361,6 +368,7 @@ def stream_probabilities(
     progress: bool | None = None,
     description: str = "inference",
     streams: int = 1,
+    skip: Collection[Window] = (),
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, band)``: blended (h, W, C) float32 rows, top to bottom, covering the grid.
 
@@ -374,11 +382,20 @@ def stream_probabilities(
     seeded with ``seed``). ``progress=None`` shows a bar only on a terminal. On a CPU,
     ``streams`` > 1 runs that many single-threaded forward passes at once, each on
     ``batch_size / streams`` windows (the blend is the same: tiles are added in order).
+
+    ``skip``: windows of ``windows`` not run (e.g. open ocean): each adds its blending
+    weight but no probability, so its pixels blend to the run windows' values scaled
+    down, or to 0 where no run window covers them; every other pixel is as without
+    ``skip``. The caller masks the skipped windows' pixels out.
     """
     from tqdm.auto import tqdm
 
     if not windows:
         raise ValueError("no windows to predict")
+    skip = frozenset(skip)
+    run_windows = [w for w in windows if w not in skip]
+    if not run_windows:
+        raise ValueError("every window is skipped: nothing to predict")
     if ensemble not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
     if ensemble == "tta" and not 2 <= members <= len(TTA_FLIPS):
@@ -403,8 +420,8 @@ def stream_probabilities(
         streams = 1
     streams = max(1, streams)
     stream_batch = -(-batch_size // streams)  # windows per forward pass of a stream
-    batches = plan_batches(windows, stream_batch)
-    bar = tqdm(total=len(windows), desc=description, unit="tile",
+    batches = plan_batches(run_windows, stream_batch)
+    bar = tqdm(total=len(run_windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
     rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
 
@@ -417,6 +434,25 @@ def stream_probabilities(
 
     accumulator: BandAccumulator | None = None
     outputs: dict[Window, np.ndarray] = {}
+    order = iter(windows)  # the blend's order: every window, skipped ones included
+    next_window = next(order)
+
+    def blend_ready() -> Iterator[tuple[int, np.ndarray]]:
+        """Add the windows, in order, whose outputs are in (or that are skipped); yield
+        each row band they complete."""
+        nonlocal next_window
+        while next_window is not None and (next_window in skip or next_window in outputs):
+            window = next_window
+            if window in skip:
+                accumulator.add_weight(window)
+            else:
+                accumulator.add(window, outputs.pop(window))
+                bar.update(1)
+            if window in last_of_row:
+                top = accumulator.top
+                yield top, accumulator.pop(last_of_row[window])
+            next_window = next(order, None)
+
     with contextlib.ExitStack() as stack:
         # inputs are built (reading the cube) in their own thread, ahead of the model
         inputs = stack.enter_context(Prefetch(
@@ -445,8 +481,8 @@ def stream_probabilities(
                 item = next(items, None)
                 if item is None:
                     return
-                _, _, x, h, w, _ = item
-                pending.append((item, pool.submit(forward, x, h, w)))
+                group, x, h, w = item
+                pending.append((group, pool.submit(forward, x, h, w)))
 
         top_up()
         while pending:
@@ -454,23 +490,13 @@ def stream_probabilities(
             while not oldest.done():
                 wait([f for _, f in pending if not f.done()], return_when=FIRST_COMPLETED)
                 top_up()
-            (index, group, *_, last), future = pending.popleft()
+            group, future = pending.popleft()
             values = future.result()
             top_up()
             outputs.update(zip(group, values, strict=True))
-            if not last:
-                continue
-            batch_windows = batches[index]
-            for window in batch_windows:  # row-major, so rows of tiles complete in turn
-                tile = outputs[window]
-                if accumulator is None:
-                    accumulator = BandAccumulator(shape, tile.shape[-1], tile_shape)
-                accumulator.add(window, tile)
-                if window in last_of_row:
-                    top = accumulator.top
-                    yield top, accumulator.pop(last_of_row[window])
-            outputs.clear()
-            bar.update(len(batch_windows))
+            if accumulator is None:
+                accumulator = BandAccumulator(shape, values.shape[-1], tile_shape)
+            yield from blend_ready()  # row-major, so rows of tiles complete in turn
     bar.close()
 
 

@@ -22,12 +22,16 @@ from ai4land.harmonize import Groups
 from ai4land.products import QUANT_NODATA, QUANT_SCALE
 
 
-def summarise(probs: np.ndarray, groups: Groups,
-              predicted: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def summarise(probs: np.ndarray, groups: Groups, predicted: list[int],
+              valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(best, group_p, entropy)`` of (H, W, K) probabilities: the argmax class index
     (H, W) (the lower index on ties, as ``argmax``), the (H, W, G) float32 group sums
     (classes added in class order, as numpy sums them) and the (H, W) float32 entropy
-    divided by log(K), in [0, 1]."""
+    divided by log(K), in [0, 1].
+
+    ``valid`` (H, W) bool: the pixels needed; runs of pixels with none of them (open
+    ocean) are not computed and read 0 (a run is :data:`_ENTROPY_BLOCK` pixels in
+    row-major order). Every valid pixel is as without ``valid``."""
     probs = np.ascontiguousarray(probs, dtype="float32")
     height, width, k = probs.shape
     member = groups.membership(predicted)
@@ -37,8 +41,12 @@ def summarise(probs: np.ndarray, groups: Groups,
     best = np.empty(height * width, dtype="int64")
     group_p = np.empty((height * width, len(groups)), dtype="float32")
     entropy = np.empty(height * width, dtype="float32")
-    _summarise(probs.reshape(-1, k), member.argmax(axis=1).astype("int64"), best, group_p,
-               entropy)
+    needed = (np.ones(height * width, dtype=bool) if valid is None
+              else np.ascontiguousarray(valid, dtype=bool).reshape(-1))
+    if needed.shape != (height * width,):
+        raise ValueError(f"valid has shape {np.shape(valid)}, expected {(height, width)}")
+    _summarise(probs.reshape(-1, k), member.argmax(axis=1).astype("int64"), needed, best,
+               group_p, entropy)
     return (best.reshape(height, width), group_p.reshape(height, width, -1),
             entropy.reshape(height, width))
 
@@ -72,7 +80,8 @@ def _x_log_x(x, bits, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _summarise(probs, group_of_class, best, group_p, entropy):  # pragma: no cover - compiled
+def _summarise(probs, group_of_class, needed, best, group_p,
+               entropy):  # pragma: no cover - compiled
     n, k = probs.shape
     n_groups = group_p.shape[1]
     scale = 1.0 / math.log(k) if k > 1 else 0.0
@@ -81,6 +90,11 @@ def _summarise(probs, group_of_class, best, group_p, entropy):  # pragma: no cov
     terms = np.empty(_ENTROPY_BLOCK * k, dtype=np.float64)
     for start in range(0, n, _ENTROPY_BLOCK):
         stop = min(start + _ENTROPY_BLOCK, n)
+        if not needed[start:stop].any():
+            best[start:stop] = 0
+            group_p[start:stop] = np.float32(0.0)
+            entropy[start:stop] = np.float32(0.0)
+            continue
         size = (stop - start) * k
         _x_log_x(flat[start * k : start * k + size], bits[start * k : start * k + size],
                  terms[:size])

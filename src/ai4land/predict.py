@@ -10,7 +10,12 @@ Memory is bounded whatever the region size: inference yields final rows band by 
 rows (:func:`rebands`), at most :data:`BAND_PIXELS` pixels over all workers, which are
 harmonised on their own (harmonisation never crosses a coarse cell), then regrouped
 into rows of :data:`STORE_TILE`, which are written to the Zarr slice and to staged
-GTiffs. Inputs (cube, prior COG) are read a row of windows at a time.
+GTiffs. Inputs (cube, prior COG) are read a row of windows at a time. Windows over
+open ocean (only no-data coarse cells) are not run (:func:`plan_prediction`): none of
+their pixels is valid, so the products are the same without them.
+
+The job's threads share one C heap (:mod:`ai4land.heap`), so the model's activations
+reuse the memory of the previous pass instead of being page-faulted in anew.
 
 Threads, on a CPU job with N cores (:func:`job_threads`): one builds the next windows'
 inputs; N single-threaded model streams run the windows; the model's thread blends
@@ -54,6 +59,7 @@ from ai4land.harmonize import (
     map_group_fractions,
     offset_weight,
 )
+from ai4land.heap import share_one_heap
 from ai4land.inference import (
     autocast_dtype,
     plan_windows,
@@ -121,23 +127,48 @@ class _StaticBands:
         return getattr(self._cube, name)
 
 
+def nodata_cells(cube: Cube, cells: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the coarse cells of ``cells`` (C, h, w) where every coarse variable is
+    no-data (no land in the scenario: its pixels are not valid in the products)."""
+    return np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
+
+
+def plan_prediction(config, *, cube: Cube,
+                    cells: np.ndarray | None = None) -> tuple[list[Window], frozenset[Window]]:
+    """The windows of the region (:func:`~ai4land.inference.plan_windows`), and those of
+    them to skip: with ``cells`` (the year's coarse cells of the region), the windows
+    that touch only no-data cells (open ocean), whose pixels no product uses; none if
+    that is every window."""
+    windows = plan_windows(cube.fine_grid.shape, tile_size=config.predict.tile_size,
+                           overlap=config.predict.overlap)
+    if cells is None:
+        return windows, frozenset()
+    empty = nodata_cells(cube, cells)
+    skip = frozenset(w for w in windows if empty[w.coarse_slices(cube.factor)].all())
+    return windows, skip if len(skip) < len(windows) else frozenset()
+
+
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
                       progress: bool | None = None, coarse_cells: np.ndarray | None = None,
-                      streams: int = 1) -> tuple[Iterator[tuple[int, np.ndarray]], int]:
-    """Blended (h, W, C) probability bands of the region, top to bottom; and the window count.
+                      streams: int = 1, skip_nodata: bool = False,
+                      ) -> tuple[Iterator[tuple[int, np.ndarray]], int, int]:
+    """Blended (h, W, C) probability bands of the region, top to bottom; the window count;
+    and how many of the windows were skipped.
 
     C is the number of classes, plus the two spread channels of an ensemble.
     ``coarse_cells``: the year's coarse cells of the whole region, if already read.
+    ``skip_nodata``: windows that touch only no-data coarse cells are not run (see
+    :func:`plan_prediction`); their pixels' probabilities are then meaningless, which
+    is fine for products that mask them out (:func:`run_predict`).
     """
     grid = cube.fine_grid
-    windows = plan_windows(grid.shape, tile_size=config.predict.tile_size,
-                           overlap=config.predict.overlap)
     predicted = list(config.classes.predicted)
     inputs_cube = _StaticBands(cube)
     # a global year of coarse cells is ~50 MB: read once, not once per window
     cells = (cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
              if coarse_cells is None else coarse_cells)
+    windows, skip = plan_prediction(config, cube=cube, cells=cells if skip_nodata else None)
 
     prior_band = None if prior is None else _banded(prior, grid.width)
 
@@ -154,16 +185,16 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
         device=device if device is not None else resolve_device(config.predict.device),
         ensemble=ensemble.kind, members=ensemble.members,
         seed=_ensemble_seed(config, scenario, year),
-        progress=progress, description=f"{scenario} {year}", streams=streams,
+        progress=progress, description=f"{scenario} {year}", streams=streams, skip=skip,
     )
-    return stream, len(windows)
+    return stream, len(windows), len(skip)
 
 
 def year_probabilities(config, *, cube: Cube, model, scenario: str, year: int,
                        prior: np.ndarray | None, direction: int, device=None,
                        progress: bool | None = None) -> tuple[np.ndarray, int]:
     """Blended class probabilities (H, W, K) of the whole region for one year (in memory)."""
-    stream, n_windows = probability_bands(
+    stream, n_windows, _ = probability_bands(
         config, cube=cube, model=model, scenario=scenario, year=year,
         prior=None if prior is None else (lambda window: prior[window.slices]),
         direction=direction, device=device, progress=progress)
@@ -341,10 +372,9 @@ class _Finaliser:
         land = cube.land_mask_window(window)
         rows, cols = window.coarse_slices(factor)
         cells = self.cells[:, rows, cols]
-        cell_nodata = np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0)
-        valid = land & ~upsample_cells(cell_nodata, factor=factor, window=window)
+        valid = land & ~upsample_cells(nodata_cells(cube, cells), factor=factor, window=window)
 
-        best, group_p, entropy = summarise(probs, self.groups, self.classes)
+        best, group_p, entropy = summarise(probs, self.groups, self.classes, valid=valid)
         argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
         names = cube.coarse_channel_names
         luh_t = luh_group_fractions(cells, names, self.groups)
@@ -454,6 +484,7 @@ def run_predict(
     from ai4land.models.card import CARD, check_inputs, code_version, load_model
 
     t_start = time.perf_counter()
+    share_one_heap()  # before the job's threads start
     output, store, model_dir = Path(output), Path(store), Path(model_dir)
     require_writable(output.parent)
     require_writable(store.parent)
@@ -504,10 +535,10 @@ def run_predict(
         # still write the last Zarr blocks
         converter = ThreadPoolExecutor(len(layers), thread_name_prefix="ai4land-cog")
         stack.callback(converter.shutdown, cancel_futures=True)
-        stream, n_windows = probability_bands(
+        stream, n_windows, n_skipped = probability_bands(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
             direction=direction, device=device, progress=progress, coarse_cells=cells,
-            streams=workers)
+            streams=workers, skip_nodata=True)
         stack.callback(stream.close)  # its threads stop with the job, however it ends
         # The model's thread cuts each row band into whole coarse-cell rows for the
         # workers, which finalise them while the model runs the next row of windows; this
@@ -595,6 +626,7 @@ def run_predict(
         "harmonize_decay_years": config.predict.harmonize_decay_years,
         **finalise.report(),
         "windows": n_windows,
+        "windows_skipped": n_skipped,
         "device": str(device),
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

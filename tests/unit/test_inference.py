@@ -199,6 +199,41 @@ def test_streamed_bands_equal_the_whole_blend_and_stay_small():
     np.testing.assert_array_equal(np.concatenate([b for _, b in bands]), whole)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_skipped_windows_change_only_their_own_pixels(streams):
+    from ai4land.inference import stream_probabilities
+
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(3, 100, 61)).astype("float32")
+    windows = plan_windows((100, 61), tile_size=24, overlap=6)  # 6 rows of 3 tiles
+    rows = tile_rows(windows)
+    # the first window, a whole row of tiles, a middle one and the last ones
+    skip = {rows[0][0], *rows[2], rows[3][1], *rows[5]}
+    loaded = []
+
+    def load(window, out=None):
+        loaded.append(window)
+        return image[:, window.row : window.row + window.height,
+                     window.col : window.col + window.width]
+
+    kwargs = {"shape": (100, 61), "windows": windows, "device": "cpu", "progress": False,
+              "batch_size": 4, "streams": streams}
+    whole = predict_probabilities(PositionModel(), load_window=_loader(image), **kwargs)
+    bands = list(stream_probabilities(PositionModel(), load_window=load, skip=skip, **kwargs))
+    assert loaded == [w for w in windows if w not in skip]  # skipped windows are never read
+    assert [row for row, _ in bands] == [0, 18, 36, 54, 72, 76]
+    out = np.concatenate([band for _, band in bands])
+    run_cover = coverage_count([w for w in windows if w not in skip], (100, 61))
+    skip_cover = coverage_count(skip, (100, 61))
+    untouched = skip_cover == 0
+    np.testing.assert_array_equal(out[untouched], whole[untouched])
+    assert (out[run_cover == 0] == 0).all()  # only skipped windows there: no probability
+    both = (run_cover > 0) & ~untouched
+    assert both.any() and (out[both].sum(axis=-1) < whole[both].sum(axis=-1)).all()
+    with pytest.raises(ValueError, match="every window is skipped"):
+        list(stream_probabilities(PositionModel(), load_window=load, skip=windows, **kwargs))
+
+
 def test_tta_of_a_constant_model_has_no_spread():
     probs = [0.1, 0.2, 0.3, 0.4]
     image = np.zeros((3, 40, 40), dtype="float32")

@@ -39,6 +39,27 @@ def test_summarise_equals_argmax_group_sums_and_entropy():
     assert uniform[0, 0] == pytest.approx(1.0)
 
 
+def test_summarise_skips_runs_without_valid_pixels():
+    from ai4land.layers import _ENTROPY_BLOCK
+
+    groups = class_groups(CoarseSource(historical="x").groups, PREDICTED)
+    probs = _probs(seed=5, shape=(40, 64))  # 10 runs of 256 pixels
+    valid = np.zeros((40, 64), dtype=bool)
+    valid[4:8] = True  # run 1 only
+    valid[30, 5] = True  # one pixel of run 7
+    full = summarise(probs, groups, PREDICTED)
+    part = summarise(probs, groups, PREDICTED, valid=valid)
+    runs = np.zeros(40 * 64, dtype=bool)
+    for run in np.unique(np.flatnonzero(valid) // _ENTROPY_BLOCK):
+        runs[run * _ENTROPY_BLOCK : (run + 1) * _ENTROPY_BLOCK] = True
+    runs = runs.reshape(40, 64)
+    for a, b in zip(full, part, strict=True):
+        np.testing.assert_array_equal(b[runs], a[runs])  # every pixel of a needed run
+        assert not b[~runs].any()
+    with pytest.raises(ValueError, match="valid has shape"):
+        summarise(probs, groups, PREDICTED, valid=valid[:5])
+
+
 def test_x_log_x_matches_numpy_log_over_the_float32_range():
     rng = np.random.default_rng(2)
     x = np.concatenate([

@@ -185,6 +185,38 @@ def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, wor
     assert banded["class_fractions"] == whole["class_fractions"]
 
 
+def test_windows_over_nodata_cells_are_skipped_without_changing_products(world, tmp_path,
+                                                                          monkeypatch):
+    import ai4land.predict as predict
+
+    root, _ = world
+    # windows of one coarse cell: those over the ocean's two no-data cells are skipped
+    config = _config(root, tile_size=8, overlap=2)
+    runs = {}
+    for name in ("skipped", "all"):
+        if name == "all":
+            plan = predict.plan_prediction
+            monkeypatch.setattr(predict, "plan_prediction",
+                                lambda config, *, cube, cells=None: plan(config, cube=cube))
+        out = tmp_path / name / "ai4land_ssp126_1966.tif"
+        report = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
+                             prior_path=None, output=out, store=tmp_path / name / "s.zarr")
+        runs[name] = out, report
+    (out, report), (all_out, all_report) = runs["skipped"], runs["all"]
+    assert report["windows"] == all_report["windows"] == 64
+    assert report["windows_skipped"] == 2 and all_report["windows_skipped"] == 0
+    for a, b in zip(_outputs(out), _outputs(all_out), strict=True):
+        if a.suffix == ".tif":
+            assert a.read_bytes() == b.read_bytes(), a.name
+    ignore = {"timings_s", "windows_skipped", "outputs"}
+    assert ({k: v for k, v in report.items() if k not in ignore}
+            == {k: v for k, v in all_report.items() if k not in ignore})
+    for layer in ("lulc", "probability", "entropy"):
+        np.testing.assert_array_equal(
+            read_year(out.parent / "s.zarr", scenario="ssp126", year=1966, layer=layer),
+            read_year(all_out.parent / "s.zarr", scenario="ssp126", year=1966, layer=layer))
+
+
 def test_tta_ensemble_reports_spread_and_writes_its_layer(world, tmp_path):
     root, _ = world
     config = _config(root, ensemble={"kind": "tta", "members": 4, "write_layer": True})
