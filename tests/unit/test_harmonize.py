@@ -121,13 +121,18 @@ def test_matches_reference_greedy_on_random_cell():
 
 
 
-def test_matches_reference_greedy_in_every_cell_of_a_band():
-    """Many cells at once (the vectorised path), some pixels invalid, one cell free."""
+@pytest.mark.parametrize("tied", [False, True])
+def test_matches_reference_greedy_in_every_cell_of_a_band(tied):
+    """Many cells at once (the vectorised path), some pixels invalid, one cell free;
+    with ``tied``, probabilities in steps of 1/4, so most scores tie and a cell's
+    pixels must win ties in raster order."""
     groups = _groups()
     member = groups.membership(PREDICTED)
     rng = np.random.default_rng(3)
     f, h, w = 5, 15, 20
     probs = rng.dirichlet(np.full(7, 0.3), size=(h, w)).astype("float32")
+    if tied:
+        probs = (np.round(probs * 4) / 4).astype("float32")
     valid = rng.random((h, w)) > 0.2
     targets = np.moveaxis(rng.dirichlet(np.ones(len(groups)), size=(h // f, w // f)), -1, 0)
     targets[:, 1, 2] = 0  # unconstrained: keeps the argmax
