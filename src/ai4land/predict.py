@@ -358,6 +358,7 @@ class _Finaliser:
                  weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray):
         self.config, self.cube, self.anchor = config, cube, anchor
         self.cells, self.anchor_cells = cells, anchor_cells  # whole region, coarse
+        self.cell_nodata = nodata_cells(cube, cells)
         self.classes, self.groups, self.weight, self.layers = classes, groups, weight, layers
         self.code_of = np.asarray(classes, dtype="uint8")
         self.total = _Tally(len(classes))
@@ -372,7 +373,8 @@ class _Finaliser:
         land = cube.land_mask_window(window)
         rows, cols = window.coarse_slices(factor)
         cells = self.cells[:, rows, cols]
-        valid = land & ~upsample_cells(nodata_cells(cube, cells), factor=factor, window=window)
+        valid = land & ~upsample_cells(self.cell_nodata[rows, cols], factor=factor,
+                                       window=window)
 
         best, group_p, entropy = summarise(probs, self.groups, self.classes, valid=valid)
         argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
