@@ -299,13 +299,15 @@ class PredictConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    """Sizes of the evaluation's baselines and figures."""
+    """Sizes of the evaluation's baselines, figures and bootstrap intervals."""
 
     gbm_samples: PositiveInt = 100_000  # training-block pixels for gradient boosting
     gbm_years: PositiveInt = 10  # training years they are drawn from
     gbm_max_iter: PositiveInt = 100
     calibration_bins: PositiveInt = 10
     figure_tiles: PositiveInt = 3
+    bootstrap_replicates: PositiveInt = 1000  # block-bootstrap replicates per interval
+    confidence_level: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the intervals
 
 
 class PublishConfig(_Section):

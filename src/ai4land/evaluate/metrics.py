@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ai4land.evaluate.change import FALSE_ALARM, HIT, MISS, WRONG_HIT, change_counts
+
 
 def confusion_by_label(target: np.ndarray, prediction: np.ndarray, *, labels: np.ndarray,
                        n_labels: int, n_classes: int) -> np.ndarray:
@@ -127,10 +129,12 @@ class CohenKappa:
 
 @dataclass(frozen=True)
 class ChangeScores:
-    """Figure of merit and IoU on change relative to the previous year's map.
+    """Figure of merit, producer's/user's accuracy and IoU on change from the previous map.
 
-    FoM = hits / (hits + misses + wrong hits + false alarms) (Pontius et al. 2008):
-    a hit is a pixel that changed and was predicted to change to the right class.
+    The categories and ratios are those of :mod:`ai4land.evaluate.change`:
+    FoM = hits / (hits + misses + wrong hits + false alarms) (Pontius et al. 2008), a hit
+    being a pixel that changed and was predicted to change to the right class;
+    PA = hits / (hits + misses + wrong hits), UA = hits / (hits + wrong hits + false alarms).
     IoU on change is the IoU of the two change masks (where change happens, whatever
     the new class): (hits + wrong hits) / (observed change ∪ predicted change).
     Counts from several chunks add up; ``from_counts`` scores their sum.
@@ -139,22 +143,21 @@ class ChangeScores:
     name: str = "change"
 
     def counts(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
-        valid = (previous >= 0) & (target >= 0) & (prediction >= 0)
-        observed = valid & (target != previous)
-        predicted = valid & (prediction != previous)
-        return {
-            "hits": int((observed & predicted & (prediction == target)).sum()),
-            "wrong_hits": int((observed & predicted & (prediction != target)).sum()),
-            "misses": int((observed & ~predicted).sum()),
-            "false_alarms": int((~observed & predicted).sum()),
-        }
+        counts = change_counts(previous, target, prediction)
+        return {"hits": int(counts[HIT]), "wrong_hits": int(counts[WRONG_HIT]),
+                "misses": int(counts[MISS]), "false_alarms": int(counts[FALSE_ALARM])}
 
     @staticmethod
     def from_counts(counts: dict) -> dict:
-        union = counts["hits"] + counts["wrong_hits"] + counts["misses"] + counts["false_alarms"]
+        hits, wrong, misses, alarms = (counts[k] for k in ("hits", "wrong_hits", "misses",
+                                                           "false_alarms"))
+        union = hits + wrong + misses + alarms
+        observed, predicted = hits + wrong + misses, hits + wrong + alarms
         return {
-            "fom": counts["hits"] / union if union else float("nan"),
-            "iou": (counts["hits"] + counts["wrong_hits"]) / union if union else float("nan"),
+            "fom": hits / union if union else float("nan"),
+            "iou": (hits + wrong) / union if union else float("nan"),
+            "producers_accuracy": hits / observed if observed else float("nan"),
+            "users_accuracy": hits / predicted if predicted else float("nan"),
         }
 
     def compute(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:

@@ -1,0 +1,151 @@
+"""Change metrics and block bootstrap against small cases counted by hand."""
+
+import numpy as np
+import pytest
+
+from ai4land.evaluate.bootstrap import BlockBootstrap
+from ai4land.evaluate.change import (
+    CATEGORIES, CORRECT_REJECTION, FALSE_ALARM, HIT, MISS, NOT_SCORED, WRONG_HIT, ChangeTally,
+    FigureOfMerit, ProducersAccuracyOfChange, UsersAccuracyOfChange, change_categories,
+    change_counts, change_summary,
+)
+from ai4land.evaluate.metrics import ChangeScores, OverallAccuracy
+
+# a 4x4 map: start, observed end, predicted end (class codes), and the category of each
+START = np.array([[1, 1, 2, 2],
+                  [1, 1, 2, 2],
+                  [3, 3, 3, 3],
+                  [3, 3, 3, 3]], dtype="uint8")
+OBSERVED = np.array([[1, 2, 2, 2],
+                     [1, 3, 2, 1],
+                     [3, 3, 1, 1],
+                     [3, 3, 3, 3]], dtype="uint8")
+PREDICTED = np.array([[1, 2, 1, 2],
+                      [1, 2, 2, 3],
+                      [3, 1, 1, 3],
+                      [3, 3, 3, 3]], dtype="uint8")
+C, H, M, F, W = CORRECT_REJECTION, HIT, MISS, FALSE_ALARM, WRONG_HIT
+EXPECTED = np.array([[C, H, F, C],
+                     [C, W, C, W],
+                     [C, F, H, M],
+                     [C, C, C, C]])
+
+
+def test_categories_of_a_4x4_map_counted_by_hand():
+    np.testing.assert_array_equal(change_categories(START, OBSERVED, PREDICTED), EXPECTED)
+    counts = change_counts(START, OBSERVED, PREDICTED)
+    # 9 correct rejections, hits 2, misses 1, false alarms 2, wrong hits 2
+    assert dict(zip(CATEGORIES, counts.tolist(), strict=True)) == {
+        "correct_rejection": 9, "hit": 2, "miss": 1, "false_alarm": 2, "wrong_hit": 2}
+    assert FigureOfMerit().compute(counts) == pytest.approx(2 / 7)
+    assert ProducersAccuracyOfChange().compute(counts) == pytest.approx(2 / 5)
+    assert UsersAccuracyOfChange().compute(counts) == pytest.approx(2 / 6)
+    summary = change_summary(counts)
+    assert summary["fom"] == pytest.approx(2 / 7) and summary["counts"]["hit"] == 2
+
+
+def test_valid_mask_and_negative_indices_are_not_scored():
+    valid = np.ones((4, 4), dtype=bool)
+    valid[0, 1] = False  # a hit
+    categories = change_categories(START, OBSERVED, PREDICTED, valid)
+    assert categories[0, 1] == NOT_SCORED
+    assert change_counts(START, OBSERVED, PREDICTED, valid)[HIT] == 1
+    predicted = PREDICTED.astype("int64")
+    predicted[2, 2] = -1  # the other hit: no class
+    assert change_counts(START, OBSERVED, predicted, valid)[HIT] == 0
+
+
+def test_counts_by_label_add_up_to_the_total_and_the_tally_streams():
+    labels = np.repeat([[0, 0, 1, 1]], 4, axis=0)
+    labels[3] = -1
+    by_block = change_counts(START, OBSERVED, PREDICTED, labels=labels, n_labels=2)
+    assert by_block.shape == (2, 5)
+    assert by_block[:, HIT].tolist() == [1, 1] and by_block[:, WRONG_HIT].tolist() == [1, 1]
+    tally = ChangeTally()
+    for rows in (slice(0, 2), slice(2, 4)):
+        tally.merge(ChangeTally().add(START[rows], OBSERVED[rows], PREDICTED[rows]))
+    np.testing.assert_array_equal(tally.counts, change_counts(START, OBSERVED, PREDICTED))
+    np.testing.assert_array_equal(by_block.sum(0) + [4, 0, 0, 0, 0], tally.counts)
+    assert tally.result()["producers_accuracy"] == pytest.approx(2 / 5)
+
+
+def test_ratios_vectorise_and_are_undefined_without_change():
+    counts = np.array([[10, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
+    fom = FigureOfMerit().compute(counts)
+    assert np.isnan(fom[0]) and fom[1] == pytest.approx(1 / 4)
+    assert change_summary(counts[0])["fom"] is None
+    with pytest.raises(ValueError, match="last axis of 5"):
+        FigureOfMerit().compute(np.ones(4))
+
+
+def test_change_scores_share_the_categories_and_add_pa_ua():
+    index = lambda a: a.astype("int64") - 1  # noqa: E731 - class codes 1..3 as indices
+    scores = ChangeScores().compute(index(START), index(OBSERVED), index(PREDICTED))
+    assert {k: scores[k] for k in ("hits", "wrong_hits", "misses", "false_alarms")} == {
+        "hits": 2, "wrong_hits": 2, "misses": 1, "false_alarms": 2}
+    assert scores["fom"] == pytest.approx(2 / 7)
+    assert scores["producers_accuracy"] == pytest.approx(2 / 5)
+    assert scores["users_accuracy"] == pytest.approx(2 / 6)
+
+
+def test_bootstrap_of_identical_blocks_has_zero_width():
+    cm = np.array([[8, 2], [1, 9]])
+    stats = np.repeat(cm[None], 6, axis=0)
+    interval = BlockBootstrap(6, n_replicates=200, seed=1).interval(stats, OverallAccuracy().compute)
+    assert interval.estimate == pytest.approx(17 / 20)
+    assert interval.low == pytest.approx(17 / 20) and interval.high == pytest.approx(17 / 20)
+    assert interval.replicates == 200 and interval.undefined == 0
+
+
+def test_bootstrap_interval_of_differing_blocks_is_seeded_and_covers_the_estimate():
+    rng = np.random.default_rng(0)
+    stats = rng.integers(0, 50, size=(10, 5))
+    metric = FigureOfMerit().compute
+    a = BlockBootstrap(10, n_replicates=300, seed=3).interval(stats, metric)
+    b = BlockBootstrap(10, n_replicates=300, seed=3).interval(stats, metric)
+    assert a == b
+    assert a.low < a.estimate < a.high
+    # the percentile interval by hand: the metric of each replicate's summed blocks
+    boot = BlockBootstrap(10, n_replicates=300, seed=3)
+    by_hand = [metric(stats[np.repeat(np.arange(10), w)].sum(0)) for w in boot.weights]
+    assert boot.weights.sum(1).tolist() == [10] * 300
+    assert a.low == pytest.approx(np.percentile(by_hand, 2.5))
+    assert a.high == pytest.approx(np.percentile(by_hand, 97.5))
+
+
+def test_paired_difference_clearly_significant_and_not():
+    rng = np.random.default_rng(5)
+    blocks = 12
+    hits = rng.integers(20, 40, size=blocks)
+    base = np.stack([np.full(blocks, 100), hits, 40 - hits // 2, np.full(blocks, 10),
+                     np.full(blocks, 5)], axis=1)
+    better = base.copy()
+    better[:, HIT] += 30  # the same blocks, every one with 30 more hits
+    better[:, MISS] -= 15
+    better[:, WRONG_HIT] -= 5
+    boot = BlockBootstrap(blocks, n_replicates=500, seed=0)
+    metric = FigureOfMerit().compute
+    clear = boot.difference(better, base, metric)
+    assert clear.significant and clear.low > 0 and clear.estimate > 0
+    # a model that equals the baseline on half the blocks and loses on the other half
+    # by what it wins there: the difference is about zero and not significant
+    noisy = base.copy()
+    noisy[0::2, HIT] += 8
+    noisy[0::2, MISS] -= 8
+    noisy[1::2, HIT] -= 8
+    noisy[1::2, MISS] += 8
+    unclear = boot.difference(noisy, base, metric)
+    assert not unclear.significant and unclear.low < 0 < unclear.high
+    assert unclear.to_json()["significant"] is False
+
+
+def test_bootstrap_takes_mappings_and_counts_undefined_replicates():
+    stats = {"changed": np.array([0, 0, 4]), "valid": np.array([10, 10, 10])}
+    boot = BlockBootstrap(3, n_replicates=400, seed=2)
+    ratio = lambda s: s["changed"] / s["valid"] if s["changed"] else np.nan  # noqa: E731
+    interval = boot.interval(stats, ratio)
+    assert interval.estimate == pytest.approx(4 / 30)
+    # a replicate without block 2 is undefined: (2/3)**3 of them on average
+    assert 0.2 < interval.undefined / 400 < 0.4
+    with pytest.raises(ValueError, match="first axis"):
+        boot.interval(np.ones((4, 5)), FigureOfMerit().compute)
