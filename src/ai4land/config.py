@@ -91,6 +91,17 @@ class CoarseSource(_Section):
         "water": CoarseGroup(variables=["icwtr"], classes=[77]),
     }
     fraction_tolerance: float = 1e-3
+    # How to read a time axis whose file declares no `units`: one string for every coarse
+    # file, or one per scenario ("historical", "ssp126", ...). E.g. "years since
+    # 2015-01-01", "days since 1850-01-01" or "year" (the values are calendar years).
+    # Without it such an axis is an error. Units declared in a file win.
+    time_units: str | dict[str, str] | None = None
+
+    def time_units_of(self, scenario: str) -> str | None:
+        """The configured units of ``scenario``'s time axis (None: not configured)."""
+        if isinstance(self.time_units, dict):
+            return self.time_units.get(scenario)
+        return self.time_units
 
     @model_validator(mode="after")
     def _groups_use_known_variables(self) -> CoarseSource:

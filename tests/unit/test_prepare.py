@@ -496,12 +496,51 @@ def test_decode_years_units(tmp_path):
 
     assert decode_years(ds([0, 1, 1165], "years since 850-01-01"), path="x")[1].tolist() == [850, 851, 2015]
     assert decode_years(ds([0, 85], "years since 2015-01-01 0:0:0"), path="x")[1].tolist() == [2015, 2100]
-    assert decode_years(ds([1960, 1961], None), path="x")[1].tolist() == [1960, 1961]
+    assert decode_years(ds([1960, 1961], "year"), path="x")[1].tolist() == [1960, 1961]
+    assert decode_years(ds([1960, 1961], None), path="x", units="year")[1].tolist() == [1960, 1961]
+    assert decode_years(ds([0, 5], None), path="x",
+                        units="years since 2015-01-01")[1].tolist() == [2015, 2020]
+    # units in the file win over the configured ones
+    assert decode_years(ds([0, 5], "years since 850-01-01"), path="x",
+                        units="year")[1].tolist() == [850, 855]
     assert decode_years(ds([0, 366], "days since 2000-01-01"), path="x")[1].tolist() == [2000, 2001]
     with pytest.raises(InputDataError, match="whole years"):
         decode_years(ds([0.5], "years since 850-01-01"), path="x")
     with pytest.raises(InputDataError, match="01-01"):
         decode_years(ds([0], "years since 850-07-01"), path="x")
+
+
+def test_time_axis_without_units_rejected_unless_configured(world):
+    """A time axis without `units` could count years since anything: one line naming the
+    file and the variable, unless datasets.coarse.time_units says how to read it."""
+    path = world / "raw" / "luh2" / "states.nc"
+    with xr.open_dataset(path, decode_times=False) as ds:
+        ds = ds.load()
+    ds["time"] = ("time", ds["time"].values + 850.0, {})  # calendar years, units dropped
+    path.unlink()
+    ds.to_netcdf(path, encoding={name: {"_FillValue": None} for name in ds.variables})
+
+    config = make_config(world)
+    prepare_target(config, progress=False)
+    for step in (lambda: validate_inputs(config),
+                 lambda: prepare_coarse(config, scenario="historical", progress=False)):
+        with pytest.raises(InputDataError) as info:
+            step()
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"{path}: variable 'time' has no 'units' attribute")
+        assert "datasets.coarse.time_units" in message
+    assert not (Path(config.paths.cube) / "coarse" / "historical.zarr").exists()
+
+    for units in ("year", {"historical": "year", "ssp126": "years since 2015-01-01"}):
+        config = make_config(world, **{"datasets.coarse.time_units": units})
+        validate_inputs(config)
+        prepare_coarse(config, scenario="historical", progress=False)
+        assert cube_of(config).coarse_years("historical") == YEARS
+    # another reading of the same numbers gives other years (no silent default)
+    config = make_config(world, **{"datasets.coarse.time_units": "years since 850-01-01"})
+    with pytest.raises(InputDataError, match=r"holds no year in 2000-2003 \(file holds 2848-2855\)"):
+        prepare_coarse(config, scenario="historical", progress=False)
 
 
 def test_validate_inputs(world):

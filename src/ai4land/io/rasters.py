@@ -96,19 +96,30 @@ def mask_fill(values: np.ndarray, fills: Sequence[float], threshold: float | Non
     return out
 
 
-def decode_years(ds: xr.Dataset, *, path) -> tuple[str, np.ndarray]:
+def decode_years(ds: xr.Dataset, *, path, units: str | None = None) -> tuple[str, np.ndarray]:
     """The time dimension name and its integer calendar years.
 
     Handles "years since YYYY[-MM-DD]" itself (values must be whole years from Jan 1),
-    plain integer year coordinates without units, and CF "days/hours since" units via
-    cftime.
+    "year(s)" (the values are calendar years), and CF "days/hours since" units via
+    cftime. A time variable without a ``units`` attribute is read with ``units`` (the
+    config's ``datasets.coarse.time_units``); without those it is an error, since its
+    values could as well count years since any start.
     """
     dim = find_coord(ds, TIME_NAMES, what="time", path=path)
     if dim not in ds.variables:
         raise InputDataError(f"{path}: time dimension {dim!r} has no coordinate values")
     var = ds[dim]
     raw = np.asarray(var.values, dtype="float64")
-    units = str(var.attrs.get("units", "")).strip()
+    declared = str(var.attrs.get("units", "")).strip()
+    if not declared and not units:
+        shown = f"{raw[0]:g}..{raw[-1]:g}" if raw.size else "none"
+        raise InputDataError(
+            f"{path}: variable {dim!r} has no 'units' attribute (values {shown}), so they "
+            "could be calendar years or years since any start; set "
+            "datasets.coarse.time_units (e.g. 'years since 2015-01-01', or 'year' for "
+            "calendar years) or add the units to the file"
+        )
+    units = declared or str(units).strip()
     match = _YEARS_SINCE.match(units)
     if match:
         start, month, day = match.group(1), match.group(2), match.group(3)
@@ -118,7 +129,7 @@ def decode_years(ds: xr.Dataset, *, path) -> tuple[str, np.ndarray]:
                 "can be read as whole calendar years"
             )
         years = int(start) + raw
-    elif units == "" or units.lower() in ("year", "years", "yr", "a", "1"):
+    elif units.lower() in ("year", "years", "yr", "a", "1"):
         years = raw
     elif "since" in units:
         try:
@@ -133,7 +144,7 @@ def decode_years(ds: xr.Dataset, *, path) -> tuple[str, np.ndarray]:
         raise InputDataError(f"{path}: variable {dim!r} has unknown time units {units!r}")
     if not np.allclose(years, np.round(years), atol=1e-6):
         raise InputDataError(
-            f"{path}: variable {dim!r} ({units or 'no units'}) does not fall on whole years; "
+            f"{path}: variable {dim!r} ({units}) does not fall on whole years; "
             "annual data are expected"
         )
     years = np.round(years).astype("int64")

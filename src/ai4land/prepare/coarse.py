@@ -122,7 +122,8 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
     ds = open_netcdf(path, chunks={})
     static_ds = None
     try:
-        time_dim, file_years = decode_years(ds, path=path)
+        time_dim, file_years = decode_years(ds, path=path,
+                                             units=coarse_cfg.time_units_of(scenario))
         variables = {name: require_variable(ds, name, path=path) for name in coarse_cfg.variables}
         axes = latlon_axes(ds, path=path)
         rows, cols = _cut(axes, grid, path=path)

@@ -25,7 +25,8 @@ def validate_inputs(config) -> dict:
     for scenario in ["historical", *config.scenarios]:
         path = coarse_path(config, scenario)
         with open_netcdf(path) as ds:
-            _, file_years = decode_years(ds, path=path)
+            _, file_years = decode_years(ds, path=path,
+                                         units=coarse_cfg.time_units_of(scenario))
             for name in coarse_cfg.variables:
                 require_variable(ds, name, path=path)
             latlon_axes(ds, path=path)
