@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # rasterio echoes each GDAL error at INFO; our errors name them
+        logging.getLogger("rasterio").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except Ai4landError as exc:

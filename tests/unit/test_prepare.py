@@ -329,6 +329,79 @@ def test_cli_bad_input_exit_code_one_line_and_earlier_output_kept(world):
     assert sorted(p.name for p in Path(config.paths.cube).iterdir()) == ["grids.json", "target.zarr"]
 
 
+def write_fine_zip_damaged(root: Path, damage) -> Path:
+    """The fine zip with the 2002 map as a tiled DEFLATE GeoTIFF (16 px tiles, header and
+    directory first, like HILDA+), its bytes passed through ``damage``."""
+    archive = write_fine_zip(root)
+    tif = root / "tmp" / "tiled_2002.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=FINE.width, height=FINE.height, count=1,
+                       dtype="uint8", crs="EPSG:4326", transform=FINE.transform, nodata=99,
+                       tiled=True, blockxsize=16, blockysize=16, compress="deflate") as dst:
+        dst.write(fine_map(2002), 1)
+    damaged = PATTERN.replace("{year}", "2002")
+    with zipfile.ZipFile(archive) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    members[damaged] = damage(tif.read_bytes())
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return archive
+
+
+def run_prepare_cli(config, world: Path, step: str = "target") -> subprocess.CompletedProcess:
+    path = world / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "ai4land", "prepare", step, "-c", str(path)],
+                          capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("bbox", [None, [4.0, 43.5, 4.5, 44.0]])
+def test_target_truncated_map_refused_in_one_line(world, bbox):
+    """A fine map cut short (header intact): refused in one line, also when region.bbox
+    lies in the intact part (its first tiles), where every block used would decode."""
+    write_fine_zip_damaged(world / "raw", lambda data: data[: len(data) * 2 // 3])
+    config = make_config(world, **{"region.bbox": bbox})
+    result = run_prepare_cli(config, world)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.fullmatch(r"ai4land: error: /vsizip/.*hilda_plus_2002_states.*\.tif: fine map is "
+                        r"truncated: its TIFF directory lists data up to byte \d+, the file holds "
+                        r"\d+ bytes; delete it and download it again", lines[0])
+    assert not (Path(config.paths.cube) / "target.zarr").exists()
+    with pytest.raises(InputDataError, match="truncated"):
+        validate_inputs(config)
+
+
+def test_target_damaged_block_in_used_window_one_line(world):
+    """A block inside the file that does not decode (a corrupt DEFLATE stream)."""
+    def damage(data: bytes) -> bytes:
+        middle = len(data) * 3 // 4
+        return data[:middle] + b"\xff" * 64 + data[middle + 64 :]
+
+    write_fine_zip_damaged(world / "raw", damage)
+    config = make_config(world)
+    result = run_prepare_cli(config, world)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.match(r"ai4land: error: /vsizip/.*hilda_plus_2002_states.*\.tif: band 1 rows "
+                    r"0-39 cannot be decoded \(.*\); the file is damaged", lines[0])
+    assert not (Path(config.paths.cube) / "target.zarr").exists()
+
+
+def test_static_truncated_geotiff_one_line(world):
+    clay = world / "raw" / "static" / "clay.tif"
+    clay.write_bytes(clay.read_bytes()[:-200])
+    config = make_config(world)
+    prepare_target(config, progress=False)
+    with pytest.raises(InputDataError, match=r"clay\.tif: static layer 'clay' is truncated: .* "
+                                             r"delete it and download it again$"):
+        prepare_static(config, progress=False)
+    assert not (Path(config.paths.cube) / "static.zarr").exists()
+
+
 # --- static --------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from ai4land.io.rasters import (
     open_netcdf,
     require_variable,
 )
+from ai4land.io.tiff import require_complete
 from ai4land.prepare._common import (
     create_store,
     cube_paths,
@@ -139,6 +140,7 @@ class LayerSource:
         self.units = var.attrs.get("units")
 
     def _open_raster(self) -> None:
+        require_complete(self.path, what=f"static layer {self.layer.name!r}")
         try:
             src = rasterio.open(self.path)
         except RasterioIOError as exc:
@@ -163,7 +165,13 @@ class LayerSource:
         row0, col0 = int(window.row_off), int(window.col_off)
         row1, col1 = row0 + int(window.height), col0 + int(window.width)
         if self._raster is not None:
-            data = self._raster.read(1, window=window, masked=True, out_dtype="float32")
+            try:
+                data = self._raster.read(1, window=window, masked=True, out_dtype="float32")
+            except RasterioIOError as exc:
+                raise InputDataError(
+                    f"{self.path}: band 1 rows {row0}-{row1 - 1} cannot be decoded "
+                    f"({exc.__cause__ or exc}); the file is damaged, delete it and download it again"
+                ) from None
             values = np.ma.filled(data, np.nan).astype("float32")
             return mask_fill(values, [], _FILL_THRESHOLD)
         values = self._axes.take(self._var, slice(row0, row1), slice(col0, col1)).values

@@ -17,6 +17,7 @@ from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import TARGET_VARIABLE, TILE_CHUNK
 from ai4land.io.rasters import latlon_axes, open_netcdf
+from ai4land.io.tiff import require_complete
 from ai4land.prepare._common import (
     STRIP_ROWS,
     create_store,
@@ -83,10 +84,25 @@ def _year_list(years: list[int]) -> str:
 
 
 def _open(path: str):
+    """The fine map at ``path``, opened; a truncated file is refused whatever part is used."""
+    require_complete(path, what="fine map")
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:
         raise InputDataError(f"{path}: cannot be read as a raster ({exc}); re-download it") from None
+
+
+def read_window(src, window: RioWindow, *, path: str) -> np.ndarray:
+    """Band 1 of ``window``, decoded; one line naming the file and rows if a block is damaged."""
+    try:
+        return src.read(1, window=window)
+    except RasterioIOError as exc:
+        detail = exc.__cause__ or exc
+        rows = f"{int(window.row_off)}-{int(window.row_off + window.height) - 1}"
+        raise InputDataError(
+            f"{path}: band 1 rows {rows} cannot be decoded ({detail}); the file is damaged, "
+            "delete it and download it again"
+        ) from None
 
 
 def _fine_grid(src, path: str) -> Grid:
@@ -272,7 +288,7 @@ def prepare_target(config, *, progress: bool = True) -> Path:
                     height = min(STRIP_ROWS, fine.height - row0)
                     window = RioWindow(col_off=col_off, row_off=row_off + row0,
                                        width=fine.width, height=height)
-                    values = src.read(1, window=window)
+                    values = read_window(src, window, path=path)
                     lulc[index, row0 : row0 + height, :] = map_codes(
                         values, table, known, path=path, year=year,
                         row0=row_off + row0, col0=col_off,

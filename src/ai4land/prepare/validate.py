@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from ai4land.errors import InputDataError
 from ai4land.io.rasters import decode_years, latlon_axes, open_netcdf, require_variable
+from ai4land.io.tiff import require_complete
 from ai4land.prepare.coarse import coarse_path, required_years
 from ai4land.prepare.static import LayerSource
 from ai4land.prepare.target import _fine_grid, _open, cube_grids, fine_sources
 
 
 def validate_inputs(config) -> dict:
-    """Check files, variables, years, CRS and grid nesting; raise the first problem found.
+    """Check files, variables, years, CRS and grid nesting, and that no fine map is
+    truncated; raise the first problem found.
 
     Returns a short summary: fine years and grid, coarse grid, years held per scenario.
     """
     sources = fine_sources(config)
     years = sorted(sources)
+    for year in years[1:]:  # the first is checked when opened below
+        require_complete(sources[year], what="fine map")
     with _open(sources[years[0]]) as src:
         fine_full = _fine_grid(src, sources[years[0]])
     fine, coarse, factor, _ = cube_grids(config, fine_full, fine_path=sources[years[0]])
