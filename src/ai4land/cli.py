@@ -42,7 +42,7 @@ def cmd_demo_world(args) -> int:
 def cmd_download(args) -> int:
     from ai4land.download import download_sources
 
-    download_sources(_config(args), keys=args.only or None, dry_run=args.dry_run)
+    download_sources(_config(args), keys=args.only or None, repin=args.repin, dry_run=args.dry_run)
     return 0
 
 
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("download", cmd_download, "download and verify the configured sources")
     p.add_argument("--dry-run", action="store_true", help="list what would be fetched")
     p.add_argument("--only", action="append", metavar="KEY", help="only this source key")
+    p.add_argument("--repin", action="append", metavar="KEY",
+                   help="forget this source's file and lock entry, download and record it "
+                        "anew (only the re-pinned sources unless --only is given)")
 
     p = stage("prepare", cmd_prepare, "build one part of the analysis-ready cube")
     p.add_argument("part", choices=["target", "static", "coarse"])

@@ -150,6 +150,17 @@ class Source(_Section):
     extract_members: str | None = None
 
 
+class DownloadConfig(_Section):
+    """How ``ai4land download`` talks to servers (README, "Downloads")."""
+
+    # Seconds without a byte before a connection counts as stalled; the download then
+    # resumes (HTTP Range) from the bytes already received.
+    timeout: PositiveFloat = 60.0
+    # Attempts in a row without progress before giving up (a run resumes the .part).
+    retries: NonNegativeInt = 5
+    backoff: PositiveFloat = 1.0  # seconds before the first retry, doubling after each
+
+
 class YearsConfig(_Section):
     train: YearRange
     test: YearRange
@@ -350,6 +361,7 @@ class Config(_Section):
     demo: DemoWorldConfig = DemoWorldConfig()
     paths: PathsConfig = PathsConfig()
     sources: dict[str, Source] = {}
+    download: DownloadConfig = DownloadConfig()
     region: RegionConfig = RegionConfig()
     classes: ClassesConfig = ClassesConfig()
     datasets: DatasetsConfig
