@@ -714,6 +714,7 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             tile_size=train_cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
             seed=config.seed, trained_years=years, dropped_inputs=dropped,
             normalisation=input_normalisation(cube), metrics=metrics,
+            config=config.model_dump(mode="json"),
         )
         save_model(output_dir, final, card)
         summary["metrics"] = metrics

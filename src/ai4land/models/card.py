@@ -44,6 +44,10 @@ class ModelCard:
     # Per input group how it is scaled; static: {name: {"mean": m, "std": s}}.
     normalisation: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # The resolved config the model was trained with (``config_hash`` is its hash): the
+    # emulator (:mod:`ai4land.emulator`) takes the classes, coarse groups, predict
+    # settings and ``paths.cube`` from it. Empty in cards written before it existed.
+    config: dict = field(default_factory=dict)
     format: int = CARD_FORMAT
 
     def to_json(self) -> dict:
