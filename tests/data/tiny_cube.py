@@ -154,6 +154,21 @@ def _write(root: Path, *, size: int, factor: int, years, scenarios, seed: int) -
         ).to_zarr(path, mode="w", consolidated=True)
 
 
+def rewrite_coarse_years(root: Path, scenario: str, years: list[int]) -> None:
+    """Give ``scenario`` of the cube at ``root`` the coarse years ``years`` (values copied
+    from the nearest year it holds)."""
+    path = root / "coarse" / f"{scenario}.zarr"
+    ds = xr.open_zarr(path, chunks=None).load()
+    have = [int(y) for y in ds["year"].values]
+    pick = [have.index(min(max(y, have[0]), have[-1])) for y in years]
+    new = ds.isel(year=pick).assign_coords(year=np.asarray(years, dtype="int64"))
+    for var in new.variables.values():
+        var.encoding = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        new.to_zarr(path, mode="w", consolidated=True)
+
+
 def tiny_config(
     cube_root: Path,
     *,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-import xarray as xr
 
 from ai4land.config import parse_config
 from ai4land.errors import GridError, InputDataError, ModelCardError, OutputError
@@ -23,23 +21,9 @@ from ai4land.products import read_year, validate_cog, write_cog
 from ai4land.samples.features import input_channel_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from tiny_cube import write_tiny_cube  # noqa: E402
+from tiny_cube import rewrite_coarse_years, write_tiny_cube  # noqa: E402
 
 OBSERVED = range(1960, 1966)
-
-
-def _rewrite_coarse(root: Path, scenario: str, years: list[int]) -> None:
-    """Give ``scenario`` the coarse years ``years`` (values copied from the nearest year)."""
-    path = root / "coarse" / f"{scenario}.zarr"
-    ds = xr.open_zarr(path, chunks=None).load()
-    have = [int(y) for y in ds["year"].values]
-    pick = [have.index(min(max(y, have[0]), have[-1])) for y in years]
-    new = ds.isel(year=pick).assign_coords(year=np.asarray(years, dtype="int64"))
-    for var in new.variables.values():
-        var.encoding = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
-        new.to_zarr(path, mode="w", consolidated=True)
 
 
 def _config(root: Path, **predict):
@@ -65,8 +49,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     write_tiny_cube(root / "cube", size=48, factor=8, years=OBSERVED,
                     scenarios=("historical", "ssp126"))
-    _rewrite_coarse(root / "cube", "historical", list(range(1958, 1966)))
-    _rewrite_coarse(root / "cube", "ssp126", list(range(1964, 1968)))
+    rewrite_coarse_years(root / "cube", "historical", list(range(1958, 1966)))
+    rewrite_coarse_years(root / "cube", "ssp126", list(range(1964, 1968)))
     config = _config(root)
     cube = Cube.from_config(config)
     names = input_channel_names(cube, list(config.classes.predicted))
