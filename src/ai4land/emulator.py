@@ -19,7 +19,9 @@ What it needs and where it finds it:
   (same resolution and cell edges; any extent covering the region). It must hold the
   coarse variables of the config (``datasets.coarse.variables``) for the years asked
   for; the water fraction (``water_variable``) is taken from it when it holds one,
-  else from the cube (it is static).
+  else from the cube (it is static). Its time axis needs units ("years since
+  2015-01-01", CF "days since ..."); a unitless axis named ``year`` holds calendar
+  years, any other unitless one is read with ``datasets.coarse.time_units``.
 
 Each year goes through the product's own code path (:mod:`ai4land.predict`): the same
 inputs (:func:`~ai4land.samples.features.build_inputs`), sliding windows and blending
@@ -54,7 +56,15 @@ from ai4land.errors import GridError, InputDataError, ModelCardError
 from ai4land.grid import Grid, Window
 from ai4land.harmonize import class_groups, offset_weight
 from ai4land.io.cube import Cube
-from ai4land.io.rasters import decode_years, fill_values, is_netcdf, latlon_axes, mask_fill
+from ai4land.io.rasters import (
+    TIME_NAMES,
+    decode_years,
+    fill_values,
+    find_coord,
+    is_netcdf,
+    latlon_axes,
+    mask_fill,
+)
 from ai4land.prefetch import Prefetch
 from ai4land.products import QUANT_NODATA, QUANT_SCALE, dequantise, product_layers
 
@@ -180,7 +190,10 @@ class CoarseScenario:
             held = ", ".join(sorted(str(v) for v in ds.data_vars)) or "none"
             raise InputDataError(f"{self.label}: variable(s) {', '.join(missing)} missing (the "
                                  f"model needs {', '.join(coarse.variables)}; it holds {held})")
-        self.time_dim, years = decode_years(ds, path=self.label)
+        # a unitless axis named "year" holds calendar years (as the cube's own stores)
+        dim = find_coord(ds, TIME_NAMES, what="time", path=self.label)
+        units = "year" if dim.lower() == "year" else coarse.time_units_of(self.name)
+        self.time_dim, years = decode_years(ds, path=self.label, units=units)
         self.years = [int(y) for y in years]
         self.axes = latlon_axes(ds, path=self.label)
         grid = self.axes.grid
