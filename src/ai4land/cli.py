@@ -135,6 +135,34 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def _emulator(args):
+    from ai4land.emulator import Emulator
+
+    return Emulator.from_model(Path(args.model), config=args.config or None, cube=args.cube)
+
+
+def cmd_emulate(args) -> int:
+    from ai4land.emulator import map_format, write_maps
+
+    map_format(args.out)  # an unknown extension fails before the model loads
+    emulator = _emulator(args)
+    reports = []
+
+    def years():
+        for ds in emulator.iter_years(args.scenario, bbox=args.bbox, years=args.years,
+                                      prior=args.prior):
+            report = json.loads(ds.attrs["report"])
+            after = report["conservation"]["after"]["delta_target"]
+            reports.append({"year": report["year"], "delta_target_mae": after["mae"]})
+            yield ds
+
+    paths = write_maps(years(), args.out)
+    for line in reports:
+        print(json.dumps(line))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_torchrun(args) -> int:
     from ai4land.launch import launch
 
@@ -230,6 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--output", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="model directory (model.pt + model_card.json)")
+        p.add_argument("--config", "-c", action="append", metavar="FILE",
+                       help="config file (default: the one in the model card)")
+        p.add_argument("--cube", help="the model's prepared cube (default: paths.cube of the "
+                                      "config, beside the model)")
+
+    p = sub.add_parser("emulate", help="maps of any LUH-format scenario, region and years",
+                       description="Predict the maps of a scenario (LUH-format coarse "
+                                   "fractions) over a bbox for a range of years, harmonised "
+                                   "as the product; written as NetCDF (.nc), Zarr (.zarr) or "
+                                   "a COG per year (.tif: X_<year>.tif and its layers).")
+    model_options(p)
+    p.add_argument("--scenario", required=True, help="LUH-format NetCDF file or Zarr store")
+    p.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"),
+                   help="region (default: the model's whole extent)")
+    p.add_argument("--years", nargs="+", type=int, required=True, metavar="YEAR",
+                   help="first and last year (inclusive), or one year")
+    p.add_argument("--prior", help="first prior map (GeoTIFF on the model's fine grid; "
+                                   "default: the observed map the chain starts from)")
+    p.add_argument("--out", required=True, help="output: PATH.nc, PATH.zarr or PATH.tif")
+    p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)")
     p.add_argument("--nproc", type=int, required=True, help="processes per node (train.nproc)")

@@ -544,6 +544,8 @@ class Emulator:
             "model_weights_sha256": self.model_hash,
             "config_hash": self.config.hash(),
             "harmonized": int(bool(self.config.predict.harmonize)),
+            "grid": json.dumps(grid.to_dict()),
+            "legend": json.dumps({str(c): classes.legend[c] for c in codes}),
             "report": json.dumps(report, sort_keys=True),
         }
         return ds
@@ -579,3 +581,129 @@ def _read_prior_file(path: Path, grid: Grid, *, fallback: np.ndarray) -> np.ndar
             out[r0 - row : r1 - row, c0 - col : c1 - col] = src.read(
                 1, window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0))
         return out
+
+
+# --- writing ------------------------------------------------------------------------
+
+MAP_FORMATS = {".nc": "netcdf", ".zarr": "zarr", ".tif": "cog", ".tiff": "cog"}
+
+
+def map_format(out: str | Path) -> str:
+    """The output format of ``out`` from its extension (:data:`MAP_FORMATS`)."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in MAP_FORMATS:
+        raise InputDataError(f"{out}: unknown output format {suffix or '(no extension)'!r}; "
+                             "use .nc (NetCDF), .zarr (Zarr) or .tif (a COG per year)")
+    return MAP_FORMATS[suffix]
+
+
+def cog_paths(out: str | Path, year: int) -> Path:
+    """The class COG of ``year`` for ``--out X.tif``: ``X_<year>.tif`` (its probability
+    and entropy layers beside it, as the product's ``X_<year>_probability.tif``)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_{int(year)}{out.suffix}")
+
+
+def write_maps(datasets, out: str | Path) -> list[Path]:
+    """Write the one-year Datasets of :meth:`Emulator.iter_years` as they come (one year
+    in memory at a time): a NetCDF file or Zarr store with a ``year`` axis, or a COG per
+    year (class map, probability, entropy) by ``out``'s extension. Each file appears
+    whole (written to a temporary, then renamed); the years' reports are its
+    ``reports`` attribute (a JSON list), as in :meth:`Emulator.predict`'s Dataset.
+    Returns the paths written."""
+    from ai4land.io.atomic import atomic_path
+
+    out = Path(out)
+    kind = map_format(out)
+    if kind == "cog":
+        return [path for ds in datasets for path in _write_cogs(ds, out)]
+    with atomic_path(out) as tmp:
+        writer = _write_netcdf if kind == "netcdf" else _write_zarr
+        writer(datasets, tmp)
+    return [out]
+
+
+def _write_cogs(ds: xr.Dataset, out: Path) -> list[Path]:
+    from ai4land.products import quantise, write_cog, write_probability_cogs
+
+    year = int(ds["year"].values[0])
+    grid = Grid.from_dict(json.loads(ds.attrs["grid"]))
+    legend = {int(k): v for k, v in json.loads(ds.attrs["legend"]).items()}
+    report = json.loads(ds.attrs["report"])
+    tags = {"AI4LAND_SCENARIO": report["scenario"], "AI4LAND_YEAR": year,
+            "AI4LAND_DIRECTION": report["direction"], "AI4LAND_ANCHOR_YEAR": report["anchor_year"],
+            "AI4LAND_HARMONIZED": bool(ds.attrs["harmonized"]),
+            "AI4LAND_CONFIG_HASH": ds.attrs["config_hash"],
+            "AI4LAND_MODEL_WEIGHTS_SHA256": ds.attrs["model_weights_sha256"]}
+    path = cog_paths(out, year)
+    layers = [quantise(ds[name].values[0]) for name in ("probability", "entropy")]
+    extra = write_probability_cogs(path, *layers, grid, tags=tags)
+    write_cog(path, ds["lulc"].values[0], grid, legend=legend, tags=tags)
+    return [path, *extra]
+
+
+def _write_netcdf(datasets, path: Path) -> None:
+    """A NetCDF4 file with an unlimited ``year`` axis, appended a year at a time; the
+    layers stored as the product stores them (uint8; probability-like ones as
+    round(x × 254) with scale_factor 1/254 and _FillValue 255)."""
+    import netCDF4
+
+    from ai4land.products import quantise
+
+    reports: list[dict] = []
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+        for i, ds in enumerate(datasets):
+            if i == 0:
+                nc.setncatts({k: v for k, v in ds.attrs.items() if k != "report"})
+                nc.createDimension("year", None)
+                for name in ("lat", "lon"):
+                    nc.createDimension(name, ds.sizes[name])
+                    var = nc.createVariable(name, "f8", (name,))
+                    var.setncatts(ds[name].attrs)
+                    var[:] = ds[name].values
+                year = nc.createVariable("year", "i4", ("year",))
+                year.setncatts({"long_name": "calendar year", "units": "year"})
+                chunks = (1, min(256, ds.sizes["lat"]), min(256, ds.sizes["lon"]))
+                for name in ds.data_vars:
+                    encoding = ds[name].encoding
+                    var = nc.createVariable(name, "u1", ("year", "lat", "lon"), zlib=True,
+                                            complevel=4, chunksizes=chunks,
+                                            fill_value=encoding.get("_FillValue", False))
+                    var.set_auto_maskandscale(False)  # the stored bytes are written as such
+                    attrs = dict(ds[name].attrs)
+                    if "scale_factor" in encoding:
+                        attrs.update(scale_factor=np.float32(encoding["scale_factor"]),
+                                     add_offset=np.float32(0.0))
+                    var.setncatts(attrs)
+            nc["year"][i] = int(ds["year"].values[0])
+            reports.append(json.loads(ds.attrs["report"]))
+            nc.reports = json.dumps(reports)  # the years' prediction reports (JSON list)
+            for name in ds.data_vars:
+                values = ds[name].values[0]
+                nc[name][i] = values if values.dtype == np.uint8 else quantise(values)
+
+
+def _write_zarr(datasets, path: Path) -> None:
+    """A Zarr store with a ``year`` axis, appended a year at a time."""
+    import warnings
+
+    import zarr
+
+    reports: list[dict] = []
+    for i, ds in enumerate(datasets):
+        reports.append(json.loads(ds.attrs["report"]))
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k != "report"}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            if i == 0:
+                chunks = (1, min(256, ds.sizes["lat"]), min(256, ds.sizes["lon"]))
+                encoding = {name: {**ds[name].encoding, "chunks": chunks}
+                            for name in ("lulc", "probability", "entropy", "spread")
+                            if name in ds}
+                ds.to_zarr(path, mode="w", encoding=encoding, consolidated=True)
+            else:
+                ds.to_zarr(path, append_dim="year", consolidated=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.open_group(path, mode="r+").attrs["reports"] = json.dumps(reports)
+        zarr.consolidate_metadata(path)

@@ -159,3 +159,48 @@ def test_package_exports_the_emulator_lazily():
             "assert not heavy, heavy; from ai4land.emulator import Emulator; "
             "assert ai4land.Emulator is Emulator")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr", ".tif"])
+def test_emulate_command_writes_each_format(world, tmp_path, capsys, suffix):
+    from ai4land.cli import main
+    from ai4land.emulator import cog_paths
+
+    root, config, emulator = world
+    scenario = write_luh_file(root / "cube", "ssp126", tmp_path / "ssp126.nc")
+    bbox = (4.05, 47.55, 4.45, 47.95)
+    out = tmp_path / f"maps{suffix}"
+    assert main(["emulate", "--model", str(root / "model"), "--scenario", str(scenario),
+                 "--bbox", *map(str, bbox), "--years", "1966", "1967", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["year"] for line in lines[:2]] == [1966, 1967]
+    expected = emulator.predict(scenario, bbox=bbox, years=(1966, 1967))
+    if suffix == ".tif":
+        for year in (1966, 1967):
+            path = cog_paths(out, year)
+            np.testing.assert_array_equal(_read(path), expected["lulc"].sel(year=year).values)
+            quantised = _read(path.with_name(f"{path.stem}_entropy.tif"))
+            np.testing.assert_array_equal(quantised == 255,
+                                          np.isnan(expected["entropy"].sel(year=year).values))
+        return
+    written = (xr.open_dataset(out) if suffix == ".nc" else xr.open_zarr(out, chunks=None)).load()
+    assert written["lulc"].dtype == np.uint8
+    for name in ("lulc", "probability", "entropy"):
+        np.testing.assert_allclose(written[name].values, expected[name].values, atol=1e-6)
+    assert [r["year"] for r in json.loads(written.attrs["reports"])] == [1966, 1967]
+
+
+def test_emulate_command_errors_are_one_line(world, tmp_path, capsys):
+    from ai4land.cli import main
+
+    root, config, emulator = world
+    scenario = write_luh_file(root / "cube", "ssp126", tmp_path / "ssp126.nc")
+    base = ["emulate", "--model", str(root / "model"), "--scenario", str(scenario),
+            "--years", "1966"]
+    assert main([*base, "--out", str(tmp_path / "maps.png")]) == 2
+    assert main([*base, "--bbox", "10", "40", "11", "41", "--out", str(tmp_path / "m.nc")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(e.startswith("ai4land: error: ") for e in errors)
+    assert "unknown output format '.png'" in errors[0]
+    assert "outside the model's static data" in errors[1]
+    assert not (tmp_path / "m.nc").exists()
