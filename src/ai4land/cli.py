@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("part", choices=["target", "static", "coarse"])
     p.add_argument("--scenario", help="coarse scenario (with part 'coarse')")
 
-    p = stage("split", cmd_split, "spatial blocks + farthest point sampling + temporal split")
+    p = stage("split", cmd_split, "spatial blocks + stratified test blocks + temporal split")
     p.add_argument("--output", required=True, help="split JSON")
     p.add_argument("--figure", required=True, help="split map PNG")
 

@@ -193,6 +193,7 @@ class SplitConfig(_Section):
     n_test_blocks: PositiveInt = 4
     n_val_blocks: NonNegativeInt = 2
     buffer_blocks: NonNegativeInt = 1
+    min_test_land_fraction: Fraction = 0.5  # test blocks are mostly land
 
 
 class PriorMaskConfig(_Section):

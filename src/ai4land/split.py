@@ -1,8 +1,14 @@
 """Leak-free spatial and temporal split.
 
-The fine grid is cut into square blocks. Farthest point sampling, started from a seeded
-random land block, picks the test blocks so they spread over the region; validation
-blocks are picked the same way among the rest. Blocks within ``buffer_blocks`` of a
+The fine grid is cut into square blocks. Test blocks are drawn among the mostly-land
+blocks (``split.min_test_land_fraction``), stratified by landscape: a block's stratum is
+its dominant class on the observed map of a reference year (the last observed year
+before the test years), and every stratum gets test blocks, one each in order of size
+while they last, the rest in proportion to the strata's sizes. Inside a stratum a block
+is drawn at random (seeded) among the candidates at least half as far from the test
+blocks already chosen as the farthest one: spread over the region like farthest point
+sampling, without its pull to the map's edges and corners. Validation blocks are
+picked by farthest point sampling among the rest. Blocks within ``buffer_blocks`` of a
 test block are left out of training, so no training window touches a test block.
 """
 
@@ -28,6 +34,7 @@ class Block:
     col: int
     role: str
     land_fraction: float
+    dominant_class: int | None = None  # stratum: the most frequent class on land (None: no map)
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Split:
     seed: int
     height: int
     width: int
+    reference_year: int | None = None  # year of the map the strata come from
 
     def windows(self, role: str) -> list[Window]:
         """The pixel windows of the blocks with ``role`` (edge blocks may be smaller)."""
@@ -82,6 +90,7 @@ class Split:
             seed=data["seed"],
             height=data["height"],
             width=data["width"],
+            reference_year=data.get("reference_year"),
         )
 
 
@@ -110,6 +119,65 @@ def farthest_point_sampling(
     return chosen
 
 
+def stratified_sampling(points: np.ndarray, strata: np.ndarray, k: int, *,
+                        rng: np.random.Generator, far: float = 0.5) -> list[int]:
+    """Indices of ``k`` points spread over the region with every stratum represented.
+
+    Strata (one label per point) get one pick each in order of decreasing size while
+    picks last; picks left after that go to the strata in proportion to their sizes
+    (largest remainder). Picks alternate between strata; each is drawn at random among
+    the stratum's unchosen points whose distance to the chosen ones is at least ``far``
+    times the largest such distance.
+    """
+    if k > len(points):
+        raise InputDataError(f"cannot pick {k} blocks out of {len(points)} candidates")
+    labels, sizes = np.unique(strata, return_counts=True)
+    order = np.lexsort((labels, -sizes))  # largest stratum first, ties by label
+    labels, sizes = labels[order], sizes[order]
+    quota = np.zeros(len(labels), dtype="int64")
+    quota[: min(k, len(labels))] = 1
+    while quota.sum() < k:  # the rest by largest remainder, again if a stratum runs out
+        room = sizes - quota
+        weight = np.where(room > 0, sizes, 0)
+        share = (k - quota.sum()) * weight / weight.sum()
+        extra = np.floor(share).astype("int64")
+        left = k - quota.sum() - extra.sum()
+        extra[np.argsort(-(share - extra), kind="stable")[:left]] += 1
+        quota += np.minimum(extra, room)
+    distance = np.full(len(points), np.inf)
+    taken = np.zeros(len(points), dtype=bool)
+    chosen: list[int] = []
+    while len(chosen) < k:
+        for j, label in enumerate(labels):
+            if quota[j] == 0:
+                continue
+            quota[j] -= 1
+            members = np.flatnonzero((strata == label) & ~taken)
+            reach = distance[members]
+            pool = members[reach >= far * reach.max()] if np.isfinite(reach.max()) else members
+            pick = int(pool[rng.integers(len(pool))])
+            chosen.append(pick)
+            taken[pick] = True
+            distance = np.minimum(distance, np.hypot(*(points - points[pick]).T))
+    return chosen
+
+
+def block_composition(codes: np.ndarray, land_mask: np.ndarray, *, block_size: int,
+                      classes: list[int]) -> np.ndarray:
+    """(n_rows, n_cols, K) land pixels of each class in each block (other codes ignored)."""
+    height, width = codes.shape
+    n_rows, n_cols = -(-height // block_size), -(-width // block_size)
+    lookup = np.full(256, -1, dtype="int64")
+    lookup[classes] = np.arange(len(classes))
+    index = lookup[codes]
+    keep = land_mask & (index >= 0)
+    rows, cols = np.nonzero(keep)
+    block = (rows // block_size) * n_cols + cols // block_size
+    counts = np.bincount(block * len(classes) + index[keep],
+                         minlength=n_rows * n_cols * len(classes))
+    return counts.reshape(n_rows, n_cols, len(classes))
+
+
 def make_split(
     land_mask: np.ndarray,
     *,
@@ -121,7 +189,19 @@ def make_split(
     test_years: tuple[int, int],
     seed: int,
     min_land_fraction: float = 0.25,
+    min_test_land_fraction: float = 0.5,
+    composition: np.ndarray | None = None,
+    classes: list[int] | None = None,
+    reference_year: int | None = None,
 ) -> Split:
+    """Roles of the blocks: test (stratified), buffer, validation, train, ocean.
+
+    ``composition`` (n_rows, n_cols, K) counts the land pixels of each of ``classes``
+    per block on a reference year's map (:func:`block_composition`); test blocks are
+    stratified by their dominant class. Without it all candidates form one stratum.
+    Test blocks need ``min_test_land_fraction`` land, validation blocks
+    ``min_land_fraction``.
+    """
     height, width = land_mask.shape
     n_rows = -(-height // block_size)
     n_cols = -(-width // block_size)
@@ -130,10 +210,24 @@ def make_split(
         for c in range(n_cols):
             tile = land_mask[r * block_size : (r + 1) * block_size, c * block_size : (c + 1) * block_size]
             land[r, c] = tile.mean()
+    dominant = np.full((n_rows, n_cols), -1, dtype="int64")
+    if composition is not None:
+        if classes is None or composition.shape != (n_rows, n_cols, len(classes)):
+            raise ValueError(f"block composition needs shape {(n_rows, n_cols)} + (classes,), "
+                             f"got {composition.shape}")
+        has_class = composition.sum(axis=-1) > 0
+        dominant[has_class] = np.asarray(classes)[composition.argmax(axis=-1)[has_class]]
     candidates = np.argwhere(land >= min_land_fraction)
+    test_candidates = np.argwhere(land >= max(min_test_land_fraction, min_land_fraction))
+    if n_test > len(test_candidates):
+        raise InputDataError(
+            f"only {len(test_candidates)} blocks have {min_test_land_fraction:.0%} land for "
+            f"{n_test} test blocks; lower split.n_test_blocks, split.block_size or "
+            "split.min_test_land_fraction")
     rng = np.random.default_rng(seed)
-    test_idx = farthest_point_sampling(candidates.astype(float), n_test, rng=rng)
-    test_cells = candidates[test_idx]
+    test_idx = stratified_sampling(test_candidates.astype(float),
+                                   dominant[tuple(test_candidates.T)], n_test, rng=rng)
+    test_cells = test_candidates[test_idx]
     roles = np.full((n_rows, n_cols), "train", dtype=object)
     roles[land == 0] = "ocean"
     for r, c in test_cells:
@@ -155,7 +249,8 @@ def make_split(
             "split leaves no training block; lower split.n_test_blocks or split.block_size"
         )
     blocks = tuple(
-        Block(id=r * n_cols + c, row=r, col=c, role=str(roles[r, c]), land_fraction=round(float(land[r, c]), 4))
+        Block(id=r * n_cols + c, row=r, col=c, role=str(roles[r, c]), land_fraction=round(float(land[r, c]), 4),
+              dominant_class=int(dominant[r, c]) if dominant[r, c] >= 0 else None)
         for r in range(n_rows)
         for c in range(n_cols)
     )
@@ -169,6 +264,7 @@ def make_split(
         seed=seed,
         height=height,
         width=width,
+        reference_year=reference_year,
     )
 
 
@@ -203,20 +299,39 @@ def plot_split(split: Split, path: Path) -> None:
 
 
 def run_split(config, *, output: str | Path, figure: str | Path) -> Split:
-    """Split the cube's land into train/val/test blocks and write JSON + PNG."""
+    """Split the cube's land into train/val/test blocks and write JSON + PNG.
+
+    The test strata come from the observed map of the last observed year before the
+    test years (the first observed year if none is earlier).
+    """
     from ai4land.io.cube import Cube
 
     cube = Cube.from_config(config)
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
+    classes = list(config.classes.predicted)
+    block_size = config.split.block_size
+    observed = cube.target_years
+    before = [y for y in observed if y < config.years.test[0]]
+    reference = max(before) if before else min(observed)
+    height, width = land_mask.shape
+    composition = np.concatenate([  # one row of blocks at a time: memory of a band
+        block_composition(cube.target_window(reference, Window(row, 0, min(block_size, height - row), width)),
+                          land_mask[row : row + block_size], block_size=block_size, classes=classes)
+        for row in range(0, height, block_size)
+    ])
     split = make_split(
         land_mask,
-        block_size=config.split.block_size,
+        block_size=block_size,
         n_test=config.split.n_test_blocks,
         n_val=config.split.n_val_blocks,
         buffer=config.split.buffer_blocks,
         train_years=config.years.train,
         test_years=config.years.test,
         seed=config.seed,
+        min_test_land_fraction=config.split.min_test_land_fraction,
+        composition=composition,
+        classes=classes,
+        reference_year=reference,
     )
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(split.to_json(), indent=1))
