@@ -164,18 +164,22 @@ def stratified_sampling(points: np.ndarray, strata: np.ndarray, k: int, *,
 
 def block_composition(codes: np.ndarray, land_mask: np.ndarray, *, block_size: int,
                       classes: list[int]) -> np.ndarray:
-    """(n_rows, n_cols, K) land pixels of each class in each block (other codes ignored)."""
+    """(n_rows, n_cols, K) land pixels of each class in each block (other codes ignored).
+
+    Counted class by class and row of blocks by row of blocks (boolean temporaries of
+    one band), so a production-size band stays small.
+    """
     height, width = codes.shape
-    n_rows, n_cols = -(-height // block_size), -(-width // block_size)
-    lookup = np.full(256, -1, dtype="int64")
-    lookup[classes] = np.arange(len(classes))
-    index = lookup[codes]
-    keep = land_mask & (index >= 0)
-    rows, cols = np.nonzero(keep)
-    block = (rows // block_size) * n_cols + cols // block_size
-    counts = np.bincount(block * len(classes) + index[keep],
-                         minlength=n_rows * n_cols * len(classes))
-    return counts.reshape(n_rows, n_cols, len(classes))
+    n_rows = -(-height // block_size)
+    starts = np.arange(0, width, block_size)
+    out = np.zeros((n_rows, len(starts), len(classes)), dtype="int64")
+    for r in range(n_rows):
+        rows = slice(r * block_size, (r + 1) * block_size)
+        band, land = codes[rows], land_mask[rows]
+        for k, code in enumerate(classes):
+            per_column = ((band == code) & land).sum(axis=0)
+            out[r, :, k] = np.add.reduceat(per_column, starts)
+    return out
 
 
 def make_split(

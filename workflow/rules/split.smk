@@ -4,13 +4,14 @@
 rule split:
     input:
         grids=rules.prepare_target.output.grids,
+        target=rules.prepare_target.output.target,
         static=rules.prepare_static.output[0],
     output:
         split=f"{RESULTS}/split/split.json",
         figure=report(f"{RESULTS}/split/split.png", caption="../report/split.rst", category="Split"),
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("seed", "split", "years"),
+        config_hash=config_hash("seed", "split", "years", "classes"),
     log:
         f"{LOGS}/split.log",
     conda:
