@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ai4land.evaluate.bootstrap import BlockBootstrap
+from ai4land.evaluate.bootstrap import BlockBootstrap, compare_to_baselines
 from ai4land.evaluate.change import (
     CATEGORIES, CORRECT_REJECTION, FALSE_ALARM, HIT, MISS, NOT_SCORED, WRONG_HIT, ChangeTally,
     FigureOfMerit, ProducersAccuracyOfChange, UsersAccuracyOfChange, change_categories,
@@ -149,3 +149,29 @@ def test_bootstrap_takes_mappings_and_counts_undefined_replicates():
     assert 0.2 < interval.undefined / 400 < 0.4
     with pytest.raises(ValueError, match="first axis"):
         boot.interval(np.ones((4, 5)), FigureOfMerit().compute)
+
+
+def test_compare_to_baselines_picks_the_best_and_pairs_the_difference():
+    blocks = 8
+    base = np.tile([50, 10, 10, 5, 5], (blocks, 1))
+    weak = base.copy()
+    weak[:, HIT] -= 5
+    weak[:, MISS] += 5
+    strong = base.copy()
+    strong[:, HIT] += 5
+    strong[:, MISS] -= 5
+    empty = np.tile([80, 0, 0, 0, 0], (blocks, 1))  # no change: FoM undefined
+    boot = BlockBootstrap(blocks, n_replicates=100, seed=0)
+    stats = {"unet": base, "weak": weak, "strong": strong, "empty": empty}
+    result = compare_to_baselines(boot, stats, FigureOfMerit().compute, model="unet",
+                                  baselines=["weak", "empty", "strong"])
+    assert result["best_baseline"] == "strong"
+    assert result["difference"].estimate == pytest.approx(10 / 30 - 15 / 30)
+    assert result["difference"].significant  # identical blocks: a zero-width interval
+    assert set(result["intervals"]) == {"unet", "weak", "empty", "strong"}
+    lower = compare_to_baselines(boot, stats, FigureOfMerit().compute, model="unet",
+                                 baselines=["weak", "strong"], higher_is_better=False)
+    assert lower["best_baseline"] == "weak"
+    none = compare_to_baselines(boot, stats, FigureOfMerit().compute, model="unet",
+                                baselines=["empty"])
+    assert none["best_baseline"] is None and none["difference"] is None

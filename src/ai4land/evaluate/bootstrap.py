@@ -15,7 +15,7 @@ change) are left out of the percentiles and counted in ``undefined``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -129,3 +129,23 @@ def _total(stats: Stats):
 
 def _json_number(value: float) -> float | None:
     return None if not np.isfinite(value) else round(float(value), 6)
+
+
+def compare_to_baselines(bootstrap: BlockBootstrap, stats: Mapping[str, Stats], metric: Callable,
+                         *, model: str, baselines: Sequence[str],
+                         higher_is_better: bool = True) -> dict:
+    """Intervals of every model, and ``model`` minus the best baseline (paired).
+
+    ``stats`` maps model names to their per-block statistics. The best baseline is the
+    one with the best estimate (ties: the first in ``baselines``; undefined estimates
+    never win). Returns ``{"intervals": {name: Interval}, "best_baseline": name or
+    None, "difference": Difference or None}``; the difference is None when no
+    baseline has a defined estimate.
+    """
+    intervals = {name: bootstrap.interval(stats[name], metric) for name in (model, *baselines)}
+    sign = 1.0 if higher_is_better else -1.0
+    defined = [b for b in baselines if np.isfinite(intervals[b].estimate)]
+    best = max(defined, key=lambda b: sign * intervals[b].estimate) if defined else None
+    difference = (bootstrap.difference(stats[model], stats[best], metric)
+                  if best is not None else None)
+    return {"intervals": intervals, "best_baseline": best, "difference": difference}
