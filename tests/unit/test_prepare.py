@@ -555,6 +555,87 @@ def test_coarse_bad_fractions(world, tweak, message):
     assert not (Path(config.paths.cube) / "coarse" / "historical.zarr").exists()
 
 
+LAKE_CELL = (2, 3)  # coarse (row, col) of the fine region: all water in the fine maps
+ICE_CELL = (4, 5)  # no data (ice sheet) with some water: no land-use pixel either
+COAST_CELL = (6, 6)  # 2 of 25 pixels of a land-use class, the rest ocean
+
+
+def _no_land_use_maps() -> dict:
+    maps = {}
+    for year in YEARS:
+        codes = fine_map(year)
+        codes[10:15, 15:20] = 77
+        codes[20:25, 25:30] = 99
+        codes[20:22, 25:27] = 77
+        codes[30:35, 30:35] = 0
+        codes[30, 30:32] = 22
+        maps[year] = codes
+    return maps
+
+
+def _fill_cells(cells, *, icwtr: float | None = 1.0):
+    """LUH2 fill (1e20) in every state of the fine region's coarse ``cells``; ``icwtr``
+    there (None: fill too)."""
+    offset = (8, 8)  # the fine region starts 8 coarse cells into COARSE
+
+    def tweak(name, values, years):
+        for row, col in cells:
+            values[:, offset[0] + row, offset[1] + col] = 1e20
+
+    def static(path):
+        write_coarse_static(path)
+        with xr.open_dataset(path) as ds:
+            ds = ds.load()
+        for row, col in cells:
+            ds["icwtr"][offset[0] + row, offset[1] + col] = 1e20 if icwtr is None else icwtr
+        path.unlink()
+        ds.to_netcdf(path, encoding={"icwtr": {"_FillValue": None}})
+
+    return tweak, static
+
+
+def test_coarse_all_water_or_ice_cells_need_no_land_use_data(world):
+    """LUH2 gives a cell that is all water or ice (icwtr 1) no state values (fill): fine
+    pixels of water (77), no data (99) or ocean (0) need none, and a cell with only a
+    few land-use pixels (a coastline) may lack them too; a cell of mostly land-use
+    pixels may not."""
+    raw = world / "raw"
+    write_fine_zip(raw, maps=_no_land_use_maps())
+    tweak, static = _fill_cells([LAKE_CELL, ICE_CELL, COAST_CELL])
+    write_coarse(raw / "luh2" / "states.nc", tweak=tweak)
+    static(raw / "luh2" / "staticData_quarterdeg.nc")
+    config = make_config(world)
+    prepare_target(config, progress=False)
+    ds = xr.open_zarr(prepare_coarse(config, scenario="historical", progress=False), chunks=None)
+    for row, col in (LAKE_CELL, ICE_CELL, COAST_CELL):
+        assert np.isnan(ds["primf"].values[:, row, col]).all()
+        assert ds["icwtr"].values[row, col] == 1.0
+    assert np.isfinite(ds["primf"].values[:, 1, 1]).all()
+
+    # A cell of mostly land-use pixels (cell (1, 1)) without state values is refused.
+    tweak, static = _fill_cells([LAKE_CELL, (1, 1)])
+    write_coarse(raw / "luh2" / "states.nc", tweak=tweak)
+    static(raw / "luh2" / "staticData_quarterdeg.nc")
+    with pytest.raises(InputDataError, match=r"states\.nc: variable 'primf' is missing \(fill value "
+                                             r"or NaN\) at year 2000, lat 43\.6250, lon 4\.3750, "
+                                             r"a cell whose fine pixels are mostly land-use classes"):
+        prepare_coarse(config, scenario="historical", progress=False)
+
+
+def test_static_layer_may_lack_data_on_no_data_pixels(world):
+    """An ice sheet (no data in the fine maps) where the soil map has no data either."""
+    maps = {}
+    for year in YEARS:
+        maps[year] = fine_map(year)
+        maps[year][20:30, 20:30] = 99
+    write_fine_zip(world / "raw", maps=maps)
+    write_clay_igh(world / "raw" / "static" / "clay.tif", hole=(5.02, 42.52, 5.48, 42.98))
+    config = make_config(world)
+    prepare_target(config, progress=False)
+    clay = xr.open_zarr(prepare_static(config, progress=False), chunks=None)["clay"].values
+    assert np.isnan(clay[22:28, 22:28]).all()
+
+
 def test_coarse_missing_backward_years(world):
     config = make_config(world, **{"years.backward": [1990, 1999]})
     prepare_target(config, progress=False)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ai4land.errors import InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
-from ai4land.io.cube import LAND_MASK, TARGET_VARIABLE, TILE_CHUNK, CubePaths
+from ai4land.io.cube import TARGET_VARIABLE, TILE_CHUNK, CubePaths
 
 # Rows processed at once: a multiple of the tile chunk, so each write fills whole chunks.
 STRIP_ROWS = 4 * TILE_CHUNK
@@ -97,22 +97,20 @@ def open_store(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, chunks=None)
 
 
-def land_share(config, grid: Grid, factor: int, *, progress: bool = True) -> np.ndarray:
-    """Share of land pixels in each coarse cell (float64, coarse shape).
+def land_share(config, grid: Grid, factor: int, *, ignore: Iterable[int],
+               progress: bool = True) -> np.ndarray:
+    """Share of land-use pixels in each coarse cell (float64, coarse shape): pixels whose
+    code is not in ``ignore`` (ocean, water, no data: codes that need no land-use data)
+    in some observed year of target.zarr.
 
-    Land is static.zarr's land_mask when written, else "not ocean in any observed year"
-    of target.zarr. The fine mask is read a strip of whole coarse rows at a time, so
-    memory stays at one strip however large the fine grid is.
+    The maps are read a strip of whole coarse rows at a time, so memory stays at one
+    strip however large the fine grid is.
     """
-    paths = cube_paths(config)
-    mask = open_store(paths.static).get(LAND_MASK) if paths.static.exists() else None
-    lulc = None
-    if mask is None or mask.shape != grid.shape:
-        mask = None
-        lulc = open_store(paths.target)[TARGET_VARIABLE]
-        if (lulc.sizes["lat"], lulc.sizes["lon"]) != grid.shape:
-            raise InputDataError(f"{paths.target}: shape does not match grids.json; "
-                                 "rerun `ai4land prepare target`")
+    lulc = open_store(cube_paths(config).target)[TARGET_VARIABLE]
+    if (lulc.sizes["lat"], lulc.sizes["lon"]) != grid.shape:
+        raise InputDataError(f"{cube_paths(config).target}: shape does not match grids.json; "
+                             "rerun `ai4land prepare target`")
+    ignore = np.asarray(sorted(set(ignore)), dtype="uint8")
     height, width = grid.height // factor, grid.width // factor
     share = np.zeros((height, width), dtype="float64")
     cells_per_strip = max(1, STRIP_ROWS // factor)
@@ -120,11 +118,8 @@ def land_share(config, grid: Grid, factor: int, *, progress: bool = True) -> np.
     for cell0 in progress_bar(strips, desc="land share", enabled=progress):
         cell1 = min(cell0 + cells_per_strip, height)
         rows = slice(cell0 * factor, cell1 * factor)
-        if mask is not None:
-            land = np.asarray(mask.isel(lat=rows).values) != 0
-        else:
-            land = np.zeros((rows.stop - rows.start, grid.width), dtype=bool)
-            for index in range(lulc.sizes["year"]):
-                land |= np.asarray(lulc.isel(year=index, lat=rows).values) != config.classes.ocean
+        land = np.zeros((rows.stop - rows.start, grid.width), dtype=bool)
+        for index in range(lulc.sizes["year"]):
+            land |= ~np.isin(np.asarray(lulc.isel(year=index, lat=rows).values), ignore)
         share[cell0:cell1] = land.reshape(cell1 - cell0, factor, width, factor).mean(axis=(1, 3))
     return share

@@ -36,11 +36,14 @@ from ai4land.prepare._common import (
     progress_bar,
     read_grids,
 )
+from ai4land.prepare.static import water_codes
 
 # Bytes of fractions held in memory at once (a block of years, all variables).
 BLOCK_BYTES = 256 * 2**20
-# A coarse cell counts as land for the "no fill on land" check when at least this share
-# of its fine pixels is land: coastal cells whose land the coarse data call ocean pass.
+# A coarse cell must hold land-use data when at least this share of its fine pixels hold
+# a land-use class (not ocean, water or no data) in some observed year. Cells with fewer
+# (coastlines the coarse data call ocean, islands, the land of all-ice or all-water cells)
+# may lack them: predict keeps their pixels' observed classes.
 LAND_CELL_SHARE = 0.5
 
 
@@ -107,7 +110,8 @@ def _check(values: np.ndarray, *, name: str, path, grid: Grid, years: list[int],
         index = tuple(int(i) for i in np.argwhere(missing)[0])
         raise InputDataError(
             f"{path}: variable {name!r} is missing (fill value or NaN) at {_where(grid, years, index)}, "
-            "a land cell of the fine maps; the coarse data must cover all land of region.bbox"
+            f"a cell whose fine pixels are mostly land-use classes (>= {LAND_CELL_SHARE:.0%}, "
+            "not ocean, water or no data); the coarse data must cover the land of region.bbox"
         )
 
 
@@ -144,8 +148,12 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
                 f"(file holds {int(file_years.min())}-{int(file_years.max())})"
             )
 
-        # Coarse cells that are mostly land in the fine maps.
-        land_cells = land_share(config, fine, factor, progress=progress) >= LAND_CELL_SHARE
+        # Coarse cells that are mostly land-use pixels in the fine maps (ocean, inland water
+        # and no-data pixels need no land-use data: all-water or all-ice cells pass).
+        classes = config.classes
+        ignore = [classes.ocean, classes.nodata, *water_codes(config)]
+        land_cells = land_share(config, fine, factor, ignore=ignore,
+                                progress=progress) >= LAND_CELL_SHARE
 
         # Water: a (lat, lon) fraction from the static file (or the states file itself).
         water = None

@@ -284,7 +284,7 @@ def prepare_static(config, *, progress: bool = True) -> Path:
         raise InputDataError(f"{paths.target}: shape does not match {paths.grids}; "
                              "rerun `ai4land prepare target`")
     ocean = config.classes.ocean
-    water = water_codes(config)
+    no_land_use = [ocean, config.classes.nodata, *water_codes(config)]
 
     names = [layer.name for layer in config.datasets.static]
     if len(set(names)) != len(names):
@@ -327,13 +327,13 @@ def prepare_static(config, *, progress: bool = True) -> Path:
             for row0 in progress_bar(strips, desc="static layers", enabled=progress):
                 row1 = min(row0 + STATIC_ROWS, fine.height)
                 land = np.zeros((row1 - row0, fine.width), dtype=bool)
-                always_water = np.ones((row1 - row0, fine.width), dtype=bool)
+                checked = np.zeros((row1 - row0, fine.width), dtype=bool)
                 for index in range(lulc.sizes["year"]):
                     codes = np.asarray(lulc.isel(year=index, lat=slice(row0, row1)).values)
                     land |= codes != ocean
-                    always_water &= np.isin(codes, water)
-                # Coverage is checked on land that is not always water (soil maps skip lakes).
-                checked = land & ~always_water
+                    checked |= ~np.isin(codes, no_land_use)
+                # Coverage is checked on pixels of a land-use class in some year (soil maps
+                # skip lakes and ice, which are water or no data in the fine maps).
                 group[LAND_MASK][row0:row1, :] = land.astype("uint8")
                 for src, method in zip(sources, methods, strict=True):
                     if src.layer.derive_slope:
