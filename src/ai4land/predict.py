@@ -333,7 +333,7 @@ class _Tally:
         self.errors = {(when, target): ErrorTally() for when in ("before", "after")
                        for target in ("delta_target", "luh")}
         self.class_counts = np.zeros(k, dtype="int64")
-        self.pixels = {"land": 0, "valid": 0, "nodata": 0}
+        self.pixels = {"land": 0, "valid": 0, "nodata": 0, "kept": 0}
         self.changed = self.rejections = 0
         self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
         self.seconds = 0.0
@@ -373,16 +373,22 @@ class _Finaliser:
         land = cube.land_mask_window(window)
         rows, cols = window.coarse_slices(factor)
         cells = self.cells[:, rows, cols]
-        valid = land & ~upsample_cells(self.cell_nodata[rows, cols], factor=factor,
-                                       window=window)
+        anchor_codes = cube.target_window(self.anchor, window)
+        no_cell_data = upsample_cells(self.cell_nodata[rows, cols], factor=factor,
+                                      window=window)
+        # The anchor map's no-data pixels stay no data, out of every cell's quotas; land of
+        # cells without coarse land-use data (coastlines the coarse data call ocean, all
+        # water or ice cells) keeps the anchor map's classes: nothing constrains a change.
+        valid = land & ~no_cell_data & (anchor_codes != config.classes.nodata)
+        kept = land & no_cell_data & np.isin(anchor_codes, self.code_of)
 
         best, group_p, entropy = summarise(probs, self.groups, self.classes, valid=valid)
         argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
         names = cube.coarse_channel_names
         luh_t = luh_group_fractions(cells, names, self.groups)
         luh_anchor = luh_group_fractions(self.anchor_cells[:, rows, cols], names, self.groups)
-        anchor_fractions, _ = map_group_fractions(cube.target_window(self.anchor, window),
-                                                  self.groups, factor=factor, valid=land)
+        anchor_fractions, _ = map_group_fractions(anchor_codes, self.groups, factor=factor,
+                                                  valid=valid)
         target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
 
         index = best
@@ -394,12 +400,14 @@ class _Finaliser:
         codes, probability, entropy, tally.class_counts = map_layers(
             probs, index, entropy=entropy, valid=valid, land=land, codes=self.code_of,
             nodata=config.classes.nodata, ocean=config.classes.ocean)
+        codes[kept] = anchor_codes[kept]  # not modelled: probability and entropy no data
         for when, mapped in (("before", argmax_codes), ("after", codes)):
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
                 tally.errors[when, name].add_fractions(fractions, n, target=goal)
-        n_valid, n_land = int(valid.sum()), int(land.sum())
-        tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid)
+        n_valid, n_land, n_kept = int(valid.sum()), int(land.sum()), int(kept.sum())
+        tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid - n_kept,
+                            kept=n_kept)
 
         out = {"lulc": codes, "probability": probability, "entropy": entropy}
         if band.shape[-1] > k:  # ensemble: member std of the top class, disagreement

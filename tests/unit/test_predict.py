@@ -201,6 +201,86 @@ def test_windows_over_nodata_cells_are_skipped_without_changing_products(world, 
             read_year(all_out.parent / "s.zarr", scenario="ssp126", year=1966, layer=layer))
 
 
+def _holed_cube(world, root: Path, *, nodata_block, empty_cell) -> None:
+    """A copy of the world's cube under ``root``: no data (99) on the land of
+    ``nodata_block`` (row and column slices) in every observed year, and coarse cell
+    ``empty_cell`` without land-use data (every state NaN, icwtr 1: LUH2's all water or
+    ice) in every scenario."""
+    import shutil
+
+    import zarr
+
+    shutil.copytree(world[0] / "cube", root / "cube")
+    lulc = zarr.open_group(str(root / "cube" / "target.zarr"), mode="r+")["lulc"]
+    values = lulc[:]
+    block = values[(slice(None), *nodata_block)]
+    block[block != 0] = 99
+    values[(slice(None), *nodata_block)] = block
+    lulc[:] = values
+    for scenario in ("historical", "ssp126"):
+        group = zarr.open_group(str(root / "cube" / "coarse" / f"{scenario}.zarr"), mode="r+")
+        for name in group.array_keys():
+            if name == "icwtr":
+                group[name][empty_cell] = 1.0
+            elif group[name].ndim == 3:
+                group[name][(slice(None), *empty_cell)] = np.nan
+
+
+def test_nodata_pixels_stay_nodata_and_out_of_quotas(world, tmp_path):
+    """No-data pixels of the anchor map stay 99 and are not counted in their cells'
+    quotas; land of a cell without coarse land-use data keeps the anchor map's classes."""
+    from ai4land.harmonize import (
+        class_groups,
+        delta_target,
+        largest_remainder_counts,
+        luh_group_fractions,
+        map_group_fractions,
+    )
+
+    _holed_cube(world, tmp_path, nodata_block=(slice(16, 30), slice(20, 35)),
+                empty_cell=(4, 1))
+    config = _config(tmp_path)
+    cube = Cube.from_config(config)
+    factor, whole = cube.factor, Window(0, 0, 48, 48)
+    land = cube.land_mask_window(whole)
+    anchor = cube.target_window(1965, whole)
+    observed = land & (anchor != 99)
+    assert (land & (anchor == 99)).sum() > 150  # the block, partly filling its cells
+
+    out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
+    report = run_predict(config, scenario="ssp126", year=1966, model_dir=world[0] / "model",
+                         prior_path=None, output=out, store=tmp_path / "s.zarr")
+    with rasterio.open(out) as src:
+        codes = src.read(1)
+    with rasterio.open(out.with_name(out.stem + "_probability.tif")) as src:
+        probability = src.read(1)
+    np.testing.assert_array_equal(codes == 99, land & (anchor == 99))
+
+    empty = (slice(32, 40), slice(8, 16))  # the cell without land-use data: kept as observed
+    assert land[empty].all()
+    np.testing.assert_array_equal(codes[empty], anchor[empty])
+    modelled = observed.copy()
+    modelled[empty] = False
+    assert (probability[empty] == 255).all() and (probability[modelled] < 255).all()
+    assert report["pixels"]["kept"] == int((land[empty] & (anchor[empty] != 99)).sum()) == 64
+    assert report["pixels"]["nodata"] == int((land & (anchor == 99)).sum())
+
+    # Each cell's group counts over its observed pixels are the quotas of the delta target
+    # computed over those pixels alone.
+    groups = class_groups(config.datasets.coarse.groups, list(config.classes.predicted))
+    names = cube.coarse_channel_names
+    cells = cube.coarse_cells("ssp126", 1966, whole)
+    luh_t = luh_group_fractions(cells, names, groups)
+    luh_anchor = luh_group_fractions(cube.coarse_cells("ssp126", 1965, whole), names, groups)
+    anchor_fractions, n = map_group_fractions(anchor, groups, factor=factor, valid=observed)
+    quotas = largest_remainder_counts(delta_target(anchor_fractions, luh_t, luh_anchor), n)
+    fractions, n_map = map_group_fractions(codes, groups, factor=factor, valid=observed)
+    has_data = ~np.isnan(cells[: len(cube.coarse_variables)]).all(axis=0) & (n > 0)
+    assert has_data.sum() >= 30 and not has_data[4, 1]
+    np.testing.assert_array_equal(n_map, n)
+    np.testing.assert_array_equal(np.rint(fractions * n_map)[:, has_data], quotas[:, has_data])
+
+
 def test_tta_ensemble_reports_spread_and_writes_its_layer(world, tmp_path):
     root, _ = world
     config = _config(root, ensemble={"kind": "tta", "members": 4, "write_layer": True})
