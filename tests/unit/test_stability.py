@@ -88,6 +88,9 @@ def test_cells_without_target_are_not_scored_and_shapes_are_checked():
     counts = stability_counts(previous, current, valid=np.ones((2, 4), bool), groups=GROUPS,
                               factor=2, target=_target((0, 1, 0), (0, 0, 0)))
     assert (counts.valid, counts.changed) == (4, 4)
+    with pytest.raises(ValueError, match="uint8 class codes"):
+        stability_counts(previous.astype("int64"), current, valid=np.ones((2, 4), bool),
+                         groups=GROUPS, factor=2, target=_target((0, 1, 0), (0, 0, 0)))
     with pytest.raises(ValueError, match="cells need"):
         stability_counts(previous, current, valid=np.ones((2, 4), bool), groups=GROUPS,
                          factor=2, target=_target((0, 1, 0)))

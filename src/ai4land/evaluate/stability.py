@@ -106,6 +106,9 @@ def stability_counts(previous: np.ndarray, current: np.ndarray, *, valid: np.nda
     """
     previous, current = np.asarray(previous), np.asarray(current)
     valid = np.asarray(valid, dtype=bool)
+    if previous.dtype != np.uint8 or current.dtype != np.uint8:
+        raise ValueError(f"stability maps must be uint8 class codes, got {previous.dtype} "
+                         f"and {current.dtype}")
     if not previous.shape == current.shape == valid.shape:
         raise ValueError(f"stability maps differ in shape: previous {previous.shape}, current "
                          f"{current.shape}, valid {valid.shape}")
