@@ -163,6 +163,21 @@ def cmd_emulate(args) -> int:
     return 0
 
 
+def cmd_aggregate(args) -> int:
+    from ai4land.aggregate import aggregate_maps, read_maps, write_fractions
+    from ai4land.config import AggregateConfig, ClassesConfig
+
+    if args.config:
+        config = _config(args)
+        classes, aggregate = config.classes, config.aggregate
+    else:
+        classes, aggregate = ClassesConfig(), AggregateConfig()
+    grid = args.grid_file or {"res": args.res, "bbox": args.extent}
+    ds = aggregate_maps(read_maps(args.maps), grid, classes=classes, aggregate=aggregate)
+    print(write_fractions(ds, args.out))
+    return 0
+
+
 def cmd_torchrun(args) -> int:
     from ai4land.launch import launch
 
@@ -281,6 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default: the observed map the chain starts from)")
     p.add_argument("--out", required=True, help="output: PATH.nc, PATH.zarr or PATH.tif")
     p.set_defaults(func=cmd_emulate)
+
+    p = sub.add_parser("aggregate", help="fine maps to class and PFT fractions on a model grid",
+                       description="Aggregate fine class maps (emulate's NetCDF/Zarr, or class "
+                                   "COGs) to fractions on a target grid, area-weighted, as CF "
+                                   "NetCDF in LUH layout: one variable per class and per plant "
+                                   "functional type (aggregate.crosswalk of the config).")
+    p.add_argument("maps", nargs="+", help="maps: .nc/.zarr written by emulate, or class COGs")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--res", type=float, help="regular lat/lon grid of RES degrees")
+    target.add_argument("--grid-file", help="a NetCDF file whose lat/lon grid to use")
+    p.add_argument("--extent", nargs=4, type=float, metavar=("W", "S", "E", "N"),
+                   help="extent of the --res grid (default: the maps' extent, snapped out)")
+    p.add_argument("--config", "-c", action="append", metavar="FILE",
+                   help="config with classes and the aggregate crosswalk (default: built-in)")
+    p.add_argument("--out", required=True, help="output NetCDF (.nc)")
+    p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)")
     p.add_argument("--nproc", type=int, required=True, help="processes per node (train.nproc)")

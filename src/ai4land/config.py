@@ -339,6 +339,50 @@ class PublishConfig(_Section):
     collection_id: str = "ai4land"
 
 
+# The default plant-functional-type crosswalk of ``ai4land aggregate``: the share of each
+# class's area given to each PFT. An illustrative, climate-blind table in the spirit of
+# land-cover -> PFT crosswalks (e.g. Poulter et al. 2015, GMD 8, 2315); a land model
+# replaces it with its own PFTs and shares (aggregate.crosswalk in the config).
+DEFAULT_CROSSWALK: dict[int, dict[str, float]] = {
+    11: {"urban": 0.75, "grass": 0.15, "bare": 0.10},
+    22: {"crop": 1.0},
+    33: {"grass": 0.85, "shrub": 0.10, "bare": 0.05},
+    44: {"tree": 0.85, "shrub": 0.05, "grass": 0.10},
+    55: {"grass": 0.50, "shrub": 0.40, "tree": 0.05, "bare": 0.05},
+    66: {"bare": 0.80, "grass": 0.10, "shrub": 0.10},
+    77: {"water": 1.0},
+}
+
+
+class AggregateConfig(_Section):
+    """Fine maps to fractions on an Earth-system model's grid (``ai4land aggregate``): one
+    variable per class (named by ``class_names``, ``class_<code>`` if unnamed) and per plant
+    functional type (``pft_<name>``, shares of each class's area from ``crosswalk``; a
+    class without a row adds to no PFT)."""
+
+    class_names: dict[int, str] = {11: "urban", 22: "cropland", 33: "pasture", 44: "forest",
+                                   55: "grass_shrub", 66: "sparse", 77: "water"}
+    crosswalk: dict[int, dict[str, Annotated[float, Field(ge=0, le=1)]]] = DEFAULT_CROSSWALK
+
+    @model_validator(mode="after")
+    def _valid_types(self) -> AggregateConfig:
+        for code, shares in self.crosswalk.items():
+            total = sum(shares.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"crosswalk of class {code} sums to {total:g}; the PFT shares "
+                                 "of a class must sum to 1")
+        names = [*self.class_names.values(), *(f"pft_{p}" for p in self.pfts)]
+        for name in names:
+            if not name.isidentifier():
+                raise ValueError(f"type name {name!r} is not a valid variable name")
+        return self
+
+    @property
+    def pfts(self) -> list[str]:
+        """The PFTs of the crosswalk, in order of first appearance."""
+        return list(dict.fromkeys(p for shares in self.crosswalk.values() for p in shares))
+
+
 class DemoWorldConfig(_Section):
     """Shape of the synthetic world written by ``ai4land demo-world``."""
 
@@ -373,6 +417,7 @@ class Config(_Section):
     predict: PredictConfig = PredictConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     publish: PublishConfig = PublishConfig()
+    aggregate: AggregateConfig = AggregateConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -474,6 +474,18 @@ class Emulator:
             ds[name_].encoding = parts[0][name_].encoding
         return ds
 
+    def aggregate(self, maps, grid) -> xr.Dataset:
+        """Fractions of ``maps`` (a Dataset of :meth:`predict`, or files written by
+        ``emulate``) on ``grid`` (a resolution in degrees over the maps' extent,
+        ``{"res": r, "bbox": [w, s, e, n]}``, a :class:`~ai4land.grid.Grid`, a
+        :class:`~ai4land.aggregate.TargetGrid` or a grid file): one fraction per class
+        and per plant functional type (the config's ``aggregate`` crosswalk), in LUH
+        layout; see :mod:`ai4land.aggregate`."""
+        from ai4land.aggregate import aggregate_maps
+
+        return aggregate_maps(maps, grid, classes=self.config.classes,
+                              aggregate=self.config.aggregate)
+
     def _year(self, region: Region, name: str, year: int, direction: int, anchor: int,
               cells: np.ndarray, anchor_cells: np.ndarray, prior: np.ndarray | None,
               progress) -> tuple[np.ndarray, dict]:
