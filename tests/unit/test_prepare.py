@@ -558,6 +558,7 @@ def test_coarse_bad_fractions(world, tweak, message):
 LAKE_CELL = (2, 3)  # coarse (row, col) of the fine region: all water in the fine maps
 ICE_CELL = (4, 5)  # no data (ice sheet) with some water: no land-use pixel either
 COAST_CELL = (6, 6)  # 2 of 25 pixels of a land-use class, the rest ocean
+SPARSE_ICE_CELL = (5, 2)  # an ice sheet mapped as sparse vegetation (66): icwtr 1 says ice
 
 
 def _no_land_use_maps() -> dict:
@@ -569,6 +570,7 @@ def _no_land_use_maps() -> dict:
         codes[20:22, 25:27] = 77
         codes[30:35, 30:35] = 0
         codes[30, 30:32] = 22
+        codes[25:30, 10:15] = 66
         maps[year] = codes
     return maps
 
@@ -601,19 +603,20 @@ def test_coarse_all_water_or_ice_cells_need_no_land_use_data(world):
     pixels may not."""
     raw = world / "raw"
     write_fine_zip(raw, maps=_no_land_use_maps())
-    tweak, static = _fill_cells([LAKE_CELL, ICE_CELL, COAST_CELL])
+    tweak, static = _fill_cells([LAKE_CELL, ICE_CELL, COAST_CELL, SPARSE_ICE_CELL])
     write_coarse(raw / "luh2" / "states.nc", tweak=tweak)
     static(raw / "luh2" / "staticData_quarterdeg.nc")
     config = make_config(world)
     prepare_target(config, progress=False)
     ds = xr.open_zarr(prepare_coarse(config, scenario="historical", progress=False), chunks=None)
-    for row, col in (LAKE_CELL, ICE_CELL, COAST_CELL):
+    for row, col in (LAKE_CELL, ICE_CELL, COAST_CELL, SPARSE_ICE_CELL):
         assert np.isnan(ds["primf"].values[:, row, col]).all()
         assert ds["icwtr"].values[row, col] == 1.0
     assert np.isfinite(ds["primf"].values[:, 1, 1]).all()
 
-    # A cell of mostly land-use pixels (cell (1, 1)) without state values is refused.
-    tweak, static = _fill_cells([LAKE_CELL, (1, 1)])
+    # A cell of mostly land-use pixels (cell (1, 1)) without state values is refused,
+    # unless the water fraction fills it.
+    tweak, static = _fill_cells([LAKE_CELL, (1, 1)], icwtr=0.03)
     write_coarse(raw / "luh2" / "states.nc", tweak=tweak)
     static(raw / "luh2" / "staticData_quarterdeg.nc")
     with pytest.raises(InputDataError, match=r"states\.nc: variable 'primf' is missing \(fill value "

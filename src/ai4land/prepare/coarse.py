@@ -41,9 +41,9 @@ from ai4land.prepare.static import water_codes
 # Bytes of fractions held in memory at once (a block of years, all variables).
 BLOCK_BYTES = 256 * 2**20
 # A coarse cell must hold land-use data when at least this share of its fine pixels hold
-# a land-use class (not ocean, water or no data) in some observed year. Cells with fewer
-# (coastlines the coarse data call ocean, islands, the land of all-ice or all-water cells)
-# may lack them: predict keeps their pixels' observed classes.
+# a land-use class (not ocean, water or no data) in some observed year, unless its water
+# fraction is 1. Cells with fewer (coastlines the coarse data call ocean, islands) may lack
+# them: predict keeps their pixels' observed classes.
 LAND_CELL_SHARE = 0.5
 
 
@@ -177,6 +177,9 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
                    land_cells=land_cells, tol=tol)
             water = np.clip(water, 0.0, 1.0)
             water_attrs = var.attrs
+            # A cell the water fraction fills (LUH2's ice sheets and large lakes) has no
+            # land use whatever the fine maps call its pixels (ice may be sparse there).
+            land_cells = land_cells & ~(water >= 1 - tol)
 
         chunks = (1, TILE_CHUNK, TILE_CHUNK)
         store_vars: dict = {}
