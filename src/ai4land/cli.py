@@ -178,6 +178,18 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from ai4land.service import Limits, serve
+
+    limits = Limits(max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+                    max_upload_bytes=int(args.max_upload_mb * 2**20),
+                    max_pixel_years=args.max_pixel_years,
+                    async_pixel_years=args.async_pixel_years)
+    serve(_emulator(args), host=args.host, port=args.port, limits=limits,
+          scenario_dirs=args.scenario_dir or [])
+    return 0
+
+
 def cmd_torchrun(args) -> int:
     from ai4land.launch import launch
 
@@ -296,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default: the observed map the chain starts from)")
     p.add_argument("--out", required=True, help="output: PATH.nc, PATH.zarr or PATH.tif")
     p.set_defaults(func=cmd_emulate)
+
+    p = sub.add_parser("serve", help="serve the emulator over HTTP (FastAPI + uvicorn)",
+                       description="An HTTP service around a warm model: POST /emulate for "
+                                   "maps or fractions, /docs for the OpenAPI description.")
+    model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--scenario-dir", action="append", metavar="DIR",
+                   help="a directory whose scenario files requests may name (repeat); "
+                        "without one, scenarios must be uploaded")
+    p.add_argument("--max-concurrent", type=int, default=1, help="predictions run at once")
+    p.add_argument("--max-queue", type=int, default=4,
+                   help="requests waiting for a slot; more are answered 503")
+    p.add_argument("--max-upload-mb", type=float, default=256.0, help="request body limit")
+    p.add_argument("--max-pixel-years", type=int, default=50_000_000,
+                   help="largest region (pixels x years) a request may ask for")
+    p.add_argument("--async-pixel-years", type=int, default=10_000_000,
+                   help="larger requests get a job id (202) instead of waiting")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("aggregate", help="fine maps to class and PFT fractions on a model grid",
                        description="Aggregate fine class maps (emulate's NetCDF/Zarr, or class "
