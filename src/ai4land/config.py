@@ -331,6 +331,9 @@ class EvaluateConfig(_Section):
     figure_tiles: PositiveInt = 3
     bootstrap_replicates: PositiveInt = 1000  # block-bootstrap replicates per interval
     confidence_level: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the intervals
+    # Side of the neighbourhood (pixels) whose class densities choose the converting
+    # pixels of the neighbourhood-density allocation baseline (LandScaleR's kernel).
+    density_kernel: PositiveInt = 5
 
 
 class PublishConfig(_Section):

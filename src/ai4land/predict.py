@@ -92,7 +92,7 @@ BAND_PIXELS = 1 << 21  # pixels harmonised at once (all workers): ~0.3 GiB of wo
 PriorReader = Callable[[Window], np.ndarray]
 
 
-def _ensemble_seed(config, scenario: str, year: int) -> int:
+def ensemble_seed(config, scenario: str, year: int) -> int:
     """MC dropout seed: a pure function of (config seed, scenario, year)."""
     text = f"{config.seed}:{scenario}:{year}".encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
@@ -184,7 +184,7 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
         batch_size=config.predict.batch_size,
         device=device if device is not None else resolve_device(config.predict.device),
         ensemble=ensemble.kind, members=ensemble.members,
-        seed=_ensemble_seed(config, scenario, year),
+        seed=ensemble_seed(config, scenario, year),
         progress=progress, description=f"{scenario} {year}", streams=streams, skip=skip,
     )
     return stream, len(windows), len(skip)
@@ -350,9 +350,18 @@ class _Tally:
         self.seconds += band.seconds
 
 
-class _Finaliser:
-    """Turns whole coarse-cell rows of probabilities into product layers and the band's
-    :class:`_Tally`; safe to call from several threads at once (bands of different rows)."""
+class Finaliser:
+    """Turns probabilities of whole coarse cells into product layers and the band's
+    :class:`_Tally`: harmonisation to the delta-method target of ``anchor`` (when
+    ``predict.harmonize``), then the layers. Safe to call from several threads at once
+    (bands of different rows). ``predict`` finalises full-width bands; the evaluation
+    (:mod:`ai4land.evaluate.chains`) finalises the windows around its test blocks with
+    the same code, so it scores what predict publishes.
+
+    ``layers`` are the names of :func:`~ai4land.products.product_layers`, plus ``raw``
+    for the class codes of the plain argmax (no data off the valid pixels), which the
+    evaluation reports beside the harmonised map.
+    """
 
     def __init__(self, config, *, cube: Cube, anchor: int, classes: list[int], groups: Groups,
                  weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray):
@@ -363,33 +372,23 @@ class _Finaliser:
         self.code_of = np.asarray(classes, dtype="uint8")
         self.total = _Tally(len(classes))
 
-    def __call__(self, row: int, band: np.ndarray) -> tuple[int, np.ndarray, _Tally]:
+    def __call__(self, row: int, band: np.ndarray,
+                 col: int = 0) -> tuple[int, np.ndarray, _Tally]:
+        """The (h, w, layers) layers of the (h, w, C) probabilities ``band`` whose first
+        pixel is (``row``, ``col``) of the region: whole coarse cells (a band may end at
+        the region's last row or column)."""
         start = time.perf_counter()
         cube, config, factor = self.cube, self.config, self.cube.factor
         k = len(self.classes)
         tally = _Tally(k)
-        window = Window(row, 0, band.shape[0], band.shape[1])
+        window = Window(row, col, band.shape[0], band.shape[1])
         probs = band[..., :k]
         land = cube.land_mask_window(window)
-        rows, cols = window.coarse_slices(factor)
-        cells = self.cells[:, rows, cols]
-        anchor_codes = cube.target_window(self.anchor, window)
-        no_cell_data = upsample_cells(self.cell_nodata[rows, cols], factor=factor,
-                                      window=window)
-        # The anchor map's no-data pixels stay no data, out of every cell's quotas; land of
-        # cells without coarse land-use data (coastlines the coarse data call ocean, all
-        # water or ice cells) keeps the anchor map's classes: nothing constrains a change.
-        valid = land & ~no_cell_data & (anchor_codes != config.classes.nodata)
-        kept = land & no_cell_data & np.isin(anchor_codes, self.code_of)
+        valid, kept, anchor_codes = self._masks(window, land=land)
 
         best, group_p, entropy = summarise(probs, self.groups, self.classes, valid=valid)
         argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
-        names = cube.coarse_channel_names
-        luh_t = luh_group_fractions(cells, names, self.groups)
-        luh_anchor = luh_group_fractions(self.anchor_cells[:, rows, cols], names, self.groups)
-        anchor_fractions, _ = map_group_fractions(anchor_codes, self.groups, factor=factor,
-                                                  valid=valid)
-        target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
+        target, luh_t = self._targets(window, valid=valid, anchor_codes=anchor_codes)
 
         index = best
         if config.predict.harmonize:
@@ -409,12 +408,49 @@ class _Finaliser:
         tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid - n_kept,
                             kept=n_kept)
 
-        out = {"lulc": codes, "probability": probability, "entropy": entropy}
+        out = {"lulc": codes, "probability": probability, "entropy": entropy,
+               "raw": argmax_codes}
         if band.shape[-1] > k:  # ensemble: member std of the top class, disagreement
             tally.spread_sums += band[valid][:, k : k + 2].sum(axis=0, dtype="float64")
             out["spread"] = quantise(np.where(valid, band[..., k], np.nan))
         tally.seconds = time.perf_counter() - start
         return row, np.stack([out[name] for name in self.layers], axis=-1), tally
+
+    def _masks(self, window: Window, *, land: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``valid``: the pixels of ``window`` harmonised and mapped; ``kept``: those that
+        keep the anchor map's class; and the anchor map's codes."""
+        rows, cols = window.coarse_slices(self.cube.factor)
+        anchor_codes = self.cube.target_window(self.anchor, window)
+        no_cell_data = upsample_cells(self.cell_nodata[rows, cols], factor=self.cube.factor,
+                                      window=window)
+        # The anchor map's no-data pixels stay no data, out of every cell's quotas; land of
+        # cells without coarse land-use data (coastlines the coarse data call ocean, all
+        # water or ice cells) keeps the anchor map's classes: nothing constrains a change.
+        valid = land & ~no_cell_data & (anchor_codes != self.config.classes.nodata)
+        kept = land & no_cell_data & np.isin(anchor_codes, self.code_of)
+        return valid, kept, anchor_codes
+
+    def _targets(self, window: Window, *, valid: np.ndarray,
+                 anchor_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = window.coarse_slices(self.cube.factor)
+        names = self.cube.coarse_channel_names
+        luh_t = luh_group_fractions(self.cells[:, rows, cols], names, self.groups)
+        luh_anchor = luh_group_fractions(self.anchor_cells[:, rows, cols], names, self.groups)
+        anchor_fractions, _ = map_group_fractions(anchor_codes, self.groups,
+                                                  factor=self.cube.factor, valid=valid)
+        target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
+        return target, luh_t
+
+    def valid(self, window: Window, *, land: np.ndarray) -> np.ndarray:
+        """(h, w) bool: the pixels of ``window`` that harmonisation allocates."""
+        return self._masks(window, land=land)[0]
+
+    def targets(self, window: Window, *, land: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(G, hc, wc) group fractions of the cells of ``window`` (whole cells): the
+        delta-method target harmonisation allocates to, and the LUH-mapped fractions."""
+        valid, _, anchor_codes = self._masks(window, land=land)
+        return self._targets(window, valid=valid, anchor_codes=anchor_codes)
 
     def collect(self, finalised: tuple[int, np.ndarray, _Tally]) -> tuple[int, np.ndarray]:
         """Add a band's tally to the year's (call in row order); the band's layers."""
@@ -525,7 +561,7 @@ def run_predict(
     layers = product_layers(spread=config.predict.ensemble.write_layer)
     whole = Window(0, 0, *grid.shape)
     cells = cube.coarse_cells(scenario, year, whole)
-    finalise = _Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
+    finalise = Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
                           weight=weight, layers=layers, cells=cells,
                           anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole))
     device = resolve_device(config.predict.device)

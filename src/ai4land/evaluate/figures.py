@@ -14,10 +14,16 @@ from ai4land.io.atomic import atomic_path
 from ai4land.products import DEFAULT_COLOURS
 
 MODEL_COLOURS = {
-    "unet": "#e41a1c", "unet_rollout": "#ff7f00", "persistence": "#377eb8",
-    "coarse_majority": "#984ea3", "random_allocation": "#999999", "gradient_boosting": "#4daf4a",
+    "unet": "#e41a1c", "unet_raw": "#fb9a99", "unet_teacher_forced": "#ff7f00",
+    "persistence": "#377eb8", "coarse_majority": "#984ea3", "random_allocation": "#999999",
+    "random_change": "#a6cee3", "neighbourhood_density": "#1f78b4",
+    "gradient_boosting": "#4daf4a", "smooth_coarse": "#b15928",
 }
 ERROR_COLOURS = ("#ffffff", "#bdbdbd", "#d7191c")  # not scored, correct, wrong
+# change maps (start map -> end): not scored, no change (both), hit, miss, false alarm,
+# wrong hit (changed, to another class than observed)
+CHANGE_COLOURS = ("#ffffff", "#e0e0e0", "#1a9641", "#d7191c", "#fdae61", "#7b3294")
+CHANGE_LABELS = ("not scored", "no change", "hit", "miss", "false alarm", "wrong hit")
 
 
 def _pyplot():
@@ -37,9 +43,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _integer_years(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
+def _integer_years(ax, years: Sequence[int] = ()) -> None:
+    """Integer year ticks; a single year gets its own tick and a narrow axis around it
+    (matplotlib would stretch one point over two centuries)."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
+    if len(set(years)) == 1:
+        year = next(iter(years))
+        ax.set_xlim(year - 1, year + 1)
+        ax.xaxis.set_major_locator(FixedLocator([year]))
+        return
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -96,26 +109,39 @@ def by_year_figure(models: Mapping[str, dict], *, path: Path) -> Path:
     plt = _pyplot()
     keys = (("oa", "overall accuracy"), ("miou", "mIoU"), ("fom_change", "figure of merit (change)"))
     fig, axes = plt.subplots(1, len(keys), figsize=(14, 4))
+    years = sorted({int(y) for values in models.values() for y in values["by_year"]})
     for ax, (key, title) in zip(axes, keys, strict=True):
         for name, values in models.items():
-            years = sorted(int(y) for y in values["by_year"])
-            series = [values["by_year"][str(y)][key] for y in years]
+            series = [values["by_year"].get(str(y), {}).get(key) for y in years]
             ax.plot(years, [np.nan if v is None else v for v in series], marker="o", ms=3,
                     color=MODEL_COLOURS.get(name), label=name,
-                    linestyle="--" if name == "unet_rollout" else "-")
+                    linestyle="--" if name in ("unet_raw", "unet_teacher_forced") else "-")
         ax.set_title(title)
         ax.set_xlabel("test year")
         ax.grid(alpha=0.3)
-        _integer_years(ax)
+        _integer_years(ax, years)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
-def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path) -> Path:
-    """Rows = sample test tiles; columns = maps (class colours) and error maps.
+def change_categories(start: np.ndarray, target: np.ndarray, predicted: np.ndarray,
+                      scored: np.ndarray) -> np.ndarray:
+    """Per pixel, the index into :data:`CHANGE_LABELS` of the change start -> end."""
+    observed = target != start
+    changed = predicted != start
+    out = np.select([~scored, ~observed & ~changed, observed & changed & (predicted == target),
+                     observed & ~changed, ~observed & changed],
+                    [0, 1, 2, 3, 4], default=5)
+    return out.astype("uint8")
 
-    Each tile is ``{"title": str, "target": codes, "scored": bool mask, "panels": {name:
-    codes}}``; an error panel (grey correct, red wrong) follows every predicted panel.
+
+def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path) -> Path:
+    """Rows = sample test tiles; columns = maps (class colours) and error or change maps.
+
+    Each tile is ``{"title": str, "target": codes, "scored": bool mask, "start": codes
+    or None, "panels": {name: codes}}``; after every predicted panel comes its change map
+    against ``start`` (hit, miss, false alarm, wrong hit: :data:`CHANGE_LABELS`), or
+    without a start map its error map (grey correct, red wrong).
     """
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
@@ -126,19 +152,29 @@ def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path
     lut[codes] = np.arange(len(codes))
     class_cmap = ListedColormap([np.array(DEFAULT_COLOURS.get(c, (c, c, c))) / 255 for c in codes])
     error_cmap = ListedColormap(ERROR_COLOURS)
+    change_cmap = ListedColormap(CHANGE_COLOURS)
+    with_start = tiles[0].get("start") is not None
     columns = ["target"] + [name for name in tiles[0]["panels"] for _ in (0, 1)]
     fig, axes = plt.subplots(len(tiles), len(columns), squeeze=False,
                              figsize=(2.2 * len(columns), 2.3 * len(tiles)))
     for row, tile in zip(axes, tiles, strict=True):
         target = tile["target"]
         scored = tile["scored"]
-        panels = [("target", target, False)]
+        panels = [("target", target, None)]
         for name, predicted in tile["panels"].items():
-            panels.append((name, predicted, False))
-            panels.append((f"{name} error", np.where(scored, 1 + (predicted != target), 0), True))
-        for ax, (title, values, is_error) in zip(row, panels, strict=True):
-            if is_error:
+            panels.append((name, predicted, None))
+            if with_start:
+                panels.append((f"{name} change", change_categories(
+                    tile["start"], target, predicted, scored), "change"))
+            else:
+                panels.append((f"{name} error",
+                               np.where(scored, 1 + (predicted != target), 0), "error"))
+        for ax, (title, values, kind) in zip(row, panels, strict=True):
+            if kind == "error":
                 ax.imshow(values, cmap=error_cmap, vmin=0, vmax=2, interpolation="nearest")
+            elif kind == "change":
+                ax.imshow(values, cmap=change_cmap, vmin=0, vmax=len(CHANGE_COLOURS) - 1,
+                          interpolation="nearest")
             else:
                 ax.imshow(lut[values], cmap=class_cmap, vmin=0, vmax=len(codes) - 1,
                           interpolation="nearest")
@@ -148,38 +184,40 @@ def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path
         row[0].set_ylabel(tile["title"], fontsize=8)
     handles = [Patch(color=np.array(DEFAULT_COLOURS.get(c, (c, c, c))) / 255,
                      label=_label(c, legend)) for c in codes]
+    colours, labels = ((CHANGE_COLOURS, CHANGE_LABELS) if with_start else
+                       (ERROR_COLOURS, ("not scored", "correct", "wrong")))
     errors = [Patch(facecolor=colour, edgecolor="black", label=label)
-              for colour, label in zip(ERROR_COLOURS, ("not scored", "correct", "wrong"),
-                                       strict=True)]
+              for colour, label in zip(colours, labels, strict=True)]
     fig.legend(handles=handles, title="classes", loc="lower left", ncol=5, fontsize=7)
-    fig.legend(handles=errors, title="error panels", loc="lower right", ncol=3, fontsize=7)
+    fig.legend(handles=errors, title="change since the start map" if with_start
+               else "error panels", loc="lower right", ncol=3, fontsize=7)
     fig.subplots_adjust(bottom=0.18)
     return _save(fig, path)
 
 
-def class_area_figure(area: Mapping, *, path: Path) -> Path:
-    """Group area share over the region per year: coarse scenario vs maps."""
+def class_area_figure(areas: Mapping[str, Mapping], *, path: Path) -> Path:
+    """Group area share of the scored land per chain year: one row per chain, one column
+    per group; the coarse (LUH-mapped) fractions, the harmonisation target, the observed
+    map and each model's map."""
     plt = _pyplot()
-    groups = area["groups"]
-    years = area["years"]
-    cols = min(3, len(groups))
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(4.2 * cols, 3 * rows))
-    styles = {"coarse": ("black", "--"), "observed": ("#377eb8", "-"),
-              "unet": (MODEL_COLOURS["unet"], "-"), "unet_rollout": (MODEL_COLOURS["unet_rollout"], ":")}
-    for g, group in enumerate(groups):
-        ax = axes.flat[g]
-        for source, (colour, style) in styles.items():
-            if source in area["series"]:
-                ax.plot(years, area["series"][source][group], color=colour, linestyle=style,
-                        marker="o", ms=2, label=source)
-        ax.set_title(group, fontsize=9)
-        ax.grid(alpha=0.3)
-        _integer_years(ax)
-    for ax in axes.flat[len(groups):]:
-        ax.axis("off")
-    axes.flat[0].set_ylabel("share of land pixels")
-    axes.flat[0].legend(fontsize=7)
+    chains = list(areas)
+    groups = next(iter(areas.values()))["groups"]
+    fig, axes = plt.subplots(len(chains), len(groups), squeeze=False,
+                             figsize=(3.2 * len(groups), 2.8 * len(chains)))
+    styles = {"coarse": ("black", "--"), "target": ("black", ":"), "observed": ("#000000", "-")}
+    for row, chain in zip(axes, chains, strict=True):
+        area = areas[chain]
+        years = area["years"]
+        for ax, group in zip(row, groups, strict=True):
+            for source, values in area["series"].items():
+                colour, style = styles.get(source, (MODEL_COLOURS.get(source), "-"))
+                ax.plot(years, values[group], color=colour, linestyle=style, marker="o",
+                        ms=2, linewidth=2 if source == "observed" else 1, label=source)
+            ax.set_title(f"{group} ({chain})", fontsize=9)
+            ax.grid(alpha=0.3)
+            _integer_years(ax, years)
+        row[0].set_ylabel("share of scored land")
+    axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,17 +1,32 @@
-"""Score the U-Net, its rollout and the baselines on held-out blocks and years.
+"""Score the published maps: harmonised chains of the U-Net and of the baselines on
+held-out blocks and years.
 
-Every model predicts the whole region (the gradient-boosting baseline: the test
-blocks) for each test year; only land pixels of test blocks are scored. The U-Net is
-teacher-forced: its prior is the observed map of the previous year, exactly what
-persistence gets. ``unet_rollout`` starts from the observed map before the first test
-year and then takes its own predictions as prior; ``drift`` is rollout minus
-teacher-forced per year. Writes ``metrics.json``, the CSV tables beside it and the
-figures.
+Chains (:mod:`ai4land.evaluate.chains`) run as ``predict`` runs them: *forward* from
+the observed map of the year before the test years through the test years, and
+*backward* from the observed map of the year after them down to the first test year
+(each where that map is observed); every chain year is finalised by predict's own
+:class:`~ai4land.predict.Finaliser` (harmonisation to the delta-method target anchored
+at the start map, then the layers), streamed test block by test block. Each chain year
+is scored, and so is the whole-period change (start map -> last chain year).
 
-Single-year data (no test year has an observed previous year, e.g. one observed map):
-the split is spatial only, so the U-Net predicts without a prior and is scored against
-the coarse majority, random allocation and gradient boosting; there is no persistence,
-rollout or drift, and the change scores are undefined (null).
+Models (``metrics.json`` ``models``; the keys are in docs/design.md):
+
+* ``unet``: the U-Net's harmonised chain, what predict publishes (the headline);
+* ``unet_raw``: the plain argmax of the same forward passes, before harmonisation;
+* ``unet_teacher_forced``: harmonised, the prior the observed map of the chain's
+  previous year (not a chain; ``drift`` is ``unet`` minus it per year);
+* ``persistence``: the start map, unchanged; ``coarse_majority`` and
+  ``random_allocation``: maps from the LUH-mapped coarse fractions, not harmonised;
+* allocation baselines (:data:`ALLOCATION_BASELINES`), chained and finalised like the
+  U-Net (same target, exact whole-pixel counts per cell): ``random_change``,
+  ``neighbourhood_density``, ``gradient_boosting``, ``smooth_coarse``
+  (:mod:`ai4land.evaluate.baselines`).
+
+Single-year data (no observed map before or after the test years, e.g. one observed
+map): no chain, no prior. Each test year is predicted on its own and harmonised to the
+LUH-mapped fractions (the delta-method target has no other anchor than the map being
+scored); no persistence, teacher forcing or persistence-preferring baselines, and the
+change scores are undefined (null).
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,36 +44,69 @@ from ai4land.errors import GridError, InputDataError
 from ai4land.evaluate import figures
 from ai4land.evaluate.baselines import (
     GradientBoostingBaseline,
+    bilinear_cells,
     coarse_majority,
+    density_scores,
     gradient_boosting_sample,
     pixel_features,
     random_allocation,
+    random_change_scores,
+    smooth_scores,
 )
+from ai4land.evaluate.chains import Site, plan_sites, site_probabilities
 from ai4land.evaluate.metrics import ChangeScores, ConfusionMatrix, summarise
-from ai4land.evaluate.rollout import rollout, unet_year
 from ai4land.evaluate.scores import ModelScores
 from ai4land.evaluate.tables import write_tables
 from ai4land.grid import Window
-from ai4land.harmonize import (
-    class_groups,
-    conservation_error,
-    luh_group_fractions,
-    map_group_fractions,
-)
+from ai4land.harmonize import class_groups, conservation_error, map_group_fractions, offset_weight
+from ai4land.inference import resolve_device
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
+from ai4land.predict import Finaliser, ensemble_seed
 from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
 from ai4land.split import load_split
 
 log = logging.getLogger(__name__)
 
-MODELS = ("unet", "unet_rollout", "persistence", "coarse_majority", "random_allocation",
-          "gradient_boosting")
-SINGLE_YEAR_MODELS = ("unet", "coarse_majority", "random_allocation", "gradient_boosting")
+ALLOCATION_BASELINES = ("random_change", "neighbourhood_density", "gradient_boosting",
+                        "smooth_coarse")
+MODELS = ("unet", "unet_raw", "unet_teacher_forced", "persistence", "coarse_majority",
+          "random_allocation", *ALLOCATION_BASELINES)
+SINGLE_YEAR_MODELS = ("unet", "unet_raw", "coarse_majority", "random_allocation",
+                      "gradient_boosting", "smooth_coarse")
+# models whose maps are the finalised (harmonised) scores of a scorer
+FINALISED = ("unet", "unet_teacher_forced", *ALLOCATION_BASELINES)
+# models whose next prior is their own map (the others: the observed or start map)
+CHAINED = ("unet", *ALLOCATION_BASELINES)
 DRIFT_KEYS = ("oa", "miou", "kappa", "fom_change")
 FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
            "class_area.png", "calibration.png")
-TILE_PANELS = ("unet", "unet_rollout", "gradient_boosting", "persistence")
+TILE_PANELS = ("unet", "unet_raw", "neighbourhood_density", "gradient_boosting", "persistence")
+LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Finaliser
+
+
+@dataclass
+class Chain:
+    """One chain: its direction, the observed map it starts from (None: single-year) and
+    its years in the order they are predicted."""
+
+    name: str
+    direction: int
+    start: int | None
+    years: list[int]
+    scores: dict[str, ModelScores] = field(default_factory=dict)
+    area: dict = field(default_factory=dict)
+
+
+def plan_chains(test_years: list[int], observed: list[int]) -> list[Chain]:
+    """The forward and backward chains through ``test_years`` that have an observed start
+    map; a single-year pseudo-chain (no start) if neither has."""
+    chains = []
+    if test_years[0] - 1 in observed:
+        chains.append(Chain("forward", 1, test_years[0] - 1, list(test_years)))
+    if test_years[-1] + 1 in observed:
+        chains.append(Chain("backward", -1, test_years[-1] + 1, list(reversed(test_years))))
+    return chains or [Chain("single-year", 1, None, list(test_years))]
 
 
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
@@ -68,32 +117,24 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     cube = Cube.from_config(config)
     split = load_split(split_path)
     classes = list(config.classes.predicted)
-    groups = class_groups(config.datasets.coarse.groups, classes)
-    variables = cube.coarse_channel_names
-    whole = Window(0, 0, *cube.fine_grid.shape)
     if (split.height, split.width) != cube.fine_grid.shape:
         raise GridError(f"{split_path}: split is for a {split.height}x{split.width} grid, "
                         f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
-    factor = cube.factor
-    land = cube.land_mask_window(whole)
-    test_blocks = [b for b in split.blocks if b.role == "test"]
-    labels = np.full(cube.fine_grid.shape, -1, dtype="int64")
-    for i, block in enumerate(test_blocks):
-        labels[split.block_window(block).slices] = i
-    labels[~land] = -1
-    scored = labels >= 0
     model, card = load_model(model_dir)
     check_inputs(card, input_channel_names(cube, classes))
-    years = [y for y in split.test_years if y - 1 in cube.target_years]
-    single_year = not years
+    observed = cube.target_years
+    years = [y for y in split.test_years if y in observed]
+    if not years:
+        raise InputDataError(f"{config.paths.cube}: holds no observed map of the test "
+                             f"years {list(split.test_years)}; check years.test")
+    chains = plan_chains(years, observed)
+    single_year = chains[0].start is None
     if single_year:
-        years = [y for y in split.test_years if y in cube.target_years]
-        if not years:
-            raise InputDataError(f"{config.paths.cube}: holds no observed map of the test "
-                                 f"years {list(split.test_years)}; check years.test")
-        log.info("no test year has an observed previous year: single-year evaluation "
-                 "(U-Net without prior; no persistence, rollout or change scores)")
+        log.info("no observed map before or after the test years: single-year evaluation "
+                 "(U-Net without prior; no persistence, chains or change scores)")
     names = SINGLE_YEAR_MODELS if single_year else MODELS
+    test_blocks = [b for b in split.blocks if b.role == "test"]
+    sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
 
     settings = config.evaluate
     rng = np.random.default_rng(config.seed)
@@ -106,79 +147,43 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     log.info("gradient boosting: %d pixels, %.1f s", len(targets), time.perf_counter() - started)
 
     blocks = [{"id": b.id, "row": b.row, "col": b.col} for b in test_blocks]
-    scores = {name: ModelScores(classes=classes, blocks=blocks,
-                                calibration_bins=settings.calibration_bins) for name in names}
-    mapped = ("observed", "unet") if single_year else ("observed", "unet", "unet_rollout")
-    area = {"groups": list(groups.names), "years": years,
-            "series": {s: {g: [] for g in groups.names} for s in ("coarse", *mapped)}}
-    tiles = []
-    chain = ([(None, None, None)] * len(years) if single_year else
-             rollout(config, cube=cube, model=model, years=years,
-                     start=cube.target_window(years[0] - 1, whole)))
-    for year, (_, rollout_codes, rollout_confidence) in tqdm(
-            zip(years, chain, strict=True), total=len(years), desc="evaluate", unit="year",
-            disable=None):
-        scenario = cube.scenario_for_year(year)
-        observed = cube.target_window(year, whole)
-        previous_codes = None if single_year else cube.target_window(year - 1, whole)
-        fractions = luh_group_fractions(cube.coarse_cells(scenario, year, whole), variables, groups)
-        unet_codes, unet_confidence = unet_year(config, cube=cube, model=model,
-                                                scenario=scenario, year=year, prior=previous_codes)
-        inputs = build_inputs(cube, scenario=scenario, year=year, window=whole, predicted=classes,
-                              prior=previous_codes, direction=1)
-        gbm_codes = np.full(observed.shape, config.classes.ocean, dtype="uint8")
-        gbm_confidence = np.zeros(observed.shape, dtype="float32")
-        gbm_codes[scored], gbm_confidence[scored] = gbm.predict(pixel_features(inputs, scored))
-        predictions = {
-            "unet": (unet_codes, unet_confidence),
-            "unet_rollout": (rollout_codes, rollout_confidence),
-            "persistence": (previous_codes, None),
-            "coarse_majority": (coarse_majority(fractions, groups=groups, factor=factor,
-                                                ocean_mask=~land, ocean_code=config.classes.ocean),
-                                None),
-            "random_allocation": (random_allocation(fractions, groups=groups, factor=factor,
-                                                    valid=land, rng=rng,
-                                                    ocean_code=config.classes.ocean), None),
-            "gradient_boosting": (gbm_codes, gbm_confidence),
-        }
-        predictions = {name: predictions[name] for name in names}
-        target = codes_to_index(observed, classes)
-        # without a previous map no pixel counts for the change scores (they come out null)
-        previous = (np.full(target.shape, -1) if single_year
-                    else codes_to_index(previous_codes, classes))
-        for name, (codes, confidence) in predictions.items():
-            scores[name].add(
-                year=year, target=target, prediction=codes_to_index(codes, classes),
-                previous=previous, labels=labels, confidence=confidence,
-                conservation_mae=conservation_error(codes, groups, factor=factor, valid=scored,
-                                                    target=fractions)["mae"],
-            )
-        all_maps = {"observed": observed, "unet": unet_codes, "unet_rollout": rollout_codes}
-        _add_class_area(area, groups=groups, factor=factor, land=land, fractions=fractions,
-                        maps={name: all_maps[name] for name in mapped})
-        if year == years[-1]:
-            tiles = _sample_tiles(split, test_blocks, year=year, observed=observed,
-                                  scored=scored & (target >= 0), predictions=predictions,
-                                  count=settings.figure_tiles)
+    runner = _Runner(config, cube=cube, model=model, gbm=gbm, sites=sites, names=names,
+                     classes=classes, blocks=blocks)
+    tiles: list[dict] = []
+    for chain in chains:
+        chain_tiles = runner.run(chain)
+        tiles = tiles or chain_tiles
 
-    models = {name: s.report() for name, s in scores.items()}
+    models = {}
+    for name in names:
+        parts = [chain.scores[name] for chain in chains]
+        models[name] = ModelScores.pooled(parts).report()
+        if not single_year:
+            models[name]["chains"] = {chain.name: _chain_report(chain.scores[name].report())
+                                      for chain in chains}
+    scored_pixels = sum(int(m.sum()) for m in runner.scored_pixels)
     metrics = _finite({
         "split": {
             "test_blocks": len(test_blocks),
             "test_block_ids": [b.id for b in test_blocks],
             "block_size": split.block_size,
             "test_years": years,
-            "test_pixels": int(scored.sum()),
+            "test_pixels": scored_pixels,
             "seed": split.seed,
             "mode": "single-year" if single_year else "multi-year",
+            "chains": {c.name: {"direction": c.direction, "start": c.start, "years": c.years}
+                       for c in chains},
         },
+        "scored_map": "harmonised" if config.predict.harmonize else "raw",
         "classes": classes,
         "legend": {str(c): config.classes.legend[c] for c in classes},
         "models": models,
-        "drift": {} if single_year else _drift(models["unet_rollout"], models["unet"]),
-        "class_area": area,
+        "drift": ({} if single_year else
+                  _drift(models["unet"], models["unet_teacher_forced"])),
+        "class_area": {chain.name: chain.area for chain in chains},
         "gradient_boosting": {"train_pixels": int(len(targets)),
                               "max_iter": settings.gbm_max_iter},
+        "density_kernel": settings.density_kernel,
     })
     output = Path(output)
     write_tables(metrics, output.parent)
@@ -188,40 +193,247 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     return metrics
 
 
-def _add_class_area(area: dict, *, groups, factor: int, land: np.ndarray, fractions: np.ndarray,
-                    maps: dict[str, np.ndarray]) -> None:
-    """Append one year's group shares of the region's land: coarse scenario and maps."""
-    whole = max(land.shape)
-    _, n = map_group_fractions(maps["observed"], groups, factor=factor, valid=land)
-    coarse = (fractions * n).sum(axis=(1, 2)) / max(int(n.sum()), 1)
-    shares = {"coarse": coarse}
-    for name, codes in maps.items():
-        shares[name] = map_group_fractions(codes, groups, factor=whole, valid=land)[0][:, 0, 0]
-    for name, values in shares.items():
-        for group, value in zip(groups.names, values, strict=True):
-            area["series"][name][group].append(round(float(value), 6))
+def _chain_report(report: dict) -> dict:
+    """The per-chain entry of a model: its years and its whole-period change."""
+    keys = ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "conservation_mae",
+            "n_pixels", "by_year", "period")
+    return {key: report[key] for key in keys if key in report}
 
 
-def _sample_tiles(split, test_blocks, *, year: int, observed: np.ndarray, scored: np.ndarray,
-                  predictions: dict, count: int) -> list[dict]:
-    """The test blocks with the most land, as map panels for the tiles figure."""
-    chosen = sorted(test_blocks, key=lambda b: (-b.land_fraction, b.id))[:count]
-    tiles = []
-    for block in chosen:
-        window = split.block_window(block).slices
-        tiles.append({"title": f"block {block.id}, {year}", "target": observed[window],
-                      "scored": scored[window],
-                      "panels": {name: predictions[name][0][window] for name in TILE_PANELS
-                                 if name in predictions}})
-    return tiles
+class _Runner:
+    """Runs chains over the sites and scores every model's maps."""
+
+    def __init__(self, config, *, cube: Cube, model, gbm, sites: list[Site], names,
+                 classes: list[int], blocks: list[dict]):
+        self.config, self.cube, self.model, self.gbm = config, cube, model, gbm
+        self.sites, self.names, self.classes, self.blocks = sites, names, classes, blocks
+        self.groups = class_groups(config.datasets.coarse.groups, classes)
+        self.code_of = np.asarray(classes, dtype="uint8")
+        self.device = resolve_device(config.predict.device)
+        self.whole = Window(0, 0, *cube.fine_grid.shape)
+        self.land = [cube.land_mask_window(site.outer) for site in sites]
+        self.scored_pixels = [
+            self.land[s.label][s.inside(s.scored)] for s in sites]
+
+    def _rng(self, chain: Chain, year: int, site: Site, name: str) -> np.random.Generator:
+        """A generator per (chain, year, site, model): maps do not depend on the order."""
+        key = [self.config.seed, chain.direction + 1, year, site.label,
+               sum(map(ord, name))]
+        return np.random.default_rng(key)
+
+    def run(self, chain: Chain) -> list[dict]:
+        """Run ``chain`` for every model over every site; fill ``chain.scores`` and
+        ``chain.area``; return the sample tiles of its last year."""
+        cube, config, classes = self.cube, self.config, self.classes
+        calibration_bins = config.evaluate.calibration_bins
+        chain.scores = {name: ModelScores(classes=classes, blocks=self.blocks,
+                                          calibration_bins=calibration_bins)
+                        for name in self.names}
+        series = ("observed", "coarse", "target", *self.names)
+        chain.area = {"groups": list(self.groups.names), "years": [],
+                      "series": {s: {g: [] for g in self.groups.names} for s in series}}
+        start = {site.label: (None if chain.start is None
+                              else cube.target_window(chain.start, site.outer))
+                 for site in self.sites}
+        # single-year: no prior, so no state
+        state = ({} if chain.start is None else
+                 {name: dict(start) for name in CHAINED if name in self.names})
+        tiles = []
+        for year in tqdm(chain.years, desc=f"evaluate {chain.name}", unit="year", disable=None):
+            scenario = cube.scenario_for_year(year)
+            cells = cube.coarse_cells(scenario, year, self.whole)
+            anchor = year if chain.start is None else chain.start
+            weight = (0.0 if chain.start is None else offset_weight(
+                year, anchor, decay_years=config.predict.harmonize_decay_years))
+            anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
+            finaliser = Finaliser(
+                config, cube=cube, anchor=anchor, classes=classes, groups=self.groups,
+                weight=weight, layers=LAYERS, cells=cells,
+                anchor_cells=(cells if anchor == year
+                              else cube.coarse_cells(anchor_scenario, anchor, self.whole)))
+            counts = {s: np.zeros(len(self.groups)) for s in series}
+            for site in self.sites:
+                maps = self._site_year(chain, year, site, scenario=scenario, cells=cells,
+                                       finaliser=finaliser, state=state, start=start)
+                self._score(chain, year, site, maps, finaliser=finaliser, counts=counts,
+                            start=start[site.label])
+                if year == chain.years[-1]:
+                    tiles.append(self._tile(chain, year, site, maps, start[site.label]))
+            chain.area["years"].append(year)
+            for s, values in counts.items():
+                shares = values / max(values.sum(), 1)
+                for group, value in zip(self.groups.names, shares, strict=True):
+                    chain.area["series"][s][group].append(round(float(value), 6))
+        chosen = sorted(tiles, key=lambda t: (-t["land"], t["id"]))
+        return chosen[: config.evaluate.figure_tiles]
+
+    def _site_year(self, chain: Chain, year: int, site: Site, *, scenario: str,
+                   cells: np.ndarray, finaliser: Finaliser, state: dict,
+                   start: dict) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Every model's (codes, confidence) over ``site.area`` for ``year``; updates the
+        chained models' ``state`` (their next prior over ``site.outer``)."""
+        config, cube, classes = self.config, self.cube, self.classes
+        k = len(classes)
+        area = site.inside(site.area)
+        land_outer = self.land[site.label]
+        land = land_outer[area]
+        valid = finaliser.valid(site.area, land=land)
+        previous_observed = (None if chain.start is None
+                             else cube.target_window(year - chain.direction, site.outer))
+        seed = ensemble_seed(config, scenario, year)
+        maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+        def finalise(name: str, scores: np.ndarray) -> np.ndarray:
+            _, layers, _ = finaliser(site.area.row, scores, col=site.area.col)
+            quantised = layers[..., 1].astype("float32")
+            confidence = np.where(quantised < 255, quantised / 254, 0).astype("float32")
+            maps[name] = (layers[..., 0], confidence)
+            return layers
+
+        def prior_of(name: str) -> np.ndarray | None:
+            if name in state:
+                return state[name][site.label]
+            return previous_observed  # teacher forcing
+
+        for name in ("unet", "unet_teacher_forced"):
+            if name not in self.names:
+                continue
+            prior = prior_of(name)
+            probs = site_probabilities(config, cube=cube, model=self.model, site=site,
+                                       scenario=scenario, year=year, prior=prior,
+                                       direction=chain.direction, coarse_cells=cells,
+                                       device=self.device, seed=seed)
+            layers = finalise(name, probs[area])
+            if name == "unet":
+                maps["unet_raw"] = (layers[..., 2], probs[area][..., :k].max(axis=-1))
+                if name in state:  # next prior: the map; the argmax on the outer ring
+                    ring = np.where(land_outer, self.code_of[probs[..., :k].argmax(-1)],
+                                    config.classes.ocean).astype("uint8")
+                    ring[area] = layers[..., 0]
+                    state[name][site.label] = ring
+        for name in ALLOCATION_BASELINES:
+            if name not in self.names:
+                continue
+            prior = prior_of(name)
+            index = (np.full(land_outer.shape, -1) if prior is None
+                     else codes_to_index(prior, classes))
+            rng = self._rng(chain, year, site, name)
+            if name == "random_change":
+                scores = random_change_scores(index[area], k, rng=rng)
+            elif name == "neighbourhood_density":
+                scores = density_scores(index, k, kernel=config.evaluate.density_kernel,
+                                        rng=rng)[area]
+            elif name == "gradient_boosting":
+                inputs = build_inputs(cube, scenario=scenario, year=year, window=site.area,
+                                      predicted=classes,
+                                      prior=None if prior is None else prior[area],
+                                      direction=chain.direction, coarse_cells=cells)
+                scores = np.zeros((*land.shape, k), dtype="float32")
+                scores[land] = self.gbm.probabilities(pixel_features(inputs, land))
+            else:  # smooth_coarse
+                scores = self._smooth(site, finaliser, index[area])
+            layers = finalise(name, scores)
+            if name in state:
+                updated = state[name][site.label].copy()
+                updated[area] = layers[..., 0]
+                state[name][site.label] = updated
+            if name != "gradient_boosting":
+                maps[name] = (maps[name][0], None)  # scores, not probabilities
+        if "persistence" in self.names:
+            maps["persistence"] = (start[site.label][area], None)
+        _, luh = finaliser.targets(site.area, land=land)
+        ocean = config.classes.ocean
+        if "coarse_majority" in self.names:
+            maps["coarse_majority"] = (coarse_majority(
+                luh, groups=self.groups, factor=cube.factor, ocean_mask=~land,
+                ocean_code=ocean), None)
+        if "random_allocation" in self.names:
+            maps["random_allocation"] = (random_allocation(
+                luh, groups=self.groups, factor=cube.factor, valid=valid,
+                rng=self._rng(chain, year, site, "random_allocation"), ocean_code=ocean), None)
+        return maps
+
+    def _smooth(self, site: Site, finaliser: Finaliser, previous: np.ndarray) -> np.ndarray:
+        """Scores of ``smooth_coarse`` over ``site.area``: the target fractions of the
+        area's cells and a ring of cells around them, interpolated bilinearly."""
+        factor = self.cube.factor
+        height, width = self.cube.fine_grid.shape
+        top = max(site.area.row - factor, 0)
+        left = max(site.area.col - factor, 0)
+        bottom = min(site.area.row + site.area.height + factor, height)
+        right = min(site.area.col + site.area.width + factor, width)
+        padded = Window(top, left, bottom - top, right - left)
+        target, _ = finaliser.targets(padded, land=self.cube.land_mask_window(padded))
+        values = bilinear_cells(target, factor=factor, window=site.area,
+                                first_cell=(top // factor, left // factor))
+        return smooth_scores(values, previous, groups=self.groups, classes=self.classes)
+
+    def _score(self, chain: Chain, year: int, site: Site, maps: dict, *,
+               finaliser: Finaliser, counts: dict, start: np.ndarray | None) -> None:
+        """Add one site-year of every model to the chain's scores and class areas."""
+        cube, classes, factor = self.cube, self.classes, self.cube.factor
+        scored = site.inside(site.scored, site.area)
+        in_cells = site.inside(site.cells, site.area)
+        observed = cube.target_window(year, site.scored)
+        target = codes_to_index(observed, classes)
+        land = self.scored_pixels[site.label]
+        labels = np.where(land, site.label, -1)
+        if start is None:
+            previous = np.full(target.shape, -1)
+        else:
+            previous = codes_to_index(cube.target_window(year - chain.direction, site.scored),
+                                      classes)
+            start_index = codes_to_index(start[site.inside(site.scored)], classes)
+        cells_land = cube.land_mask_window(site.cells)
+        cells_valid = finaliser.valid(site.cells, land=cells_land)
+        goal, luh = finaliser.targets(site.cells, land=cells_land)
+        # the scored pixels inside the cells' window (class areas count these)
+        mask = np.zeros(cells_land.shape, dtype=bool)
+        mask[site.inside(site.scored, site.cells)] = land & (target >= 0)
+        observed_cells = np.zeros(cells_land.shape, dtype="uint8")
+        observed_cells[site.inside(site.scored, site.cells)] = observed
+        shares, n = map_group_fractions(observed_cells, self.groups, factor=factor, valid=mask)
+        counts["observed"] += (shares * n).sum(axis=(1, 2))
+        counts["coarse"] += (luh * n).sum(axis=(1, 2))
+        counts["target"] += (goal * n).sum(axis=(1, 2))
+        for name, (codes, confidence) in maps.items():
+            prediction = codes_to_index(codes[scored], classes)
+            chain.scores[name].add(
+                year=year, target=target, prediction=prediction, previous=previous,
+                labels=labels, confidence=None if confidence is None else confidence[scored],
+                conservation_mae=conservation_error(codes[in_cells], self.groups, factor=factor,
+                                                    valid=cells_valid, target=goal)["mae"])
+            if start is not None and year == chain.years[-1]:
+                chain.scores[name].add_period(start=start_index, target=target,
+                                              prediction=prediction, labels=labels)
+            shares, n = map_group_fractions(codes[in_cells], self.groups, factor=factor,
+                                            valid=mask)
+            counts[name] += (shares * n).sum(axis=(1, 2))
+
+    def _tile(self, chain: Chain, year: int, site: Site, maps: dict,
+              start: np.ndarray | None) -> dict:
+        scored = site.inside(site.scored, site.area)
+        observed = self.cube.target_window(year, site.scored)
+        land = self.scored_pixels[site.label]
+        return {"id": site.block.id, "land": site.block.land_fraction,
+                "title": f"block {site.block.id}, {year} ({chain.name})",
+                "target": observed,
+                "start": None if start is None else start[site.inside(site.scored)],
+                "scored": land & (codes_to_index(observed, self.classes) >= 0),
+                "panels": {name: maps[name][0][scored] for name in TILE_PANELS
+                           if name in maps}}
 
 
-def _drift(rolled: dict, forced: dict) -> dict:
-    """Per year: rollout minus teacher-forced for ``DRIFT_KEYS`` (NaN if undefined)."""
+def _drift(chained: dict, forced: dict) -> dict:
+    """Per year: the chain minus teacher-forced for ``DRIFT_KEYS`` (NaN if undefined)."""
     return {
-        year: {key: values[key] - forced["by_year"][year][key] for key in DRIFT_KEYS}
-        for year, values in rolled["by_year"].items()
+        year: {key: _minus(values[key], forced["by_year"][year][key]) for key in DRIFT_KEYS}
+        for year, values in chained["by_year"].items()
     }
+
+
+def _minus(a, b):
+    return float("nan") if a is None or b is None else a - b
 
 
 def _draw(metrics: dict, tiles: list[dict], directory: Path, *, legend: dict) -> list[Path]:
@@ -231,8 +443,9 @@ def _draw(metrics: dict, tiles: list[dict], directory: Path, *, legend: dict) ->
     return [
         figures.confusion_matrix_figure(
             np.asarray(models["unet"]["confusion_matrix"]), classes=classes, legend=legend,
-            title=("U-Net (no prior), test blocks" if metrics["split"]["mode"] == "single-year"
-                   else "U-Net (teacher-forced), test blocks and years"),
+            title=("U-Net (no prior, harmonised), test blocks"
+                   if metrics["split"]["mode"] == "single-year"
+                   else "U-Net harmonised chains, test blocks and years"),
             path=directory / FIGURES[0]),
         figures.per_class_iou_figure(models, classes=classes, legend=legend,
                                      path=directory / FIGURES[1]),
