@@ -1,4 +1,5 @@
-# Stage 5: the U-Net, its rollout and the baselines on held-out blocks and years.
+# Stage 5: harmonised chains of the U-Net and the baselines on held-out blocks and years.
+from ai4land.evaluate.models import evaluated_models
 
 EVAL = f"{RESULTS}/eval"
 EVAL_FIGURES = {
@@ -9,6 +10,7 @@ EVAL_FIGURES = {
     "tiles": "evaluate_tiles.rst",
     "class_area": "evaluate_class_area.rst",
     "calibration": "evaluate_calibration.rst",
+    "change_fom": "evaluate_change_fom.rst",
 }
 
 
@@ -32,7 +34,12 @@ rule evaluate:
         ],
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size", "predict.overlap"),
+        config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size",
+                                "predict.overlap", "predict.harmonize",
+                                "predict.harmonize_decay_years", "predict.ensemble",
+                                "evaluate", "seed"),
+        # the models scored (the report's captions name only these)
+        models=evaluated_models(CFG),
         model=lambda wildcards, input: os.path.dirname(input.weights),
     log:
         f"{LOGS}/evaluate.log",

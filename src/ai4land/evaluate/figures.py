@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ai4land.evaluate.change import CATEGORIES, change_categories
 from ai4land.io.atomic import atomic_path
 from ai4land.products import DEFAULT_COLOURS
 
@@ -20,10 +21,10 @@ MODEL_COLOURS = {
     "gradient_boosting": "#4daf4a", "smooth_coarse": "#b15928",
 }
 ERROR_COLOURS = ("#ffffff", "#bdbdbd", "#d7191c")  # not scored, correct, wrong
-# change maps (start map -> end): not scored, no change (both), hit, miss, false alarm,
-# wrong hit (changed, to another class than observed)
+# change maps (start map -> end): not scored, then the categories of
+# ai4land.evaluate.change.CATEGORIES (correct rejection, hit, miss, false alarm, wrong hit)
 CHANGE_COLOURS = ("#ffffff", "#e0e0e0", "#1a9641", "#d7191c", "#fdae61", "#7b3294")
-CHANGE_LABELS = ("not scored", "no change", "hit", "miss", "false alarm", "wrong hit")
+CHANGE_LABELS = ("not scored", *(c.replace("_", " ") for c in CATEGORIES))
 
 
 def _pyplot():
@@ -124,23 +125,12 @@ def by_year_figure(models: Mapping[str, dict], *, path: Path) -> Path:
     return _save(fig, path)
 
 
-def change_categories(start: np.ndarray, target: np.ndarray, predicted: np.ndarray,
-                      scored: np.ndarray) -> np.ndarray:
-    """Per pixel, the index into :data:`CHANGE_LABELS` of the change start -> end."""
-    observed = target != start
-    changed = predicted != start
-    out = np.select([~scored, ~observed & ~changed, observed & changed & (predicted == target),
-                     observed & ~changed, ~observed & changed],
-                    [0, 1, 2, 3, 4], default=5)
-    return out.astype("uint8")
-
-
 def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path) -> Path:
     """Rows = sample test tiles; columns = maps (class colours) and error or change maps.
 
     Each tile is ``{"title": str, "target": codes, "scored": bool mask, "start": codes
     or None, "panels": {name: codes}}``; after every predicted panel comes its change map
-    against ``start`` (hit, miss, false alarm, wrong hit: :data:`CHANGE_LABELS`), or
+    against ``start`` (:func:`ai4land.evaluate.change.change_categories`), or
     without a start map its error map (grey correct, red wrong).
     """
     plt = _pyplot()
@@ -164,8 +154,8 @@ def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path
         for name, predicted in tile["panels"].items():
             panels.append((name, predicted, None))
             if with_start:
-                panels.append((f"{name} change", change_categories(
-                    tile["start"], target, predicted, scored), "change"))
+                panels.append((f"{name} change", 1 + change_categories(
+                    tile["start"], target, predicted, valid=scored), "change"))
             else:
                 panels.append((f"{name} error",
                                np.where(scored, 1 + (predicted != target), 0), "error"))
@@ -220,6 +210,42 @@ def class_area_figure(areas: Mapping[str, Mapping], *, path: Path) -> Path:
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path)
+
+
+def change_fom_figure(models: Mapping[str, dict], comparison: Mapping, *, path: Path) -> Path:
+    """Per model, the figure of merit of the whole-period change (start map -> last chain
+    year) and of the yearly change, with their block-bootstrap intervals; the title says
+    whether the U-Net differs significantly from the best baseline."""
+    plt = _pyplot()
+    keys = (("period_fom", "whole-period change"), ("fom_change", "year-to-year change"))
+    names = list(models)
+    fig, axes = plt.subplots(1, len(keys), figsize=(12, 0.4 * len(names) + 1.5), sharey=True)
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        for i, name in enumerate(names):
+            interval = models[name].get("intervals", {}).get(key)
+            if interval is None or interval["estimate"] is None:
+                continue
+            low = interval["low"] if interval["low"] is not None else interval["estimate"]
+            high = interval["high"] if interval["high"] is not None else interval["estimate"]
+            ax.errorbar(interval["estimate"], i, xerr=[[interval["estimate"] - low],
+                                                       [high - interval["estimate"]]],
+                        fmt="o", color=MODEL_COLOURS.get(name), capsize=3)
+        entry = comparison.get(key, {}).get("best_baseline")
+        if entry is not None:
+            verdict = "significant" if entry["significant"] else "not significant"
+            title += (f"\nU-Net - {entry['baseline']}: {_number(entry['estimate'])} "
+                      f"[{_number(entry['low'])}, {_number(entry['high'])}], {verdict}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("figure of merit (95 % block-bootstrap interval)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def calibration_figure(calibrations: Mapping[str, dict], *, path: Path) -> Path:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +52,20 @@ from ai4land.evaluate.baselines import (
     random_change_scores,
     smooth_scores,
 )
+from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.chains import Site, plan_sites, site_probabilities
 from ai4land.evaluate.metrics import ChangeScores, ConfusionMatrix, summarise
-from ai4land.evaluate.scores import ModelScores
+from ai4land.evaluate.models import (
+    ALLOCATION_BASELINES,
+    BASELINES,
+    CHAINED,
+    MODELS,
+    SINGLE_YEAR_MODELS,
+    Chain,
+    plan_chains,
+)
+from ai4land.evaluate.scores import INTERVALS, ModelScores
+from ai4land.evaluate.stability import stability_counts
 from ai4land.evaluate.tables import write_tables
 from ai4land.grid import Window
 from ai4land.harmonize import class_groups, conservation_error, map_group_fractions, offset_weight
@@ -68,45 +78,11 @@ from ai4land.split import load_split
 
 log = logging.getLogger(__name__)
 
-ALLOCATION_BASELINES = ("random_change", "neighbourhood_density", "gradient_boosting",
-                        "smooth_coarse")
-MODELS = ("unet", "unet_raw", "unet_teacher_forced", "persistence", "coarse_majority",
-          "random_allocation", *ALLOCATION_BASELINES)
-SINGLE_YEAR_MODELS = ("unet", "unet_raw", "coarse_majority", "random_allocation",
-                      "gradient_boosting", "smooth_coarse")
-# models whose maps are the finalised (harmonised) scores of a scorer
-FINALISED = ("unet", "unet_teacher_forced", *ALLOCATION_BASELINES)
-# models whose next prior is their own map (the others: the observed or start map)
-CHAINED = ("unet", *ALLOCATION_BASELINES)
 DRIFT_KEYS = ("oa", "miou", "kappa", "fom_change")
 FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
-           "class_area.png", "calibration.png")
+           "class_area.png", "calibration.png", "change_fom.png")
 TILE_PANELS = ("unet", "unet_raw", "neighbourhood_density", "gradient_boosting", "persistence")
 LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Finaliser
-
-
-@dataclass
-class Chain:
-    """One chain: its direction, the observed map it starts from (None: single-year) and
-    its years in the order they are predicted."""
-
-    name: str
-    direction: int
-    start: int | None
-    years: list[int]
-    scores: dict[str, ModelScores] = field(default_factory=dict)
-    area: dict = field(default_factory=dict)
-
-
-def plan_chains(test_years: list[int], observed: list[int]) -> list[Chain]:
-    """The forward and backward chains through ``test_years`` that have an observed start
-    map; a single-year pseudo-chain (no start) if neither has."""
-    chains = []
-    if test_years[0] - 1 in observed:
-        chains.append(Chain("forward", 1, test_years[0] - 1, list(test_years)))
-    if test_years[-1] + 1 in observed:
-        chains.append(Chain("backward", -1, test_years[-1] + 1, list(reversed(test_years))))
-    return chains or [Chain("single-year", 1, None, list(test_years))]
 
 
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
@@ -154,13 +130,17 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
         chain_tiles = runner.run(chain)
         tiles = tiles or chain_tiles
 
-    models = {}
+    bootstrap = BlockBootstrap(len(test_blocks), n_replicates=settings.bootstrap_replicates,
+                               seed=config.seed, level=settings.confidence_level)
+    group_names = runner.groups.names
+    models, pooled = {}, {}
     for name in names:
-        parts = [chain.scores[name] for chain in chains]
-        models[name] = ModelScores.pooled(parts).report()
+        pooled[name] = ModelScores.pooled([chain.scores[name] for chain in chains])
+        models[name] = pooled[name].report(bootstrap=bootstrap, group_names=group_names)
         if not single_year:
-            models[name]["chains"] = {chain.name: _chain_report(chain.scores[name].report())
-                                      for chain in chains}
+            models[name]["chains"] = {
+                chain.name: _chain_report(chain.scores[name].report(group_names=group_names))
+                for chain in chains}
     scored_pixels = sum(int(m.sum()) for m in runner.scored_pixels)
     metrics = _finite({
         "split": {
@@ -178,6 +158,7 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
         "classes": classes,
         "legend": {str(c): config.classes.legend[c] for c in classes},
         "models": models,
+        "comparison": _compare(pooled, models, bootstrap),
         "drift": ({} if single_year else
                   _drift(models["unet"], models["unet_teacher_forced"])),
         "class_area": {chain.name: chain.area for chain in chains},
@@ -194,10 +175,41 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
 
 
 def _chain_report(report: dict) -> dict:
-    """The per-chain entry of a model: its years and its whole-period change."""
+    """The per-chain entry of a model: its years, stability and whole-period change."""
     keys = ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "conservation_mae",
-            "n_pixels", "by_year", "period")
+            "n_pixels", "by_year", "period", "stability")
     return {key: report[key] for key in keys if key in report}
+
+
+# interval metrics where lower is better (the others: higher is better)
+LOWER_IS_BETTER = ("swap_ratio", "isolated_share")
+
+
+def _compare(pooled: dict[str, ModelScores], models: dict, bootstrap: BlockBootstrap) -> dict:
+    """Per interval metric: the U-Net minus the best baseline (best by its estimate over
+    every baseline, and over the allocation baselines), paired block bootstrap, with
+    ``significant`` when the interval excludes 0."""
+    stats = {name: scores.block_statistics() for name, scores in pooled.items()}
+    out = {}
+    for metric, (key, compute) in INTERVALS.items():
+        if key not in stats["unet"]:
+            continue
+        entry = {}
+        for scope, candidates in (("best_baseline", BASELINES),
+                                  ("best_allocation_baseline", ALLOCATION_BASELINES)):
+            estimates = {name: models[name]["intervals"][metric]["estimate"]
+                         for name in candidates if name in models
+                         and metric in models[name].get("intervals", {})
+                         and models[name]["intervals"][metric]["estimate"] is not None}
+            if not estimates:
+                continue
+            pick = min if metric in LOWER_IS_BETTER else max
+            best = pick(estimates, key=estimates.get)
+            difference = bootstrap.difference(stats["unet"][key], stats[best][key], compute)
+            entry[scope] = {"baseline": best, **difference.to_json()}
+        if entry:
+            out[metric] = entry
+    return out
 
 
 class _Runner:
@@ -238,6 +250,10 @@ class _Runner:
         # single-year: no prior, so no state
         state = ({} if chain.start is None else
                  {name: dict(start) for name in CHAINED if name in self.names})
+        # every model's map of the chain's previous year on each site's cells (stability)
+        self.previous_maps = {name: {site.label: None if chain.start is None
+                                     else start[site.label][site.inside(site.cells)]
+                                     for site in self.sites} for name in self.names}
         tiles = []
         for year in tqdm(chain.years, desc=f"evaluate {chain.name}", unit="year", disable=None):
             scenario = cube.scenario_for_year(year)
@@ -409,6 +425,13 @@ class _Runner:
             shares, n = map_group_fractions(codes[in_cells], self.groups, factor=factor,
                                             valid=mask)
             counts[name] += (shares * n).sum(axis=(1, 2))
+            before = self.previous_maps[name][site.label]
+            if before is not None:
+                chain.scores[name].add_stability(year=year, label=site.label, counts=(
+                    stability_counts(before, codes[in_cells], valid=cells_valid,
+                                     groups=self.groups, factor=factor, target=goal,
+                                     origin=(site.cells.row, site.cells.col))))
+            self.previous_maps[name][site.label] = codes[in_cells]
 
     def _tile(self, chain: Chain, year: int, site: Site, maps: dict,
               start: np.ndarray | None) -> dict:
@@ -455,6 +478,7 @@ def _draw(metrics: dict, tiles: list[dict], directory: Path, *, legend: dict) ->
         figures.calibration_figure(
             {name: m["calibration"] for name, m in models.items() if "calibration" in m},
             path=directory / FIGURES[5]),
+        figures.change_fom_figure(models, metrics["comparison"], path=directory / FIGURES[6]),
     ]
 
 
