@@ -102,3 +102,55 @@ def test_coarse_majority_baseline():
     ocean = np.zeros((2, 4), bool)
     ocean[0, 0] = True
     assert coarse_majority(fractions, groups=groups, factor=2, ocean_mask=ocean)[0, 0] == 0
+
+
+def test_model_scores_period_pooling_stability_and_intervals():
+    from ai4land.evaluate.bootstrap import BlockBootstrap
+    from ai4land.evaluate.stability import stability_counts
+
+    blocks = [{"id": 7, "row": 0, "col": 0}, {"id": 9, "row": 0, "col": 1}]
+    labels = np.array([[0, 0, 1, 1]])
+    start = np.array([[0, 0, 0, 0]])
+    chains = []
+    for prediction in (np.array([[1, 0, 1, 0]]), np.array([[1, 1, 0, 0]])):
+        scores = ModelScores(classes=[11, 22], blocks=blocks, calibration_bins=2)
+        scores.add(year=2001, target=np.array([[1, 0, 1, 1]]), prediction=prediction,
+                   previous=start, labels=labels, conservation_mae=0.0)
+        scores.add_period(start=start, target=np.array([[1, 0, 1, 1]]), prediction=prediction,
+                          labels=labels)
+        chains.append(scores)
+    # chain 1: hits 2 (pixels 0, 2), miss 1 (pixel 3); chain 2: hit 1 (0), false alarm 1
+    # (1), misses 2 (2, 3)
+    assert chains[0].report()["period"]["fom"] == pytest.approx(2 / 3)
+    assert chains[1].report()["period"]["fom"] == pytest.approx(1 / 4)
+    pooled = ModelScores.pooled(chains)
+    report = pooled.report()
+    assert report["period"]["counts"] == {"correct_rejection": 1, "hit": 3, "miss": 3,
+                                          "false_alarm": 1, "wrong_hit": 0}
+    assert report["period"]["fom"] == pytest.approx(3 / 7)
+    assert report["period"]["producers_accuracy"] == pytest.approx(3 / 6)
+    assert report["period"]["users_accuracy"] == pytest.approx(3 / 4)
+    assert report["n_pixels"] == 8
+    # stability, per block: block 0 of a 1 x 2 map, one of 2 pixels changed, isolated
+    groups = class_groups({"a": CoarseGroup(variables=["a"], classes=[11]),
+                           "b": CoarseGroup(variables=["b"], classes=[22])}, [11, 22])
+    counts = stability_counts(np.array([[11, 11]], "uint8"), np.array([[22, 11]], "uint8"),
+                              valid=np.ones((1, 2), bool), groups=groups, factor=2,
+                              target=np.array([[[0.5]], [[0.5]]]))
+    for label in (0, 1):
+        pooled.add_stability(year=2001, label=label, counts=counts)
+    stability = pooled.report()["stability"]
+    assert stability["changed_share"] == 0.5 and stability["swap_ratio"] == 0.0
+    assert stability["isolated_share"] == 1.0
+    # intervals: one draw of both blocks reproduces the estimate; with both blocks
+    # agreeing on OA the interval has no width
+    bootstrap = BlockBootstrap(2, n_replicates=50, seed=0)
+    intervals = pooled.report(bootstrap=bootstrap)["intervals"]
+    assert intervals["period_fom"]["estimate"] == pytest.approx(3 / 7, abs=1e-6)
+    assert intervals["oa"]["estimate"] == pytest.approx(report["oa"], abs=1e-6)
+    assert intervals["swap_ratio"]["low"] == intervals["swap_ratio"]["high"] == 0.0
+    # pooled, block 0 has 3 of 4 pixels right, block 1 1 of 4: replicates draw OA 1/4
+    # (block 1 twice), 1/2 or 3/4 (block 0 twice)
+    assert report["oa"] == 0.5
+    assert 0.25 - 1e-9 <= intervals["oa"]["low"] <= 0.5 <= intervals["oa"]["high"] <= 0.75 + 1e-9
+    assert intervals["oa"]["high"] > intervals["oa"]["low"]

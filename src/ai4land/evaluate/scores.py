@@ -57,6 +57,14 @@ def headline(cm: np.ndarray) -> dict[str, float]:
     return {metric.name: metric.compute(cm) for metric in metrics}
 
 
+def _summarise_stability(blocks: list[StabilityCounts], group_names: tuple[str, ...]) -> dict:
+    """JSON-ready stability of the blocks' summed counts (groups named by index when
+    ``group_names`` is empty)."""
+    total = sum(blocks[1:], blocks[0])
+    names = group_names or tuple(str(g) for g in range(len(total.map_groups)))
+    return summarise_stability(total, names)
+
+
 def _change_dict(counts: np.ndarray) -> dict[str, int]:
     """The ``ChangeScores`` counts of a (5,) :data:`CATEGORIES` count array."""
     named = dict(zip(CATEGORIES, counts.tolist(), strict=True))
@@ -168,7 +176,7 @@ class ModelScores:
         }
         blocks = self._stability_blocks([year])
         if blocks is not None:
-            out["stability"] = summarise_stability(sum(blocks[1:], blocks[0]), group_names)
+            out["stability"] = _summarise_stability(blocks, group_names)
         return out
 
     def report(self, *, bootstrap: BlockBootstrap | None = None,
@@ -194,7 +202,7 @@ class ModelScores:
             result["period"] = change_summary(self.period.sum(0))
         blocks = self._stability_blocks(years)
         if blocks is not None:
-            result["stability"] = summarise_stability(sum(blocks[1:], blocks[0]), group_names)
+            result["stability"] = _summarise_stability(blocks, group_names)
         if self.reliability is not None:
             result["calibration"] = Calibration().compute(self.reliability.table)
         if bootstrap is not None:
