@@ -8,8 +8,10 @@ ablation), once per training seed in ``SEEDS`` (same world, split and steps; the
 changes initialisation, data order, masks and symmetries), and scored on the test
 blocks and test years in three conditions:
 
-* *teacher-forced* and *rollout*: ``run_evaluate`` (prior = the observed previous
-  year, or the model's own previous prediction);
+* *teacher-forced* and *rollout*: ``run_evaluate``'s forward chain, harmonised as
+  predict publishes (``unet_teacher_forced``: prior = the observed previous year;
+  ``unet``: the model's own previous map; results written before the evaluation
+  scored harmonised chains are of the raw argmax);
 * *prior hidden*: the same years and pixels predicted with no prior at all (all prior
   channels 0, as in the ``p_none`` share of training samples): what the coarse and
   static inputs give on their own.
@@ -104,13 +106,13 @@ def train_and_score(base, directory: Path, *, seed: int, drop_inputs: list[str],
                            output=directory / "metrics.json")
     years = list(metrics["split"]["test_years"])
     hidden = prior_hidden_scores(config, model_dir=directory, years=years)
-    unet = metrics["models"]["unet"]
+    unet = metrics["models"]["unet_teacher_forced"]["chains"]["forward"]
     if hidden["n_pixels"] != unet["n_pixels"]:
         raise AssertionError(f"prior hidden scored {hidden['n_pixels']} pixels, "
                              f"teacher-forced {unet['n_pixels']}")
     return {
         **{k: unet[k] for k in ("miou", "oa", "kappa", "fom_change")},
-        "rollout_miou": metrics["models"]["unet_rollout"]["miou"],
+        "rollout_miou": metrics["models"]["unet"]["chains"]["forward"]["miou"],
         "hidden_miou": hidden["miou"], "hidden_oa": hidden["oa"],
         "hidden_fom_change": hidden["fom_change"],
         "train_s": train_s, "score_s": time.perf_counter() - start - train_s,

@@ -52,10 +52,19 @@ def test_nothing_to_do_on_a_finished_run(finished):
 @pytest.mark.slow
 def test_predict_change_reruns_only_predict_and_publish(finished, tmp_path):
     change = tmp_path / "predict.yaml"
-    change.write_text("predict:\n  harmonize: false\n")
+    change.write_text("predict:\n  compress_level: 5\n")
     planned = _planned(_snakemake(finished, "-n", configs=[change]))
     assert set(planned) == {"predict", "publish", "all"}, planned
     assert planned["predict"] == 6
+
+
+@pytest.mark.slow
+def test_harmonisation_change_also_reruns_evaluate(finished, tmp_path):
+    # evaluate scores the published (harmonised) chains, so it follows predict.harmonize
+    change = tmp_path / "predict.yaml"
+    change.write_text("predict:\n  harmonize: false\n")
+    planned = _planned(_snakemake(finished, "-n", configs=[change]))
+    assert set(planned) == {"predict", "evaluate", "publish", "all"}, planned
 
 
 @pytest.mark.slow

@@ -1,13 +1,11 @@
-"""The U-Net over consecutive years: teacher-forced (observed prior) or rolled out.
+"""The U-Net's plain argmax for one year of the whole region, held in memory.
 
-A rollout starts from the observed map of the year before the first test year and
-then feeds the network its own previous prediction as prior, as a prediction chain
-does; its drift from teacher-forced prediction shows how errors compound.
+Only for small regions (the ablation benchmark's prior-hidden scores): ``ai4land
+evaluate`` streams the test blocks and scores the harmonised chains instead
+(:mod:`ai4land.evaluate.chains`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -25,15 +23,3 @@ def unet_year(config, *, cube: Cube, model, scenario: str, year: int,
     land = cube.land_mask_window(Window(0, 0, *cube.fine_grid.shape))
     codes = np.where(land, code_of[probs.argmax(axis=-1)], config.classes.ocean)
     return codes.astype("uint8"), probs.max(axis=-1)
-
-
-def rollout(config, *, cube: Cube, model, years: Sequence[int],
-            start: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(year, codes, probability) for ``years`` in order; ``start`` is the first prior."""
-    prior = start
-    for year in years:
-        codes, confidence = unet_year(config, cube=cube, model=model,
-                                      scenario=cube.scenario_for_year(year), year=year,
-                                      prior=prior)
-        yield year, codes, confidence
-        prior = codes
