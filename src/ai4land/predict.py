@@ -428,7 +428,9 @@ class Finaliser:
         # cells without coarse land-use data (coastlines the coarse data call ocean, all
         # water or ice cells) keeps the anchor map's classes: nothing constrains a change.
         valid = land & ~no_cell_data & (anchor_codes != self.config.classes.nodata)
-        kept = land & no_cell_data & np.isin(anchor_codes, self.code_of)
+        kept = land & no_cell_data
+        if kept.any():
+            kept &= np.isin(anchor_codes, self.code_of)
         return valid, kept, anchor_codes
 
     def _targets(self, window: Window, *, valid: np.ndarray,

@@ -53,7 +53,11 @@ def _read(fh: BinaryIO, offset: int, size: int) -> bytes:
 
 def blocks_end(fh: BinaryIO) -> int | None:
     """The byte just past the last image block any directory of the TIFF lists (None:
-    not a TIFF). EOFError if the directories themselves run past the end."""
+    not a TIFF). EOFError if the directories themselves run past the end.
+
+    The offset and byte-count arrays are read in file order after the directories, so
+    a zip member (whose stream rewinds and inflates again for a backward seek) is read
+    through about once per directory."""
     head = fh.read(16)
     if head[:2] not in (b"II", b"MM"):
         return None
@@ -67,34 +71,36 @@ def blocks_end(fh: BinaryIO) -> int | None:
         return None
     count_fmt, entry_fmt, entry_size, inline = (("Q", "HHQ8s", 20, 8) if big
                                                 else ("H", "HHI4s", 12, 4))
-    end = 0
+    pointer_fmt = order + ("Q" if big else "I")
+    count_size = struct.calcsize(count_fmt)
+    arrays: list[dict[int, list[int]]] = []  # per directory: tag -> values
+    pending = []  # (file offset, struct format, directory, tag) of arrays stored apart
     for _ in range(_MAX_DIRECTORIES):
         if offset == 0:
             break
-        count_size = struct.calcsize(count_fmt)
         (n,) = struct.unpack(order + count_fmt, _read(fh, offset, count_size))
-        table = _read(fh, offset + count_size, n * entry_size)
-        arrays: dict[int, list[int]] = {}
+        table = _read(fh, offset + count_size, n * entry_size + struct.calcsize(pointer_fmt))
+        found: dict[int, list[int]] = {}
         for i in range(n):
             tag, kind, count, value = struct.unpack_from(order + entry_fmt, table, i * entry_size)
             if tag not in (*_OFFSETS, *_OFFSETS.values()) or kind not in _SIZES:
                 continue
             fmt = order + f"{count}{_SIZES[kind]}"
-            size = struct.calcsize(fmt)
-            if size <= inline:
-                data = value[:size]
+            if struct.calcsize(fmt) <= inline:
+                found[tag] = list(struct.unpack(fmt, value[: struct.calcsize(fmt)]))
             else:
-                (where,) = struct.unpack(order + ("Q" if big else "I"), value)
-                data = _read(fh, where, size)
-            arrays[tag] = list(struct.unpack(fmt, data))
+                pending.append((struct.unpack(pointer_fmt, value)[0], fmt, len(arrays), tag))
+        arrays.append(found)
+        (offset,) = struct.unpack_from(pointer_fmt, table, n * entry_size)
+    for where, fmt, directory, tag in sorted(pending):
+        arrays[directory][tag] = list(struct.unpack(fmt, _read(fh, where, struct.calcsize(fmt))))
+    end = 0
+    for found in arrays:
         for offsets_tag, counts_tag in _OFFSETS.items():
-            for start, length in zip(arrays.get(offsets_tag, []), arrays.get(counts_tag, []),
+            for start, length in zip(found.get(offsets_tag, []), found.get(counts_tag, []),
                                      strict=False):
                 if length:
                     end = max(end, start + length)
-        next_fmt = order + ("Q" if big else "I")
-        (offset,) = struct.unpack(next_fmt, _read(fh, offset + count_size + n * entry_size,
-                                                  struct.calcsize(next_fmt)))
     return end
 
 
