@@ -157,6 +157,17 @@ class Region:
         scenario = self._cube.scenario_for_year(year)
         return self._cube.coarse_cells(scenario, year, self.offset)
 
+    def cube_water(self) -> np.ndarray:
+        """The cube's water fraction (static) of the region's cells."""
+        cube, name = self._cube, self.water_variable
+        rows, cols = self.offset.coarse_slices(self.factor)
+        for path in sorted((cube.paths.root / "coarse").glob("*.zarr")):
+            ds = cube.coarse(path.stem)
+            if name in ds.variables:
+                return np.asarray(ds[name].isel(lat=rows, lon=cols).values, dtype="float32")
+        raise InputDataError(f"{cube.paths.root / 'coarse'}: no coarse store holds the water "
+                             f"fraction {name!r}; add it to the scenario")
+
 
 class CoarseScenario:
     """Coarse fractions of a scenario (LUH layout) on the model's coarse grid, read a
@@ -431,14 +442,10 @@ class Emulator:
             if missing:
                 raise InputDataError(f"{source.label}: no data for year(s) {_span(missing)} "
                                      f"(holds {_span(source.years)}); pass years inside it")
-            cube_cells = None
-            water = None
-            if source.water is None and self.cube.water_variable:
-                cube_cells = region.cube_cells(anchor)
-                water = cube_cells[-1]
+            water = (region.cube_water() if source.water is None and self.cube.water_variable
+                     else None)
             anchor_cells = (source.cells(anchor, region.coarse_grid, water=water)
-                            if source.has_year(anchor) else
-                            cube_cells if cube_cells is not None else region.cube_cells(anchor))
+                            if source.has_year(anchor) else region.cube_cells(anchor))
             current = self._first_prior(prior, region, inner, anchor)
             for year in order:
                 cells = source.cells(year, region.coarse_grid, water=water)
