@@ -26,8 +26,8 @@ What it needs and where it finds it:
 Each year goes through the product's own code path (:mod:`ai4land.predict`): the same
 inputs (:func:`~ai4land.samples.features.build_inputs`), sliding windows and blending
 (:func:`~ai4land.predict.probability_bands`), and the same finalising: harmonisation to
-the delta-method target, layers and report (``predict._Finaliser``), band by band with
-the working memory of a predict job. The region is the bbox widened to whole coarse
+the delta-method target, layers and report (:class:`~ai4land.predict.Finaliser`), band
+by band with the working memory of a predict job. The region is the bbox widened to whole coarse
 cells (harmonisation works cell by cell), then cut back to the bbox's pixels; over the
 cube's whole extent the maps equal ``ai4land predict``'s.
 
@@ -498,12 +498,12 @@ class Emulator:
               progress) -> tuple[np.ndarray, dict]:
         """(h, w, layers) uint8 product layers of the region for ``year``, and its report,
         through the product's prediction and finalising."""
-        from ai4land.predict import _Finaliser, band_rows, job_threads, probability_bands, rebands
+        from ai4land.predict import Finaliser, band_rows, job_threads, probability_bands, rebands
 
         config = self.config
         grid = region.fine_grid
         weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
-        finalise = _Finaliser(config, cube=region, anchor=anchor, classes=self.classes,
+        finalise = Finaliser(config, cube=region, anchor=anchor, classes=self.classes,
                               groups=self.groups, weight=weight, layers=self.layers,
                               cells=cells, anchor_cells=anchor_cells)
         workers = job_threads()
