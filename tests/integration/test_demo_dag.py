@@ -14,6 +14,8 @@ import pytest
 import rasterio
 import xarray as xr
 
+from ai4land.evaluate.models import ALLOCATION_BASELINES, MODELS
+
 HERE = Path(__file__).parent
 LEGEND = {0, 11, 22, 33, 44, 55, 66, 77, 99}
 
@@ -87,13 +89,18 @@ def test_zarr_store_equals_the_cogs(tiny_run):
 def test_evaluation_and_publication(tiny_run):
     _, workdir = tiny_run
     metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
-    assert list(metrics["models"]) == ["unet", "unet_rollout", "persistence", "coarse_majority",
-                                       "random_allocation", "gradient_boosting"]
+    assert list(metrics["models"]) == list(MODELS)
+    # tiny.yaml: test years 2001-2004 inside the observed 1960-2019: both chains
+    assert set(metrics["split"]["chains"]) == {"forward", "backward"}
+    assert metrics["scored_map"] == "harmonised"
     for model, values in metrics["models"].items():
         for key in ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "per_class_iou",
-                    "conservation_mae", "by_year", "by_block"):
+                    "conservation_mae", "by_year", "by_block", "period", "stability",
+                    "intervals", "chains"):
             assert key in values, (model, key)
     assert set(metrics["drift"]) == set(metrics["models"]["unet"]["by_year"])
+    assert metrics["comparison"]["period_fom"]["best_allocation_baseline"]["baseline"] in (
+        ALLOCATION_BASELINES)
     catalog = json.loads((workdir / "results/publish/catalog.json").read_text())
     assert catalog["type"] == "Catalog"
     lines = (workdir / "results/publish/SHA256SUMS").read_text().splitlines()
@@ -117,7 +124,8 @@ def test_snakemake_report_shows_the_evaluation_figures(tiny_run, snakemake, tmp_
     _, workdir = tiny_run
     figures = sorted((workdir / "results/eval/figures").glob("*.png"))
     assert [p.stem for p in figures] == sorted(["confusion_matrix", "per_class_iou", "by_year",
-                                                "tiles", "class_area", "calibration"])
+                                                "tiles", "class_area", "calibration",
+                                                "change_fom"])
     report = tmp_path / "report.zip"
     result = snakemake(workdir, "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,4 +134,5 @@ def test_snakemake_report_shows_the_evaluation_figures(tiny_run, snakemake, tmp_
         html = archive.read("report/report.html").decode()
     for figure in figures:
         assert any(name.endswith(f"/{figure.name}") for name in names), figure
-    assert "Confusion matrix of the teacher-forced U-Net" in html  # a caption
+    assert "Confusion matrix of the published U-Net map" in html  # a caption
+    assert "neighbourhood_density" in html  # captions name the models that were run
