@@ -256,6 +256,7 @@ class _Runner:
                                      for site in self.sites} for name in self.names}
         tiles = []
         for year in tqdm(chain.years, desc=f"evaluate {chain.name}", unit="year", disable=None):
+            started = time.perf_counter()
             scenario = cube.scenario_for_year(year)
             cells = cube.coarse_cells(scenario, year, self.whole)
             anchor = year if chain.start is None else chain.start
@@ -275,6 +276,8 @@ class _Runner:
                             start=start[site.label])
                 if year == chain.years[-1]:
                     tiles.append(self._tile(chain, year, site, maps, start[site.label]))
+            log.info("%s chain, %d: %d test blocks, %.1f s", chain.name, year, len(self.sites),
+                     time.perf_counter() - started)
             chain.area["years"].append(year)
             for s, values in counts.items():
                 shares = values / max(values.sum(), 1)
