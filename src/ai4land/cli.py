@@ -121,7 +121,8 @@ def cmd_predict(args) -> int:
         output=Path(args.output),
         store=Path(args.store),
     )
-    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)}))
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)}
+                     | {"timings_s": report["timings_s"]}))
     return 0
 
 

@@ -337,7 +337,8 @@ class EvaluateConfig(_Section):
 
 
 class PublishConfig(_Section):
-    title: str = "ai4land: annual 1 km land-use maps downscaled from LUH2"
+    # null: "ai4land: annual <the fine grid's resolution> land-use maps"
+    title: str | None = None
     license: str = "CC-BY-4.0"
     collection_id: str = "ai4land"
 

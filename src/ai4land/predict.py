@@ -38,6 +38,7 @@ import fcntl
 import gc
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -334,7 +335,7 @@ class _Tally:
                        for target in ("delta_target", "luh")}
         self.class_counts = np.zeros(k, dtype="int64")
         self.pixels = {"land": 0, "valid": 0, "nodata": 0, "kept": 0}
-        self.changed = self.rejections = 0
+        self.changed = self.reassigned = self.rejections = 0
         self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
         self.seconds = 0.0
 
@@ -345,6 +346,7 @@ class _Tally:
         for key in self.pixels:
             self.pixels[key] += band.pixels[key]
         self.changed += band.changed
+        self.reassigned += band.reassigned
         self.rejections += band.rejections
         self.spread_sums += band.spread_sums
         self.seconds += band.seconds
@@ -360,12 +362,15 @@ class Finaliser:
 
     ``layers`` are the names of :func:`~ai4land.products.product_layers`, plus ``raw``
     for the class codes of the plain argmax (no data off the valid pixels), which the
-    evaluation reports beside the harmonised map.
+    evaluation reports beside the harmonised map. ``prior`` (a window reader of the
+    prior map) lets the report count ``changed_pixels``; without it they read 0.
     """
 
     def __init__(self, config, *, cube: Cube, anchor: int, classes: list[int], groups: Groups,
-                 weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray):
+                 weight: float, layers: list[str], cells: np.ndarray, anchor_cells: np.ndarray,
+                 prior: PriorReader | None = None):
         self.config, self.cube, self.anchor = config, cube, anchor
+        self.prior, self._prior_lock = prior, threading.Lock()  # the reader is not shared
         self.cells, self.anchor_cells = cells, anchor_cells  # whole region, coarse
         self.cell_nodata = nodata_cells(cube, cells)
         self.classes, self.groups, self.weight, self.layers = classes, groups, weight, layers
@@ -395,11 +400,15 @@ class Finaliser:
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
                                groups=self.groups, argmax=best, group_p=group_p)
             index = result.index
-            tally.changed, tally.rejections = result.changed, result.rejections
+            tally.reassigned, tally.rejections = result.changed, result.rejections
         codes, probability, entropy, tally.class_counts = map_layers(
             probs, index, entropy=entropy, valid=valid, land=land, codes=self.code_of,
             nodata=config.classes.nodata, ocean=config.classes.ocean)
         codes[kept] = anchor_codes[kept]  # not modelled: probability and entropy no data
+        if self.prior is not None:
+            with self._prior_lock:
+                prior = self.prior(window)
+            tally.changed = int(np.count_nonzero((codes != prior) & valid))
         for when, mapped in (("before", argmax_codes), ("after", codes)):
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
@@ -474,7 +483,8 @@ class Finaliser:
             "conservation": {when: {name: total.errors[when, name].result()
                                     for name in ("delta_target", "luh")}
                              for when in ("before", "after")},
-            "changed_pixels": int(total.changed),
+            "changed_pixels": int(total.changed),  # valid pixels unlike the prior map's
+            "harmonize_reassigned_pixels": int(total.reassigned),  # unlike the argmax
             "harmonize_rejections": int(total.rejections),
             "class_fractions": fractions,
             "pixels": dict(total.pixels),
@@ -527,7 +537,7 @@ def run_predict(
 ) -> dict:
     """Predict the map of ``year`` under ``scenario``; write COGs, Zarr region and report.
 
-    Returns the report (also written as JSON beside ``output``).
+    Returns the report (also written as JSON beside ``output``, less ``timings_s``).
     """
     from ai4land.models.card import CARD, check_inputs, code_version, load_model
 
@@ -563,9 +573,6 @@ def run_predict(
     layers = product_layers(spread=config.predict.ensemble.write_layer)
     whole = Window(0, 0, *grid.shape)
     cells = cube.coarse_cells(scenario, year, whole)
-    finalise = Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
-                          weight=weight, layers=layers, cells=cells,
-                          anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole))
     device = resolve_device(config.predict.device)
     workers = job_threads()
     timings = {"load": 0.0, "wait": 0.0, "write": 0.0}  # load: set once the setup is done
@@ -575,8 +582,14 @@ def run_predict(
         if prior_path is None:
             def prior(window: Window) -> np.ndarray:
                 return cube.target_window(anchor, window)
+            own_prior = prior
         else:
             prior = stack.enter_context(open_prior(prior_path, grid))
+            own_prior = stack.enter_context(open_prior(prior_path, grid))  # the workers'
+        finalise = Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
+                             weight=weight, layers=layers, cells=cells,
+                             anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole),
+                             prior=own_prior)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
         stack.callback(pool.shutdown, cancel_futures=True)
         # the COG layers convert in their own threads: they start while the workers
@@ -678,10 +691,13 @@ def run_predict(
         "device": str(device),
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "outputs": {name: layer_path(output, name).name for name in layers} | {"store": str(store)},
+        "outputs": {name: layer_path(output, name).name for name in layers} | {"store": store.name},
         "config_hash": config.hash(),
         "model_weights_sha256": model_hash,
     }
+    # The written report is a published product: without the timings, which differ run
+    # to run, it hashes the same when the product is regenerated.
+    published = {key: value for key, value in report.items() if key != "timings_s"}
     with atomic_path(output.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(published, indent=1, sort_keys=True) + "\n")
     return report

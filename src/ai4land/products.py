@@ -113,8 +113,8 @@ class CogLayer:
     def __init__(self, path: str | Path, grid: Grid, *, workdir: str | Path, nodata: int,
                  resampling: str, tags: Mapping[str, str], description: str,
                  band_tags: Mapping[str, str] | None = None, colormap: dict | None = None,
-                 blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE",
-                 level: int = COMPRESS_LEVEL):
+                 scale: float | None = None, blocksize: int = COG_BLOCKSIZE,
+                 compress: str = "DEFLATE", level: int = COMPRESS_LEVEL):
         self.path = Path(path)
         self.grid = grid
         self.options = _cog_options(nodata=nodata, blocksize=blocksize, compress=compress,
@@ -133,6 +133,8 @@ class CogLayer:
         self._dst.update_tags(**{k: str(v) for k, v in tags.items()})
         if band_tags:
             self._dst.update_tags(1, **{k: str(v) for k, v in band_tags.items()})
+        if scale is not None:  # GDAL's own scale/offset: QGIS, rasterio and xarray apply it
+            self._dst.scales, self._dst.offsets = (scale,), (0.0,)
         if colormap is not None:
             self._dst.write_colormap(1, colormap)
             self._dst.colorinterp = [ColorInterp.palette]
@@ -372,13 +374,14 @@ def layer_path(class_cog: str | Path, layer: str) -> Path:
 def quantised_layer(name: str, *, tags: Mapping[str, object] | None = None,
                     blocksize: int = COG_BLOCKSIZE, compress: str = "DEFLATE",
                     level: int = COMPRESS_LEVEL) -> dict:
-    """:class:`CogLayer` settings of a [0, 1] layer stored as round(x × 254), nodata 255."""
+    """:class:`CogLayer` settings of a [0, 1] layer stored as round(x × 254), nodata 255,
+    with GDAL scale 1/254 and offset 0 on the band (readers that unscale see [0, 1])."""
     base = {k: str(v) for k, v in sorted((tags or {}).items())}
     return {"nodata": QUANT_NODATA, "resampling": "AVERAGE",
             "tags": {**base, "LAYER": name, "SCALE": f"1/{QUANT_SCALE}",
                      "DESCRIPTION": QUANTISED_LAYERS[name]},
-            "band_tags": {"scale_factor": repr(1 / QUANT_SCALE), "add_offset": "0"},
-            "description": name, "blocksize": blocksize, "compress": compress, "level": level}
+            "scale": 1 / QUANT_SCALE, "description": name, "blocksize": blocksize,
+            "compress": compress, "level": level}
 
 
 def write_probability_cogs(
@@ -457,6 +460,9 @@ def product_layers(*, spread: bool) -> list[str]:
     return [*BASE_LAYERS, *(["spread"] if spread else [])]
 
 
+GRID_MAPPING = "spatial_ref"  # the CF grid-mapping variable, named as rioxarray names it
+
+
 def _crs_attrs(grid: Grid) -> dict:
     from rasterio.crs import CRS
 
@@ -464,7 +470,8 @@ def _crs_attrs(grid: Grid) -> dict:
     attrs = {
         "crs_wkt": crs.to_wkt(),
         "spatial_ref": crs.to_wkt(),
-        "GeoTransform": " ".join(repr(float(v)) for v in tuple(grid.transform)[:6]),
+        # GDAL's order (west, res, 0, north, 0, -res), as GDAL and rioxarray read it
+        "GeoTransform": " ".join(repr(float(v)) for v in grid.transform.to_gdal()),
     }
     if crs.is_geographic:
         attrs["grid_mapping_name"] = "latitude_longitude"
@@ -486,7 +493,7 @@ def _store_dataset(grid: Grid, scenarios: Sequence[str], years: Sequence[int], t
     data_vars = {}
     for name in layers:
         spec = LAYERS[name]
-        attrs = {"long_name": spec["long_name"], "grid_mapping": "crs"}
+        attrs = {"long_name": spec["long_name"], "grid_mapping": GRID_MAPPING}
         if name == "lulc":
             attrs.update(flag_values=codes, flag_meanings=meanings,
                          legend=json.dumps({str(c): legend[c] for c in codes}))
@@ -502,8 +509,10 @@ def _store_dataset(grid: Grid, scenarios: Sequence[str], years: Sequence[int], t
             attrs=attrs,
             encoding=encoding,
         )
-    data_vars["crs"] = xr.Variable((), np.int32(0), attrs=_crs_attrs(grid))
     coords = {
+        # A coordinate (listed in the variables' CF ``coordinates``), so a plain
+        # xr.open_zarr keeps it and rioxarray/odc find the CRS through ``grid_mapping``.
+        GRID_MAPPING: ((), np.int32(0), _crs_attrs(grid)),
         "scenario": ("scenario", np.asarray(list(scenarios), dtype="U")),
         "year": ("year", np.asarray(list(years), dtype="int32")),
         "lat": ("lat", grid.lat.astype("float64"),

@@ -1,5 +1,13 @@
 """Publish the product: STAC catalog, SHA256SUMS manifest, provenance and README.
 
+The publish directory is self-contained: it holds the products themselves (hard links
+to the COGs, per-map reports and Zarr files, or copies where the file system cannot
+link) under ``maps/`` and ``product/``, and every STAC href is relative inside it, so
+the directory can be moved or served anywhere. The links are snapshots: every product
+writer replaces files by renaming (never rewrites them in place), so a later run does
+not change what was published. The catalog is validated against the STAC core and
+extension JSON schemas (kept offline: :mod:`ai4land.stac_schemas`) before it is kept.
+
 Everything written here is a pure function of the products, config, model and inputs:
 no wall-clock time stamps (item datetimes come from the product year), sorted keys and
 paths, so publishing twice gives identical files. The whole publish directory is built
@@ -8,11 +16,14 @@ in a temporary sibling and renamed into place.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import platform
+import shutil
 import subprocess
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +36,8 @@ from ai4land.io.atomic import atomic_path
 from ai4land.products import DEFAULT_COLOURS, layer_path, product_layers, sha256_file
 
 MANIFEST = "SHA256SUMS"
-LICENCES = [
-    ("LUH2 v2h / v2f (Hurtt et al. 2020)", "CC-BY-4.0",
-     "https://luh.umd.edu/ , input4MIPs (ESGF)"),
-    ("HILDA+ v1.0 (Winkler et al. 2021), PANGAEA 921846", "CC-BY-4.0",
-     "https://doi.org/10.1594/PANGAEA.921846"),
-    ("ETOPO 2022 (NOAA NCEI)", "public domain (U.S. Government work, NOAA)",
-     "https://doi.org/10.25921/fd45-gt74"),
-    ("SoilGrids 2.0 (ISRIC)", "CC-BY-4.0", "https://soilgrids.org"),
-]
+MAPS = "maps"  # the publish tree: maps/<scenario>/<files>, product/<store>/
+PRODUCT = "product"
 
 
 def map_path(maps_dir: Path, scenario: str, year: int) -> Path:
@@ -60,6 +64,39 @@ def _products(config, maps_dir: Path) -> list[tuple[str, int, Path]]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise OutputError(f"{missing[0]}: product missing{more}; run `ai4land predict` first")
     return found
+
+
+# --- the publish tree ---------------------------------------------------------------
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target``; a copy where the file system cannot link."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _publish_tree(tree: Path, products: list[tuple[str, int, Path]], store: Path,
+                  layers: list[str]) -> tuple[list[tuple[str, int, Path]], Path, list[Path]]:
+    """Put the products into ``tree``: every layer COG and report of each map under
+    ``maps/<scenario>/``, the Zarr store under ``product/``. Returns the products as
+    found in the tree, the store in the tree and every file put there."""
+    linked, files = [], []
+    for scenario, year, cog in products:
+        in_tree = map_path(tree / MAPS, scenario, year)
+        for path in [*(layer_path(cog, name) for name in layers), cog.with_suffix(".json")]:
+            target = in_tree.with_name(path.name)
+            _link(path, target)
+            files.append(target)
+        linked.append((scenario, year, in_tree))
+    tree_store = tree / PRODUCT / store.name
+    for path in _store_files(store):
+        target = tree_store / path.relative_to(store)
+        _link(path, target)
+        files.append(target)
+    return linked, tree_store, files
 
 
 # --- manifest -----------------------------------------------------------------------
@@ -150,6 +187,63 @@ def provenance(config, *, model_dir: Path, metrics_path: Path | None) -> dict:
     }
 
 
+# --- what the maps are and what they were made from ----------------------------------
+
+
+def resolution_label(grid: Grid) -> str:
+    """The pixel size as a reader says it: ``0.01° (~1.1 km)``, ``250 m``, ``1 km``."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(grid.crs) if grid.crs else None
+    if crs is None or crs.is_geographic:
+        km = grid.res * 111.32  # one degree of longitude at the equator
+        approx = f"{km:.2g} km" if km >= 1 else f"{km * 1000:.2g} m"
+        return f"{grid.res:g}° (~{approx} at the equator)"
+    metres = grid.res * (crs.linear_units_factor[1] if crs.linear_units_factor else 1.0)
+    return f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
+
+
+def title(config, grid: Grid) -> str:
+    """``publish.title``, or one that states the maps' real resolution."""
+    if config.publish.title:
+        return config.publish.title
+    return f"ai4land: annual {resolution_label(grid)} land-use maps"
+
+
+def input_paths(config) -> list[str]:
+    """The input files the run read, in config order: the coarse historical file, the
+    scenario files of ``scenarios``, the coarse static file, the fine maps (archive, or
+    their file pattern) and the static layers."""
+    data = config.datasets
+    paths = [data.coarse.historical, *(data.coarse.scenarios[s] for s in config.scenarios)]
+    if data.coarse.static:
+        paths.append(data.coarse.static)
+    paths.append(data.fine.archive or data.fine.pattern)
+    paths += [layer.path for layer in data.static]
+    return list(dict.fromkeys(paths))
+
+
+def input_datasets(config) -> list[tuple[str, str, str]]:
+    """(input, licence, source) of every input file the run read: the ``sources``
+    entry that downloaded it (its licence and URL), else the file itself, licence not
+    stated. The demo world is one synthetic input."""
+    if config.demo_world:
+        return [("synthetic demo world (`ai4land demo-world`, LUH2/HILDA+ file formats)",
+                 "generated, no third-party data", "ai4land demo-world")]
+    rows = {}
+    for path in input_paths(config):
+        pattern = Path(path).as_posix().replace("{year}", "*")
+        matches = [(key, source) for key, source in config.sources.items()
+                   if fnmatch.fnmatchcase(Path(source.path).as_posix(), pattern)]
+        for key, source in matches:
+            rows[key] = (f"`{key}`", source.license or f"not stated (sources.{key}.license)",
+                         source.url)
+        if not matches:
+            rows[path] = (f"`{path}`", "not stated (no `sources` entry downloads it)",
+                          "local file")
+    return list(rows.values())
+
+
 # --- STAC ---------------------------------------------------------------------------
 
 
@@ -236,7 +330,49 @@ def _item(config, scenario: str, year: int, cog: Path):
         for code, name in sorted(legend.items())
     ]
     ClassificationExtension.ext(item.assets["lulc"], add_if_missing=True).classes = classes
+    # The classification schema kept offline is v1.1.0 (see ai4land/stac_schemas)
+    item.stac_extensions = [CLASSIFICATION_SCHEMA if "/classification/" in uri else uri
+                            for uri in item.stac_extensions]
     return item, grid
+
+
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+# The extension schemas the catalog declares, kept offline (pystac ships the core ones).
+EXTENSION_SCHEMAS = {
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json": "projection-v2.0.0.json",
+    "https://stac-extensions.github.io/file/v2.1.0/schema.json": "file-v2.1.0.json",
+    CLASSIFICATION_SCHEMA: "classification-v1.1.0.json",
+}
+
+
+def validate_catalog(path: str | Path) -> int:
+    """Validate the catalog at ``path``, its collections and items against the STAC
+    core schemas and the schemas of the extensions they declare, without a network;
+    the number of objects checked. OutputError (one line) on the first invalid one, or
+    on an extension whose schema is not kept in ``ai4land/stac_schemas``."""
+    import pystac
+    from pystac.validation import JsonSchemaSTACValidator, validate_dict
+
+    validator = JsonSchemaSTACValidator()
+    folder = Path(__file__).parent / "stac_schemas"
+    for uri, name in EXTENSION_SCHEMAS.items():
+        validator.schema_cache[uri] = json.loads((folder / name).read_text())
+    root = pystac.Catalog.from_file(str(path))
+    hrefs = []
+    for catalog, _, items in root.walk():
+        hrefs += [catalog.get_self_href(), *(item.get_self_href() for item in items)]
+    for href in hrefs:
+        data = json.loads(Path(href).read_text())
+        unknown = sorted(set(data.get("stac_extensions", [])) - set(EXTENSION_SCHEMAS))
+        if unknown:
+            raise OutputError(f"{href}: declares STAC extension {unknown[0]}, whose schema is "
+                              "not kept in ai4land/stac_schemas; add it there")
+        try:
+            validate_dict(data, href=href, validator=validator)
+        except pystac.errors.STACValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"{href}: not valid STAC ({first})") from None
+    return len(hrefs)
 
 
 def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path, root: Path):
@@ -257,18 +393,18 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
         pystac.TemporalExtent([[datetime(years[0], 1, 1, tzinfo=UTC),
                                 datetime(years[-1], 12, 31, 23, 59, 59, tzinfo=UTC)]]),
     )
+    name = title(config, grids[0])
     catalog = pystac.Catalog(
         id=f"{config.publish.collection_id}-catalog",
-        title=config.publish.title,
-        description=f"{config.publish.title}. Run {config.run_name}, config "
-                    f"{config.hash()[:12]}.",
+        title=name,
+        description=f"{name}. Run {config.run_name}, config {config.hash()[:12]}.",
     )
     collection = pystac.Collection(
         id=config.publish.collection_id,
-        title=config.publish.title,
-        description="Annual land-use/land-cover class maps (HILDA+ legend) downscaled from "
-                    "LUH2 coarse fractions with a U-Net, harmonised to the coarse scenario "
-                    "by the delta method. Scenarios: "
+        title=name,
+        description=f"Annual land-use/land-cover class maps at {resolution_label(grids[0])} "
+                    "downscaled from coarse land-use fractions with a U-Net, harmonised to "
+                    "the coarse scenario by the delta method. Scenarios: "
                     + ", ".join(config.product_scenarios) + ".",
         extent=extent,
         license=config.publish.license,
@@ -287,7 +423,7 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
 # --- README -------------------------------------------------------------------------
 
 
-def readme_text(config, products: list[tuple[str, int, Path]]) -> str:
+def readme_text(config, products: list[tuple[str, int, Path]], grid: Grid) -> str:
     legend = config.classes.legend
     rows = "\n".join(
         f"| {code} | {name} | #{'{:02X}{:02X}{:02X}'.format(*DEFAULT_COLOURS.get(code, (code,) * 3))} |"
@@ -298,35 +434,50 @@ def readme_text(config, products: list[tuple[str, int, Path]]) -> str:
         scenarios.setdefault(scenario, []).append(year)
     spans = "\n".join(f"- `{s}`: {min(y)}–{max(y)} ({len(y)} maps)"
                       for s, y in scenarios.items())
-    licences = "\n".join(f"| {name} | {licence} | {url} |" for name, licence, url in LICENCES)
-    return f"""# {config.publish.title}
+    licences = "\n".join(f"| {name} | {licence} | {url} |"
+                         for name, licence, url in input_datasets(config))
+    return f"""# {title(config, grid)}
 
-Annual ~1 km land-use/land-cover class maps downscaled from coarse LUH2 fractions with a
-U-Net (ai4land), harmonised per coarse cell to the scenario with the delta method.
-Dataset licence: {config.publish.license}. Config hash: `{config.hash()}`.
+Annual land-use/land-cover class maps at {resolution_label(grid)} downscaled from coarse
+land-use fractions with a U-Net (ai4land), harmonised per coarse cell to the scenario
+with the delta method. Dataset licence: {config.publish.license}. Config hash:
+`{config.hash()}`.
 
 ## Contents
 {spans}
 
+This directory is self-contained (move or serve it as a whole; every link in the
+catalog is relative):
+
 - `maps/<scenario>/ai4land_<scenario>_<year>.tif`: Cloud-Optimized GeoTIFF, uint8 class
   codes, nodata {config.classes.nodata}, colour table, mode overviews.
 - `..._probability.tif`, `..._entropy.tif`: probability of the mapped class and
-  normalised entropy, uint8 = round(value × 254), nodata 255 (and `..._spread.tif`, the
-  ensemble spread, when the run used an ensemble layer).
-- `..._<year>.json`: per-map report (conservation error before/after harmonisation).
-- `product/ai4land.zarr`: every map as `lulc`, `probability`, `entropy`
-  (scenario, year, lat, lon), chunks (1, 1, 256, 256).
-- `publish/catalog.json`: STAC catalog; `publish/provenance.json`: config, code
-  version, input and model checksums; `publish/{MANIFEST}`: sha256 of every COG and
-  Zarr file (verify with `cd results && sha256sum -c publish/{MANIFEST}`).
+  normalised entropy, uint8 = round(value × 254), nodata 255, with GDAL scale 1/254
+  (QGIS, GDAL and rasterio/xarray readers that unscale show [0, 1]) (and
+  `..._spread.tif`, the ensemble spread, when the run used an ensemble layer).
+- `..._<year>.json`: per-map report: conservation error before/after harmonisation
+  (`conservation`), `changed_pixels` (valid pixels whose class differs from the prior:
+  the previous year's map going forward, the next year's going backward, the observed
+  map for a chain's first year), `harmonize_reassigned_pixels` (pixels whose class
+  harmonisation changed from the network's most probable class),
+  `harmonize_rejections` (proposals of a pixel to a class its coarse cell had no room
+  left for, while harmonising: how contested the cells' quotas were), class fractions
+  and pixel counts.
+- `product/<store>.zarr`: every map as `lulc`, `probability`, `entropy`
+  (scenario, year, lat, lon), chunks (1, 1, 256, 256); CRS in the CF grid mapping
+  `spatial_ref` (`xr.open_zarr(...).rio.crs`).
+- `catalog.json`: STAC catalog (validated against the STAC and extension schemas);
+  `provenance.json`: config, code version, input and model checksums; `{MANIFEST}`:
+  sha256 of every COG, report and Zarr file (verify with `sha256sum -c {MANIFEST}` in
+  this directory).
 
-## Class legend (HILDA+ codes)
+## Class legend
 | code | class | colour |
 |---|---|---|
 {rows}
 
 ## Input data and licences
-| dataset | licence | source |
+| input | licence | source |
 |---|---|---|
 {licences}
 
@@ -347,7 +498,8 @@ def run_publish(
     metrics_path: str | Path | None,
     output_dir: str | Path,
 ) -> dict:
-    """Write catalog.json (+ collection/items), SHA256SUMS, provenance.json, README.md."""
+    """Write the publish tree (maps/, product/), catalog.json (+ collection/items),
+    SHA256SUMS, provenance.json and README.md."""
     import pystac
 
     maps_dir, store, output_dir = Path(maps_dir), Path(store), Path(output_dir)
@@ -356,23 +508,23 @@ def run_publish(
     products = _products(config, maps_dir)
     if not products:
         raise OutputError("config asks for no product years (years.backward/forward unset)")
-    root = Path(config.paths.results)
 
     layers = product_layers(spread=config.predict.ensemble.write_layer)
-    cogs = [layer_path(cog, name) for _, _, cog in products for name in layers]
-    lines = manifest_lines([*cogs, *_store_files(store)], root)
     with atomic_path(output_dir) as tmp:
         tmp.mkdir()
-        catalog = build_catalog(config, products, store=store, root=root)
+        linked, tree_store, files = _publish_tree(tmp, products, store, layers)
+        lines = manifest_lines(files, tmp)
+        catalog = build_catalog(config, linked, store=tree_store, root=tmp)
         # Trailing slash: pystac takes a root with a suffix (".tmp") for a file name.
         catalog.normalize_hrefs(str(tmp.resolve()) + "/")
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        validate_catalog(tmp / "catalog.json")
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
         prov = provenance(config, model_dir=Path(model_dir),
                           metrics_path=Path(metrics_path) if metrics_path else None)
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(readme_text(config, products))
+        (tmp / "README.md").write_text(readme_text(config, linked, _grid_of(linked[0][2])[0]))
     return {
         "catalog": str(output_dir / "catalog.json"),
         "items": len(products),

@@ -121,10 +121,11 @@ def compare_manifest(manifest: str | Path, root: str | Path) -> ManifestComparis
 
 
 def _is_product_file(rel: str) -> bool:
-    """COG class maps and Zarr store files: what a manifest lists (not logs, reports, tmp)."""
+    """COG layers, per-map reports and Zarr store files: what a manifest lists (not
+    logs, tmp)."""
     name = Path(rel).name
     if any(part.startswith(".") and part.endswith(".tmp") for part in Path(rel).parts):
         return False
     if ".zarr/" in rel:
         return not rel.endswith(".layout.json")
-    return name.endswith(".tif")
+    return name.endswith(".tif") or (Path(rel).parts[0] == "maps" and name.endswith(".json"))

@@ -10,9 +10,11 @@ import rasterio
 
 
 def _digests(results: Path) -> dict[str, str]:
-    """sha256 of every COG and every file of the Zarr store, by path under results/."""
+    """sha256 of every COG, per-map report and file of the Zarr store, by path under
+    results/."""
     store = results / "product" / "ai4land.zarr"
-    files = [*results.glob("maps/*/*.tif"), *(p for p in store.rglob("*") if p.is_file())]
+    files = [*results.glob("maps/*/*.tif"), *results.glob("maps/*/*.json"),
+             *(p for p in store.rglob("*") if p.is_file())]
     return {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(files)}
 
@@ -35,6 +37,7 @@ def test_two_runs_from_scratch_give_identical_products(tmp_path, tiny_dag):
     manifests = [(w / "results/publish/SHA256SUMS").read_text() for w in runs]
     digests = [_digests(w / "results") for w in runs]
     assert any(name.endswith(".tif") for name in digests[0])
+    assert any(name.endswith(".json") for name in digests[0])  # the per-map reports
     assert any("/lulc/" in name for name in digests[0])  # Zarr chunks are compared too
     differ = sorted(k for k in digests[0] if digests[0][k] != digests[1].get(k))
     assert not differ, (f"{len(differ)} files differ between runs, e.g. {differ[:3]}; "

@@ -92,12 +92,25 @@ def test_forward_chain_writes_products(world):
                        year=1966)
     np.testing.assert_array_equal(stored, codes)
 
+    # changed_pixels: valid pixels whose class differs from the prior (here the observed
+    # map of 1965), not from the network's argmax (harmonize_reassigned_pixels)
+    valid = ~np.isin(codes, [0, 99])
+    observed = cube.target_window(1965, Window(0, 0, 48, 48))
+    assert saved["changed_pixels"] == int(((codes != observed) & valid).sum()) > 0
+    assert saved["harmonize_reassigned_pixels"] == report["harmonize_reassigned_pixels"]
+    assert "timings_s" in report and "timings_s" not in saved  # the file is reproducible
+
     # Next year uses this map as prior; deterministic re-run gives identical bytes.
     out2, report2 = _job(root, config, "ssp126", 1967, prior=out)
     assert report2["prior"] == out.name
+    with rasterio.open(out2) as src:
+        codes2 = src.read(1)
+    assert report2["changed_pixels"] == int(((codes2 != codes) & ~np.isin(codes2, [0, 99])).sum())
     first = out2.read_bytes()
+    first_report = out2.with_suffix(".json").read_bytes()
     _job(root, config, "ssp126", 1967, prior=out)
     assert out2.read_bytes() == first
+    assert out2.with_suffix(".json").read_bytes() == first_report
 
 
 def test_backward_chain_and_no_harmonisation(world):
@@ -106,7 +119,7 @@ def test_backward_chain_and_no_harmonisation(world):
     assert report["direction"] == -1 and report["prior"] == "observed 1960"
     plain = _config(root, harmonize=False)
     _, report = _job(root, plain, "historical", 1958, prior=out)
-    assert report["changed_pixels"] == 0
+    assert report["harmonize_reassigned_pixels"] == report["harmonize_rejections"] == 0
     assert report["conservation"]["before"] == report["conservation"]["after"]
 
 

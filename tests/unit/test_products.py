@@ -7,6 +7,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 import rasterio
+import rioxarray
 import xarray as xr
 
 from ai4land.config import ClassesConfig
@@ -99,8 +100,14 @@ def test_probability_cogs(tmp_path):
         with rasterio.open(path) as src:
             stored = src.read(1)
             assert src.nodata == 255
+            # GDAL's own scale/offset (not only tags), through the streamed-overview path
+            assert src.scales == (1 / 254,) and src.offsets == (0.0,)
+            assert src.overviews(1)
         assert stored[0, 0] == 255 or path == e_path
         np.testing.assert_allclose(dequantise(stored), values, atol=0.5 / 254 + 1e-6)
+        # a reader that applies GDAL scaling (rioxarray, as QGIS does) sees [0, 1]
+        with rioxarray.open_rasterio(path, mask_and_scale=True) as scaled:
+            np.testing.assert_allclose(scaled.values[0], values, atol=0.5 / 254 + 1e-6)
     assert quantise(np.array([0.0, 1.0, np.nan])).tolist() == [0, 254, 255]
 
 
@@ -141,9 +148,14 @@ def test_store_concurrent_init_and_region_writes(tmp_path):
     assert ds["lulc"].encoding["chunks"] == (1, 1, 16, 16)
     assert list(ds["lulc"].attrs["flag_values"]) == sorted(LEGEND)
     assert "forest" in ds["lulc"].attrs["flag_meanings"]
-    assert ds["crs"].attrs["epsg"] == 4326
+    assert ds["spatial_ref"].attrs["epsg"] == 4326
     np.testing.assert_allclose(ds["lat"].values, SMALL.lat)
     decoded = xr.open_zarr(path)  # CF decoding: probability as floats in [0, 1]
+    # the CRS is visible on a default open (CF grid_mapping -> spatial_ref coordinate)
+    assert decoded.rio.crs.to_epsg() == 4326
+    assert decoded["lulc"].rio.crs.to_epsg() == 4326
+    assert decoded["probability"].rio.transform().a == pytest.approx(SMALL.res)
+    assert decoded["probability"].rio.bounds() == pytest.approx(SMALL.bounds)
     p = decoded["probability"].sel(scenario="ssp126", year=2020).values
     np.testing.assert_allclose(p, np.round(_codes(2020, SMALL.shape) / 100 * 254) / 254,
                                atol=1e-6)

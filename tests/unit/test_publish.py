@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +18,30 @@ from ai4land.config import parse_config
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
 from ai4land.products import init_store, write_cog, write_probability_cogs, write_year
-from ai4land.publish import MANIFEST, map_path, run_publish, verify_manifest
+from ai4land.publish import (
+    MANIFEST,
+    input_datasets,
+    map_path,
+    resolution_label,
+    run_publish,
+    title,
+    validate_catalog,
+    verify_manifest,
+)
 
 GRID = Grid(west=4.0, north=48.0, res=0.01, width=40, height=32)
 
 
-def _config(root: Path):
+def _config(root: Path, **extra):
     return parse_config({
+        **extra,
         "run_name": "pub",
         "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
                   "results": str(root / "results")},
         "datasets": {
             "coarse": {"historical": "h.nc", "scenarios": {"ssp126": "s.nc"}},
             "fine": {"pattern": "f_{year}.tif", "years": [1960, 1965]},
+            **extra.get("datasets", {}),
         },
         "years": {"train": [1960, 1963], "test": [1964, 1965], "backward": [1959, 1959],
                   "forward": [1966, 1967]},
@@ -85,8 +99,10 @@ def test_publish_writes_a_self_contained_catalog(products):
     assert item.properties["proj:shape"] == [32, 40]
     assert set(item.assets) == {"lulc", "probability", "entropy", "report"}
     lulc = item.assets["lulc"]
-    assert Path(lulc.get_absolute_href()).resolve() == map_path(
-        results / "maps", "ssp126", 1966).resolve()
+    # The assets are the products, inside the publish tree.
+    published = Path(lulc.get_absolute_href())
+    assert published.resolve() == (out / "maps/ssp126/ai4land_ssp126_1966.tif").resolve()
+    assert published.read_bytes() == map_path(results / "maps", "ssp126", 1966).read_bytes()
     assert lulc.extra_fields["file:checksum"].startswith("1220")
     assert not Path(lulc.href).is_absolute()
     # Every link is relative (self-contained catalog).
@@ -94,24 +110,74 @@ def test_publish_writes_a_self_contained_catalog(products):
         data = json.loads(path.read_text())
         for link in data.get("links", []):
             assert not link["href"].startswith("/"), (path, link)
-    # Schema validation (pystac.validate) fetches the extension schemas over the network,
-    # which tests never use: check the required structure instead.
-    for path in out.rglob("*.json"):
-        if path.name == "provenance.json":
-            continue
-        data = json.loads(path.read_text())
-        assert data["stac_version"] and data["id"] and data["links"]
-        if data["type"] == "Feature":
-            assert {"geometry", "bbox", "properties", "assets"} <= set(data)
-            assert data["properties"]["datetime"].endswith("-07-01T00:00:00Z")
-            assert all("href" in a for a in data["assets"].values())
-        else:
-            assert data["type"] in ("Catalog", "Collection") and data["description"]
     collection = next(iter(catalog.get_children()))
     assert collection.license == "CC-BY-4.0"
     assert collection.extent.temporal.intervals[0][0].year == 1959
     zarr_asset = collection.assets["zarr"]
-    assert Path(zarr_asset.get_absolute_href()).resolve() == store.resolve()
+    assert Path(zarr_asset.get_absolute_href()).resolve() == (out / "product/ai4land.zarr").resolve()
+
+
+def test_catalog_validates_against_the_stac_schemas_offline(products, monkeypatch):
+    config, results, store, model, metrics = products
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access: {args[:1]}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    _publish(config, results, store, model, metrics)  # validates before keeping it
+    out = results / "publish"
+    assert validate_catalog(out / "catalog.json") == 5  # catalog, collection, 3 items
+    item_path = next(p for p in out.rglob("ai4land_ssp126_1966.json") if "maps" not in p.parts)
+    item = json.loads(item_path.read_text())
+    assert any("/projection/" in uri for uri in item["stac_extensions"])
+    assert any("/classification/" in uri for uri in item["stac_extensions"])
+    # The extension schemas are really applied: a wrong proj:shape, a bad colour hint
+    # and a wrong file:size are each refused.
+    for field, bad in ((("properties", "proj:shape"), "32x40"),
+                       (("assets", "lulc", "classification:classes"), [{"value": "x"}]),
+                       (("assets", "lulc", "file:size"), -1)):
+        broken = json.loads(json.dumps(item))
+        node = broken
+        for key in field[:-1]:
+            node = node[key]
+        node[field[-1]] = bad
+        item_path.write_text(json.dumps(broken))
+        with pytest.raises(OutputError, match="not valid STAC") as info:
+            validate_catalog(out / "catalog.json")
+        assert "\n" not in str(info.value)
+    item["stac_extensions"].append("https://stac-extensions.github.io/eo/v1.1.0/schema.json")
+    item_path.write_text(json.dumps(item))
+    with pytest.raises(OutputError, match="eo/v1.1.0.*not kept"):
+        validate_catalog(out / "catalog.json")
+
+
+def test_published_tree_is_relocatable(products, tmp_path):
+    import rioxarray  # noqa: F401  (the .rio accessor)
+    import xarray as xr
+
+    config, results, store, model, metrics = products
+    _publish(config, results, store, model, metrics)
+    moved = tmp_path / "elsewhere" / "dataset"
+    moved.parent.mkdir()
+    shutil.move(results / "publish", moved)
+    shutil.rmtree(results)  # nothing outside the moved tree is left to point to
+    catalog = pystac.Catalog.from_file(str(moved / "catalog.json"))
+    assets = [a for item in catalog.get_items(recursive=True) for a in item.assets.values()]
+    assets += list(next(iter(catalog.get_children())).assets.values())
+    assert len(assets) == 3 * 4 + 1
+    for asset in assets:
+        path = Path(asset.get_absolute_href())
+        assert path.resolve().is_relative_to(moved.resolve()), asset.href
+        assert path.exists(), asset.href
+        if path.is_file():
+            assert asset.extra_fields["file:checksum"] == "1220" + hashlib.sha256(
+                path.read_bytes()).hexdigest()
+    zarr = next(a for a in assets if a.media_type == "application/vnd+zarr")
+    ds = xr.open_zarr(zarr.get_absolute_href())
+    assert ds.rio.crs.to_epsg() == 4326
+    check = subprocess.run(["sha256sum", "--quiet", "-c", MANIFEST], cwd=moved,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_manifest_verifies_and_publishing_is_deterministic(products):
@@ -124,7 +190,12 @@ def test_manifest_verifies_and_publishing_is_deterministic(products):
     assert any(p.startswith("maps/ssp126/") and p.endswith(".tif") for p in paths)
     assert any(p.startswith("product/ai4land.zarr/lulc/") for p in paths)
     assert "product/ai4land.zarr/.zmetadata" in paths
+    # the per-map reports are published products too
+    assert [p for p in paths if p.endswith(".json") and p.startswith("maps/")] == [
+        "maps/historical/ai4land_historical_1959.json", "maps/ssp126/ai4land_ssp126_1966.json",
+        "maps/ssp126/ai4land_ssp126_1967.json"]
     assert verify_manifest(out / MANIFEST, results) == []
+    assert verify_manifest(out / MANIFEST, out) == []
     check = subprocess.run(["sha256sum", "--quiet", "-c", f"publish/{MANIFEST}"],
                            cwd=results, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -135,7 +206,7 @@ def test_manifest_verifies_and_publishing_is_deterministic(products):
     assert len(prov["model"]["model_pt_sha256"]) == 64
     assert {"torch", "rasterio", "gdal", "zarr", "pystac"} <= set(prov["software"])
     readme = (out / "README.md").read_text()
-    assert "CC-BY-4.0" in readme and "ETOPO 2022" in readme and "| 44 | forest |" in readme
+    assert "CC-BY-4.0" in readme and "| 44 | forest |" in readme
 
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     _publish(config, results, store, model, metrics)
@@ -154,3 +225,48 @@ def test_missing_product_is_an_error(products):
     with pytest.raises(OutputError, match="ai4land_ssp126_1967.json"):
         _publish(config, results, store, model, metrics)
     assert not (results / "publish").exists()
+
+
+def test_titles_state_the_grid_resolution():
+    assert resolution_label(GRID) == "0.01° (~1.1 km at the equator)"
+    coarse = Grid(west=0.0, north=10.0, res=0.05, width=4, height=4)
+    assert resolution_label(coarse) == "0.05° (~5.6 km at the equator)"
+    assert resolution_label(Grid(west=0.0, north=0.0, res=250.0, width=4, height=4,
+                                 crs="EPSG:3035")) == "250 m"
+    assert resolution_label(Grid(west=0.0, north=0.0, res=1000.0, width=4, height=4,
+                                 crs="EPSG:3035")) == "1 km"
+    config = _config(Path("/nowhere"))
+    assert "1 km" not in title(config, coarse) and "0.05°" in title(config, coarse)
+    named = _config(Path("/nowhere"), publish={"title": "My maps"})
+    assert title(named, coarse) == "My maps"
+
+
+def test_readme_lists_the_inputs_actually_used(products, tmp_path):
+    config, results, store, model, metrics = products
+    _publish(config, results, store, model, metrics)
+    readme = (results / "publish" / "README.md").read_text()
+    assert not re.search(r"(?<![\d.])1 km", readme) and "0.01°" in readme.splitlines()[0]
+    for absent in ("ETOPO", "SoilGrids", "HILDA+ v1.0", "LUH2 v2h"):
+        assert absent not in readme, absent
+    assert "| `h.nc` | not stated" in readme and "| `f_{year}.tif` |" in readme
+
+    sources = {
+        "states": {"url": "https://example.org/states.nc", "path": "h.nc",
+                   "license": "CC-BY-4.0 (LUH2)"},
+        "ssp585": {"url": "https://example.org/ssp585.nc", "path": "s585.nc",
+                   "license": "CC-BY-4.0 (LUH2)"},
+        "fine": {"url": "https://example.org/fine.zip", "path": "f_1960.tif"},
+        "clay": {"url": "https://example.org/clay.tif", "path": "clay.tif",
+                 "license": "CC-BY-4.0 (SoilGrids)"},
+        "elevation": {"url": "https://example.org/z.nc", "path": "z.nc",
+                      "license": "public domain (ETOPO)"},
+    }
+    used = _config(tmp_path, sources=sources,
+                   datasets={"static": [{"name": "clay", "path": "clay.tif"}]})
+    rows = input_datasets(used)
+    assert rows == [("`states`", "CC-BY-4.0 (LUH2)", "https://example.org/states.nc"),
+                    ("`s.nc`", "not stated (no `sources` entry downloads it)", "local file"),
+                    ("`fine`", "not stated (sources.fine.license)", "https://example.org/fine.zip"),
+                    ("`clay`", "CC-BY-4.0 (SoilGrids)", "https://example.org/clay.tif")]
+    demo = _config(tmp_path, demo_world=True)
+    assert "synthetic demo world" in input_datasets(demo)[0][0]
