@@ -16,6 +16,11 @@ validation weights), ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch, wit
 ``steps.jsonl`` (one row per optimiser step), ``checkpoints/{last,best}.pt`` and, with
 ``train.tensorboard``, TensorBoard scalars under ``tensorboard/``.
 
+One trainer per model directory: rank 0 holds an exclusive lock on ``.train.lock`` in
+it for the whole run (a second trainer stops with one line), and a torchrun worker
+dies with its agent (:func:`ai4land.launch.die_with_parent`), so a killed job leaves
+no worker writing ``last.pt`` beside its restart.
+
 Batches are loaded by a background thread ``train.prefetch`` batches ahead of the
 model (a thread, not worker processes: the Zarr v3 reader keeps an event-loop thread
 that must not be forked, and loading is mostly decompression outside the GIL).
@@ -25,15 +30,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +52,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ai4land.errors import Ai4landError, ConfigError, InputDataError
+from ai4land.errors import Ai4landError, ConfigError, InputDataError, OutputError
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
+from ai4land.launch import AGENT_MARKERS, die_with_parent, in_torchrun_worker
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
 from ai4land.prefetch import Prefetch
@@ -65,6 +74,7 @@ from ai4land.split import load_split
 log = logging.getLogger("ai4land.train")
 
 CHECKPOINTS = "checkpoints"
+LOCK = ".train.lock"
 LAST = "last.pt"
 BEST = "best.pt"
 CHECKPOINT_FORMAT = 1
@@ -382,14 +392,43 @@ def run_training(
     view).
     """
     train_cfg = config.train
-    info, device, started = _init_distributed(train_cfg.backend, train_cfg.device)
+    if in_torchrun_worker():
+        die_with_parent(markers=AGENT_MARKERS)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with exclusive_output(Path(output_dir)) if main else nullcontext():
+        info, device, started = _init_distributed(train_cfg.backend, train_cfg.device)
+        try:
+            return _run(config, info=info, device=device, output_dir=Path(output_dir),
+                        split_path=split_path, resume=resume, max_steps=max_steps,
+                        restart_if_changed=restart_if_changed)
+        finally:
+            if started and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+@contextmanager
+def exclusive_output(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory/.train.lock`` (created with the directory)
+    for the block; OutputError at once if another trainer holds it. The kernel drops
+    the lock when its holder exits, however it ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK, "a+")  # noqa: SIM115 - held for the block
     try:
-        return _run(config, info=info, device=device, output_dir=Path(output_dir),
-                    split_path=split_path, resume=resume, max_steps=max_steps,
-                    restart_if_changed=restart_if_changed)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown process"
+        handle.close()
+        raise OutputError(f"{directory}: another trainer ({holder}) is writing this model "
+                          "directory; stop it or wait for it to end, then rerun") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
     finally:
-        if started and dist.is_initialized():
-            dist.destroy_process_group()
+        handle.close()
 
 
 def _set_aside(ckpt_dir: Path, old_hash: str) -> None:
