@@ -98,6 +98,9 @@ def test_backward_chain_and_prior(world):
     region = observed.sel(lat=ds["lat"], lon=ds["lon"], method="nearest").values
     same = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0), prior=region)
     np.testing.assert_array_equal(same["lulc"].values[0], ds["lulc"].sel(year=1959).values)
+    as_map = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0),
+                              prior=observed)  # a DataArray with lat/lon, any extent
+    np.testing.assert_array_equal(as_map["lulc"].values, same["lulc"].values)
     other = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0),
                              prior=np.where(region == 0, 0, 22).astype("uint8"))
     assert (other["probability"].values != same["probability"].values).any()
