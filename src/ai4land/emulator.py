@@ -413,13 +413,14 @@ class Emulator:
         if isinstance(prior, str | Path):
             codes[...] = _read_prior_file(Path(prior), grid, fallback=codes)
         elif isinstance(prior, xr.DataArray):
-            lat = prior[next(d for d in prior.dims if str(d).lower().startswith("lat"))]
-            lon = prior[next(d for d in prior.dims if str(d).lower().startswith("lon"))]
-            values = prior.reindex({lat.name: grid.lat, lon.name: grid.lon}, method="nearest",
-                                   tolerance=grid.res / 4)
-            given = ~np.isnan(np.asarray(values.transpose(lat.name, lon.name).values,
-                                         dtype="float64"))
-            codes[given] = np.asarray(values.values)[given].astype("uint8")
+            prior = prior.squeeze(drop=True)
+            lat = next(d for d in prior.dims if str(d).lower().startswith("lat"))
+            lon = next(d for d in prior.dims if str(d).lower().startswith("lon"))
+            values = np.asarray(prior.reindex({lat: grid.lat, lon: grid.lon}, method="nearest",
+                                              tolerance=grid.res / 4)
+                                .transpose(lat, lon).values, dtype="float64")
+            given = ~np.isnan(values)
+            codes[given] = values[given].astype("uint8")
         else:
             array = np.asarray(prior)
             if array.shape != (inner.height, inner.width):

@@ -14,6 +14,7 @@ import xarray as xr
 from ai4land.emulator import Emulator
 from ai4land.errors import GridError, InputDataError, ModelCardError
 from ai4land.predict import run_predict
+from ai4land.products import write_cog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from emulator_world import write_luh_file, write_model, write_world, world_config  # noqa: E402
@@ -85,7 +86,7 @@ def test_luh_format_file_gives_the_same_maps(world, tmp_path):
     xr.testing.assert_equal(from_file, in_memory.assign_attrs(from_file.attrs))
 
 
-def test_backward_chain_and_prior(world):
+def test_backward_chain_and_prior(world, tmp_path):
     root, config, emulator = world
     scenario = _cube_scenario(root, "historical")
     ds = emulator.predict(scenario, years=(1957, 1959), bbox=(4.0, 47.6, 4.32, 48.0))
@@ -99,8 +100,12 @@ def test_backward_chain_and_prior(world):
     same = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0), prior=region)
     np.testing.assert_array_equal(same["lulc"].values[0], ds["lulc"].sel(year=1959).values)
     as_map = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0),
-                              prior=observed)  # a DataArray with lat/lon, any extent
+                              prior=observed.transpose("lon", "lat"))  # lat/lon, any extent
     np.testing.assert_array_equal(as_map["lulc"].values, same["lulc"].values)
+    cog = write_cog(tmp_path / "prior.tif", observed.values, emulator.cube.fine_grid,
+                    legend=config.classes.legend)  # a GeoTIFF of the whole cube
+    from_file = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0), prior=cog)
+    np.testing.assert_array_equal(from_file["lulc"].values, same["lulc"].values)
     other = emulator.predict(scenario, years=1959, bbox=(4.0, 47.6, 4.32, 48.0),
                              prior=np.where(region == 0, 0, 22).astype("uint8"))
     assert (other["probability"].values != same["probability"].values).any()
