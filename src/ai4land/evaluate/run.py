@@ -78,6 +78,9 @@ from ai4land.split import load_split
 
 log = logging.getLogger(__name__)
 
+# fed the observed map of each previous year: their end map holds the observed change
+# of the period, so they have no whole-period change score
+OBSERVED_PRIOR = ("unet_teacher_forced",)
 DRIFT_KEYS = ("oa", "miou", "kappa", "fom_change")
 FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
            "class_area.png", "calibration.png", "change_fom.png")
@@ -422,7 +425,7 @@ class _Runner:
                 labels=labels, confidence=None if confidence is None else confidence[scored],
                 conservation_mae=conservation_error(codes[in_cells], self.groups, factor=factor,
                                                     valid=cells_valid, target=goal)["mae"])
-            if start is not None and year == chain.years[-1]:
+            if start is not None and year == chain.years[-1] and name not in OBSERVED_PRIOR:
                 chain.scores[name].add_period(start=start_index, target=target,
                                               prediction=prediction, labels=labels)
             shares, n = map_group_fractions(codes[in_cells], self.groups, factor=factor,
