@@ -150,7 +150,8 @@ def cmd_emulate(args) -> int:
     reports = []
 
     def years():
-        for ds in emulator.iter_years(args.scenario, bbox=args.bbox, years=args.years,
+        years = tuple(args.years) if len(args.years) == 2 else args.years  # first, last
+        for ds in emulator.iter_years(args.scenario, bbox=args.bbox, years=years,
                                       prior=args.prior):
             report = json.loads(ds.attrs["report"])
             after = report["conservation"]["after"]["delta_target"]

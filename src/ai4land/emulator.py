@@ -36,8 +36,9 @@ before them (its observed map is the first prior and the delta method's anchor),
 before it run backward from the first observed year after them. Each later year's prior
 is the previous (forward) or next (backward) predicted map. ``prior=`` replaces the
 first prior (a GeoTIFF on the model's fine grid, an array of the bbox's shape, or a
-DataArray with lat/lon); a model trained without the prior (card ``dropped_inputs``)
-gets none.
+DataArray with lat/lon). A model trained without the prior (card ``dropped_inputs``,
+e.g. on single-year data) runs in single-year mode: each year on its own, anchored on
+its nearest observed year (observed years included).
 """
 
 from __future__ import annotations
@@ -301,13 +302,34 @@ def chain_plan(years: Sequence[int], observed: Sequence[int]) -> tuple[list[int]
     return years, 1, max(before)
 
 
+def year_plan(years: Sequence[int], observed: Sequence[int], *,
+              chained: bool) -> list[tuple[int, int, int]]:
+    """(year, direction, anchor year) in the order the years run: one chain
+    (:func:`chain_plan`) for a model with the prior; for a model without it (single-year
+    mode), each year on its own, anchored on its nearest observed year (the earlier on
+    a tie), observed years included."""
+    if chained:
+        order, direction, anchor = chain_plan(years, observed)
+        return [(year, direction, anchor) for year in order]
+    if not observed:
+        raise InputDataError("the model's cube holds no observed map to anchor the years on")
+    plan = []
+    for year in sorted({int(y) for y in years}):
+        anchor = min(observed, key=lambda a: (abs(a - year), a))
+        plan.append((year, 1 if year >= anchor else -1, anchor))
+    return plan
+
+
 def _years(years) -> list[int]:
+    """One year, a ``(first, last)`` tuple (inclusive), or a list of years."""
     if isinstance(years, int | np.integer):
         return [int(years)]
-    years = [int(y) for y in years]
-    if len(years) == 2 and years[0] <= years[1]:
-        return list(range(years[0], years[1] + 1))
-    return years
+    if isinstance(years, tuple) and len(years) == 2:
+        first, last = (int(y) for y in years)
+        if first > last:
+            raise InputDataError(f"years {years}: (first, last) needs first <= last")
+        return list(range(first, last + 1))
+    return [int(y) for y in years]
 
 
 class Emulator:
@@ -435,23 +457,28 @@ class Emulator:
         pixels), in chain order; see :meth:`predict`."""
         config = self.config
         region, inner = self.region(bbox if bbox is not None else self.extent)
-        order, direction, anchor = chain_plan(_years(years), self.cube.target_years)
+        if prior is not None and not self.uses_prior:
+            raise InputDataError("the model was trained without the prior (model card "
+                                 "dropped_inputs); predict without prior=")
+        plan = year_plan(_years(years), self.cube.target_years, chained=self.uses_prior)
         source = scenario if isinstance(scenario, CoarseScenario) else CoarseScenario(
             scenario, config=config, coarse_grid=self.cube.coarse_grid, name=name)
         try:
-            missing = [y for y in order if not source.has_year(y)]
+            missing = [year for year, _, _ in plan if not source.has_year(year)]
             if missing:
                 raise InputDataError(f"{source.label}: no data for year(s) {_span(missing)} "
                                      f"(holds {_span(source.years)}); pass years inside it")
             water = (region.cube_water() if source.water is None and self.cube.water_variable
                      else None)
-            anchor_cells = (source.cells(anchor, region.coarse_grid, water=water)
-                            if source.has_year(anchor) else region.cube_cells(anchor))
-            current = self._first_prior(prior, region, inner, anchor)
-            for year in order:
+            anchors: dict[int, np.ndarray] = {}
+            current = self._first_prior(prior, region, inner, plan[0][2])
+            for year, direction, anchor in plan:
+                if anchor not in anchors:
+                    anchors[anchor] = (source.cells(anchor, region.coarse_grid, water=water)
+                                       if source.has_year(anchor) else region.cube_cells(anchor))
                 cells = source.cells(year, region.coarse_grid, water=water)
                 block, report = self._year(region, source.name, year, direction, anchor, cells,
-                                           anchor_cells, current, progress)
+                                           anchors[anchor], current, progress)
                 if self.uses_prior:
                     current = block[..., 0]
                 report.update(scenario=source.label, year=int(year), direction=direction,
@@ -467,7 +494,8 @@ class Emulator:
         whole extent), as one Dataset with a ``year`` axis (in calendar order).
 
         ``scenario``: a LUH-format NetCDF file or Zarr store, or an ``xarray.Dataset``
-        of coarse fractions; ``years``: one year, ``(first, last)`` (inclusive) or a list;
+        of coarse fractions; ``years``: one year, a ``(first, last)`` tuple (inclusive)
+        or a list of years;
         ``prior``: the first prior map (see the module's doc). Layers: ``lulc`` (uint8
         class codes; ``classes.nodata`` on land without data, ``classes.ocean`` off
         land), ``probability`` and ``entropy`` (float32 in [0, 1], NaN off valid land;

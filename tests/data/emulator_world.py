@@ -58,15 +58,17 @@ def write_world(root: Path, *, seed: int = 0):
     return config
 
 
-def write_model(directory: Path, config, *, card_config: dict | None = None) -> Path:
+def write_model(directory: Path, config, *, card_config: dict | None = None,
+                dropped_inputs: list[str] = ()) -> Path:
     """A random small U-Net for ``config``'s cube; its card carries ``card_config``
-    (default: ``config`` itself)."""
+    (default: ``config`` itself) and ``dropped_inputs``."""
     cube = Cube.from_config(config)
     names = input_channel_names(cube, list(config.classes.predicted))
     torch.manual_seed(0)
     model = UNet(len(names), len(config.classes.predicted), base_channels=4, depth=2)
     card = ModelCard(input_channels=names, classes=list(config.classes.predicted),
                      architecture=model.config, tile_size=32,
+                     dropped_inputs=list(dropped_inputs),
                      config=config.model_dump(mode="json") if card_config is None
                      else card_config)
     save_model(directory, model, card)

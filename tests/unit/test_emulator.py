@@ -111,6 +111,21 @@ def test_backward_chain_and_prior(world, tmp_path):
     assert (other["probability"].values != same["probability"].values).any()
 
 
+def test_model_without_prior_runs_single_years(world, tmp_path):
+    root, config, emulator = world
+    write_model(tmp_path / "single", config, dropped_inputs=["prior"])
+    single = Emulator.from_model(tmp_path / "single")
+    ds = single.predict(_cube_scenario(root, "historical"), years=[1957, 1962],
+                        bbox=(4.0, 47.6, 4.32, 48.0))
+    reports = json.loads(ds.attrs["reports"])
+    assert [(r["year"], r["anchor_year"], r["direction"]) for r in reports] == [
+        (1957, 1960, -1), (1962, 1962, 1)]
+    # an observed year is harmonised to its own map's fractions (delta: LUH(t) - LUH(t) = 0)
+    assert reports[1]["conservation"]["after"]["delta_target"]["mae"] < 0.03
+    with pytest.raises(InputDataError, match="trained without the prior"):
+        single.predict(_cube_scenario(root), years=1966, prior=np.zeros((64, 64), "uint8"))
+
+
 def test_cube_is_found_beside_the_model_and_config_from_the_card(world, tmp_path):
     root, config, emulator = world
     run = tmp_path / "run"
