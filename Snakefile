@@ -1,19 +1,29 @@
 # ai4land: downscale coarse land-use scenarios to annual 1 km land-use maps.
 #
-#   snakemake --cores 2                                   # demo world (config/demo.yaml)
+#   make demo    (snakemake --cores 2 --configfile config/demo.yaml)   # demo world
 #   snakemake --profile profiles/slurm --configfile config/config.yaml   # production
 #
+# The config files given with --configfile are the whole config (several merge in order,
+# later files win; unset settings take the schema's defaults, src/ai4land/config.py),
+# exactly what `ai4land config check FILE...` prints. Without --configfile the run is
+# the demo world (config/demo.yaml). profiles/default/ (rerun-incomplete) is used unless
+# --workflow-profile names another, so rerunning a killed command resumes it.
 # The Snakefile holds no logic: rules shell out to `ai4land <stage>`.
+
+import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-DEFAULT_CONFIG = f"{workflow.basedir}/config/demo.yaml"
+if not workflow.overwrite_configfiles:
 
+    configfile: f"{workflow.basedir}/config/demo.yaml"
 
-configfile: DEFAULT_CONFIG
+    if workflow.is_main_process:
+        print("ai4land: no --configfile given: running the demo world (config/demo.yaml)",
+              file=sys.stderr)
 
 
 include: "workflow/rules/common.smk"

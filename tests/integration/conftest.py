@@ -13,12 +13,16 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
+# The tiny world's config: demo.yaml with tiny.yaml over it (--configfile merges in order).
+TINY_CONFIG = [str(REPO / "config/demo.yaml"), str(HERE / "tiny.yaml")]
+
+
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """``snakemake`` on the repository's Snakefile in ``workdir`` with tiny.yaml."""
+    """``snakemake`` on the repository's Snakefile in ``workdir`` with the tiny config."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(workdir), "--configfile", str(HERE / "tiny.yaml"), *args],
+         "--directory", str(workdir), *args, "--configfile", *TINY_CONFIG],
         capture_output=True, text=True, env=env,
     )
 

@@ -45,7 +45,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
         assert (workdir / path).exists(), path
     # 2 backward years + 2 SSPs x 2 forward years
     assert len(_maps(workdir)) == 6
-    # every CLI call saw the merged config (tiny.yaml over the default demo config)
+    # every CLI call saw the merged config (tiny.yaml over demo.yaml)
     card = json.loads((workdir / "results/model/model_card.json").read_text())
     assert card["tile_size"] == 32
 

@@ -10,7 +10,7 @@ from ai4land.errors import ConfigError
 
 def test_demo_and_production_configs_validate(repo):
     demo = load_config(repo / "config/demo.yaml")
-    production = load_config(repo / "config/demo.yaml", repo / "config/config.yaml")
+    production = load_config(repo / "config/config.yaml")  # a whole config on its own
     assert demo.product_scenarios == ["historical", "ssp126", "ssp585"]
     assert demo.backward_years == [1959, 1958, 1957, 1956]
     assert len(production.scenarios) == 8

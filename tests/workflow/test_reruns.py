@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests/integration/tiny.yaml"
+TINY = [REPO / "config/demo.yaml", REPO / "tests/integration/tiny.yaml"]
 UPSTREAM = {"demo_world", "prepare_target", "prepare_static", "prepare_coarse", "split", "train"}
 
 
@@ -25,7 +25,7 @@ def _snakemake(workdir: Path, *args: str, configs=()) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(workdir), *args, "--configfile", str(TINY), *map(str, configs)],
+         "--directory", str(workdir), *args, "--configfile", *map(str, [*TINY, *configs])],
         capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

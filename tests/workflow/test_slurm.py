@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests/integration/tiny.yaml"
+TINY = [REPO / "config/demo.yaml", REPO / "tests/integration/tiny.yaml"]
 CI_CONFIG = REPO / "tests/workflow/slurm-ci.yaml"
 MAPS = [f"results/maps/{s}/ai4land_{s}_{y}.tif"
         for s, years in (("historical", (1958, 1959)), ("ssp126", (2020, 2021)), ("ssp585", (2020, 2021)))
@@ -28,7 +28,7 @@ def _command(workdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
             "--directory", str(workdir), "--profile", str(REPO / "profiles/slurm"),
             "--workflow-profile", str(REPO / "profiles/slurm-ci"), *args,
-            "--configfile", str(TINY), str(CI_CONFIG)]  # last: --configfile takes several
+            "--configfile", *map(str, TINY), str(CI_CONFIG)]  # last: --configfile takes several
 
 
 def _env() -> dict:

@@ -1,6 +1,9 @@
 # Shared definitions: the validated config, paths, and chain (prior) lookups.
 import os
+import shlex
 import sys
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from ai4land.config import parse_config
 from ai4land.errors import Ai4landError
@@ -31,12 +34,17 @@ def _merged_config_file():
 
 
 CONFIG_ARGS = f"--config {_merged_config_file()}"
+# Rules call `ai4land`: the package installed with the interpreter Snakemake runs under
+# (a shell function, so no activated virtualenv or PATH entry is needed); with --sdm conda,
+# the one of the rule's environment.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _python = shlex.quote(sys.executable).replace("{", "{{{{").replace("}", "}}}}")
+    shell.prefix(f'set -euo pipefail; ai4land() {{{{ {_python} -m ai4land "$@"; }}}}; ')
 RAW = CFG.paths.raw
 CUBE = CFG.paths.cube
 RESULTS = CFG.paths.results
 LOGS = "logs"
 BENCHMARKS = "benchmarks/logs"
-COARSE_SCENARIOS = ["historical"] + list(CFG.datasets.coarse.scenarios)
 MODEL_DIR = f"{RESULTS}/model"
 # One layout marker per scenario: adding an SSP adds a marker (and grows the store)
 # without touching the markers, and so the chains, of the other scenarios.
@@ -75,6 +83,11 @@ def coarse_source(wildcards):
     if wildcards.scenario not in CFG.datasets.coarse.scenarios:
         raise ValueError(f"unknown coarse scenario {wildcards.scenario!r}")
     return CFG.datasets.coarse.scenarios[wildcards.scenario]
+
+
+def scenario_cube(wildcards):
+    """The cube a (scenario, year) prediction reads: CUBE_PARTS and the scenario's coarse cube."""
+    return CUBE_PARTS + [f"{CUBE}/coarse/{wildcards.scenario}.zarr"]
 
 
 def prior_map(wildcards):

@@ -26,7 +26,7 @@ rule init_store:
 
 rule predict:
     input:
-        cube=CUBE_PARTS,
+        cube=scenario_cube,
         weights=rules.train.output.weights,
         card=rules.train.output.card,
         store=STORE_MARKER,

@@ -75,9 +75,12 @@ rule prepare_coarse:
         "ai4land prepare coarse {params.config} --scenario {wildcards.scenario} > {log} 2>&1"
 
 
+# The cube a job reads: target, static and the historical coarse cube (the observed
+# years training and evaluation use); a prediction adds its scenario's cube
+# (scenario_cube), so only the SSPs listed in `scenarios:` are prepared and downloaded.
 CUBE_PARTS = [
     rules.prepare_target.output.grids,
     rules.prepare_target.output.target,
     rules.prepare_static.output[0],
-    *[f"{CUBE}/coarse/{scenario}.zarr" for scenario in COARSE_SCENARIOS],
+    f"{CUBE}/coarse/historical.zarr",
 ]
