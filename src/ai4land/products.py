@@ -37,6 +37,7 @@ from rasterio.windows import Window
 
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
+from ai4land.io.locks import held_staging_dir
 from ai4land.overviews import RESAMPLINGS, StreamedOverviews, overview_shapes
 
 NODATA = 99
@@ -256,11 +257,12 @@ def _write_cog(path: Path, data: np.ndarray, grid: Grid, **layer) -> Path:
 
 @contextmanager
 def staging_dir(path: str | Path) -> Iterator[Path]:
-    """A hidden temporary directory beside ``path`` (same file system), removed on exit."""
+    """A hidden temporary directory beside ``path`` (same file system), removed on exit;
+    those a killed job left for ``path`` are removed first (:mod:`ai4land.io.locks`)."""
     path = Path(path)
     require_writable(path.parent)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        yield Path(tmp)
+    with held_staging_dir(path) as tmp:
+        yield tmp
 
 
 def require_writable(directory: str | Path) -> Path:

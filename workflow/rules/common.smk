@@ -7,6 +7,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from ai4land.config import parse_config
 from ai4land.errors import Ai4landError
+from ai4land.io.locks import claim_workdir
 
 try:
     CFG = parse_config(config, source=", ".join(map(str, workflow.configfiles)))
@@ -34,6 +35,11 @@ def _merged_config_file():
 
 
 CONFIG_ARGS = f"--config {_merged_config_file()}"
+# A killed run's Snakemake locks would stop every later run (LockException): this run
+# holds a lock that dies with it, and removes the locks of runs that hold none.
+if workflow.is_main_process:
+    for _stale in claim_workdir(".snakemake"):
+        print(f"ai4land: removed {_stale}, left by a killed run", file=sys.stderr)
 # Rules call `ai4land`: the package installed with the interpreter Snakemake runs under
 # (a shell function, so no activated virtualenv or PATH entry is needed); with --sdm conda,
 # the one of the rule's environment.
