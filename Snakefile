@@ -39,5 +39,5 @@ include: "workflow/rules/publish.smk"
 rule all:
     default_target: True
     input:
-        rules.publish.output,
+        rules.publish.output if CFG.product_years else [],
         rules.evaluate.output,

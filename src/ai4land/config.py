@@ -166,10 +166,13 @@ class YearsConfig(_Section):
     test: YearRange
     backward: YearRange | None = None
     forward: YearRange | None = None
+    # Observed years whose maps the model also predicts, harmonised to that year's observed
+    # map (its class shares per coarse cell), published under scenario 'historical'.
+    observed: YearRange | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> YearsConfig:
-        for name in ("train", "test", "backward", "forward"):
+        for name in ("train", "test", "backward", "forward", "observed"):
             span = getattr(self, name)
             if span is not None and span[0] > span[1]:
                 raise ValueError(f"{name} must be [first, last] with first <= last, got {span}")
@@ -441,6 +444,10 @@ class Config(_Section):
             raise ValueError(f"years.backward must end before the first observed year {first}")
         if self.years.forward and self.years.forward[0] <= last:
             raise ValueError(f"years.forward must start after the last observed year {last}")
+        if self.years.observed and (self.years.observed[0] < first
+                                    or self.years.observed[1] > last):
+            raise ValueError(f"years.observed {list(self.years.observed)} lies outside the "
+                             f"observed years {[first, last]}")
         if self.years.forward and not self.scenarios:
             raise ValueError("years.forward needs at least one entry in scenarios")
         group_classes = [c for g in self.datasets.coarse.groups.values() for c in g.classes]
@@ -472,16 +479,32 @@ class Config(_Section):
         return list(range(first, last + 1))
 
     @property
+    def observed_product_years(self) -> list[int]:
+        """Observed years whose harmonised maps the product holds (``years.observed``)."""
+        if self.years.observed is None:
+            return []
+        first, last = self.years.observed
+        return list(range(first, last + 1))
+
+    @property
     def product_scenarios(self) -> list[str]:
-        """Scenario axis of the product: 'historical' (backward chain) then each SSP."""
-        return (["historical"] if self.backward_years else []) + list(self.scenarios)
+        """Scenario axis of the product: 'historical' (backward chain and observed years)
+        then each SSP."""
+        historical = self.backward_years or self.observed_product_years
+        return (["historical"] if historical else []) + list(self.scenarios)
 
     @property
     def product_years(self) -> list[int]:
-        return sorted(self.backward_years) + self.forward_years
+        return sorted(self.backward_years) + self.observed_product_years + self.forward_years
 
     def chain_years(self, scenario: str) -> list[int]:
         return self.backward_years if scenario == "historical" else self.forward_years
+
+    def scenario_years(self, scenario: str) -> list[int]:
+        """Every year of ``scenario`` in the product: its chain, then for 'historical' the
+        observed years (predicted on their own, not chained)."""
+        observed = self.observed_product_years if scenario == "historical" else []
+        return self.chain_years(scenario) + observed
 
     def hash(self) -> str:
         """A stable hash of the resolved config, used in provenance and model cards."""

@@ -4,6 +4,9 @@ The backward chain runs under scenario ``historical`` (direction -1: the prior i
 next year's map); each SSP runs forward (direction +1: the prior is the previous
 year's map). The first job of a chain gets ``prior_path=None`` and starts from the
 observed map of the cube (first observed year going backward, last going forward).
+An observed year listed in ``years.observed`` is predicted on its own under
+``historical``: forward, with the previous observed map as prior (none before the first
+observed year), and harmonised to its own observed map's class shares per coarse cell.
 
 Memory is bounded whatever the region size: inference yields final rows band by band
 (:func:`ai4land.inference.stream_probabilities`); bands are cut into whole coarse-cell
@@ -325,6 +328,19 @@ def _check_year(cube: Cube, scenario: str, year: int) -> None:
         )
 
 
+def _check_product_year(config, scenario: str, year: int) -> None:
+    """One line unless (scenario, year) is a map of the config's product."""
+    if year in config.scenario_years(scenario):
+        return
+    if scenario == "historical" and year in config.observed_years:
+        hint = f"{year} is an observed year: add it to years.observed to predict its map"
+    else:
+        hint = "add the year to years.backward, years.forward or years.observed"
+    raise InputDataError(f"scenario {scenario!r}, year {year} is not in the config's product "
+                         f"(scenarios {config.product_scenarios}, years "
+                         f"{config.scenario_years(scenario) or 'none'}); {hint}")
+
+
 class _Tally:
     """What the per-year report counts (conservation errors, class counts, pixels,
     spread), for one band or, merged band by band in row order, for the year: float
@@ -546,10 +562,15 @@ def run_predict(
     output, store, model_dir = Path(output), Path(store), Path(model_dir)
     require_writable(output.parent)
     require_writable(store.parent)
-    direction = chain_direction(scenario)
+    # an observed year (years.observed) is predicted on its own, as evaluation predicts a
+    # test year: forward, the previous observed map as prior (none before the first), and
+    # harmonised to its own observed map (the delta target's anchor is the year itself)
+    observed = scenario == "historical" and year in config.observed_product_years
+    direction = 1 if observed else chain_direction(scenario)
     cube = Cube.from_config(config)
     grid = cube.fine_grid
     _check_year(cube, scenario, year)
+    _check_product_year(config, scenario, year)
 
     model, card = load_model(model_dir)
     predicted = list(config.classes.predicted)
@@ -567,7 +588,7 @@ def run_predict(
         raise ModelCardError(f"{model_dir / CARD}: predict.ensemble.kind mc_dropout needs a "
                              "model with dropout; train with train.dropout > 0 or use tta")
 
-    anchor = anchor_year(cube, direction)
+    anchor = year if observed else anchor_year(cube, direction)
     anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
     weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
     layers = product_layers(spread=config.predict.ensemble.write_layer)
@@ -579,9 +600,12 @@ def run_predict(
 
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
-        if prior_path is None:
+        prior_year = (year - 1 if year - 1 in cube.target_years else None) if observed else anchor
+        if prior_path is None and prior_year is None:
+            prior = own_prior = None
+        elif prior_path is None:
             def prior(window: Window) -> np.ndarray:
-                return cube.target_window(anchor, window)
+                return cube.target_window(prior_year, window)
             own_prior = prior
         else:
             prior = stack.enter_context(open_prior(prior_path, grid))
@@ -611,7 +635,8 @@ def run_predict(
             (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
 
         model_hash = weights_digest(model)
-        prior_source = f"observed {anchor}" if prior_path is None else Path(prior_path).name
+        prior_source = (Path(prior_path).name if prior_path is not None
+                        else "none" if prior_year is None else f"observed {prior_year}")
         tags = {
             "AI4LAND_SCENARIO": scenario,
             "AI4LAND_YEAR": int(year),

@@ -52,7 +52,7 @@ def _products(config, maps_dir: Path) -> list[tuple[str, int, Path]]:
     """Every (scenario, year, COG) the config asks for; error if one is incomplete."""
     found, missing = [], []
     for scenario in config.product_scenarios:
-        for year in sorted(config.chain_years(scenario)):
+        for year in sorted(config.scenario_years(scenario)):
             path = map_path(maps_dir, scenario, year)
             layers = product_layers(spread=config.predict.ensemble.write_layer)
             needed = [*(layer_path(path, name) for name in layers), path.with_suffix(".json")]

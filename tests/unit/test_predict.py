@@ -26,7 +26,7 @@ from tiny_cube import rewrite_coarse_years, write_tiny_cube  # noqa: E402
 OBSERVED = range(1960, 1966)
 
 
-def _config(root: Path, **predict):
+def _config(root: Path, years=None, **predict):
     data = {
         "run_name": "tiny",
         "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
@@ -41,6 +41,7 @@ def _config(root: Path, **predict):
         "predict": {"tile_size": 32, "overlap": 8, "batch_size": 4, "device": "cpu",
                     **predict},
     }
+    data["years"].update(years or {})
     return parse_config(data, source="test")
 
 
@@ -140,6 +141,51 @@ def test_missing_year_is_a_clear_error(world):
         _job(root, config, "ssp126", 1970)
     assert "\n" not in str(info.value)
     assert not (root / "results" / "maps" / "ssp126" / "ai4land_ssp126_1970.json").exists()
+
+
+def test_observed_years_are_predicted_harmonised_to_their_own_map(world, tmp_path):
+    from ai4land.harmonize import class_groups, map_group_fractions
+
+    root, _ = world
+    config = _config(root, years={"observed": [1960, 1962]})
+    assert config.product_years == [1958, 1959, 1960, 1961, 1962, 1966, 1967]
+    cube = Cube.from_config(config)
+    groups = class_groups(config.datasets.coarse.groups, list(config.classes.predicted))
+    land = cube.land_mask_window(Window(0, 0, 48, 48))
+    for year, prior in ((1962, "observed 1961"), (1960, "none")):
+        out = tmp_path / "maps" / f"ai4land_historical_{year}.tif"
+        report = run_predict(config, scenario="historical", year=year,
+                             model_dir=root / "model", prior_path=None, output=out,
+                             store=tmp_path / "ai4land.zarr")
+        assert report["prior"] == prior and report["direction"] == 1
+        assert report["anchor_year"] == year and report["anchor_scenario"] == "historical"
+        with rasterio.open(out) as src:
+            codes = src.read(1)
+        np.testing.assert_array_equal(
+            read_year(tmp_path / "ai4land.zarr", scenario="historical", year=year), codes)
+        # each cell's class shares are those of the year's observed map (whole pixels)
+        observed = cube.target_window(year, Window(0, 0, 48, 48))
+        mapped, n = map_group_fractions(codes, groups, factor=cube.factor, valid=land)
+        target, _ = map_group_fractions(observed, groups, factor=cube.factor, valid=land)
+        assert np.abs(mapped - target)[:, n > 0].max() <= 1 / cube.factor**2 + 1e-9
+        assert report["conservation"]["after"]["delta_target"]["mae"] < 0.02
+
+
+def test_a_year_outside_the_product_is_one_line(world, tmp_path):
+    root, config = world
+    with pytest.raises(InputDataError, match="1962 is an observed year: add it to "
+                       "years.observed") as info:
+        run_predict(config, scenario="historical", year=1962, model_dir=root / "model",
+                    prior_path=None, output=tmp_path / "x.tif", store=tmp_path / "s.zarr")
+    assert "\n" not in str(info.value)
+    # a config without any map to predict (one observed year's data, say)
+    nothing = _config(root, years={"backward": None, "forward": None})
+    assert nothing.product_years == []
+    with pytest.raises(InputDataError, match="not in the config's product") as info:
+        run_predict(nothing, scenario="historical", year=1962, model_dir=root / "model",
+                    prior_path=None, output=tmp_path / "x.tif", store=tmp_path / "s.zarr")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_model_with_other_inputs_is_refused(world, tmp_path):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ai4land.config import load_config
@@ -108,3 +109,52 @@ def test_jobs_find_ai4land_without_an_activated_virtualenv(tmp_path):
     assert result.returncode == 0, (result.stderr[-3000:]
                                     + (log.read_text()[-2000:] if log.exists() else ""))
     assert (tmp_path / "resources/raw/luh2/states.nc").is_file()
+
+
+def _tiny_with(tmp_path: Path, text: str) -> list[str]:
+    override = tmp_path / "override.yaml"
+    override.write_text(text)
+    return [str(REPO / "config/demo.yaml"), str(REPO / "tests/integration/tiny.yaml"),
+            str(override)]
+
+
+def test_a_config_without_maps_to_predict_trains_and_evaluates(tmp_path):
+    # e.g. one observed year of your own data, nothing asked for before or after it
+    files = _tiny_with(tmp_path, "years: {backward: null, forward: null}\nscenarios: []\n")
+    result = _snakemake(tmp_path / "run", "-n", "--configfile", *files)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the config asks for no maps" in result.stderr
+    planned = _planned(result.stdout + result.stderr)
+    assert planned["evaluate"] == 1 and planned["all"] == 1
+    assert not {"predict", "init_store", "publish"} & set(planned), planned
+
+
+def test_observed_years_are_predicted_without_a_chain(tmp_path):
+    files = _tiny_with(tmp_path, "years: {observed: [2014, 2015]}\n")
+    result = _snakemake(tmp_path / "run", "-n", "--configfile", *files)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    # 2 backward + 2 observed (historical) + 2 x 2 forward years
+    assert _planned(out)["predict"] == 8
+    # an observed year's job reads no previous map (its prior is the cube's observed map)
+    inputs = re.search(r"input: (.*)\n\s*output: results/maps/historical/ai4land_historical_2015"
+                       r"\.tif", out)[1]
+    assert "results/maps" not in inputs and "results/model/model.pt" in inputs
+
+
+@pytest.mark.slow
+def test_an_observed_years_harmonised_map_runs_through_publish(tmp_path):
+    files = _tiny_with(tmp_path, "years: {backward: null, forward: null, observed: [2015, 2015]}\n"
+                                 "scenarios: []\n")
+    workdir = tmp_path / "run"
+    result = _snakemake(workdir, "--cores", "2", "--configfile", *files)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads((workdir / "results/maps/historical/ai4land_historical_2015.json")
+                        .read_text())
+    assert report["prior"] == "observed 2014" and report["anchor_year"] == 2015
+    assert report["conservation"]["after"]["delta_target"]["mae"] < 0.02
+    manifest = (workdir / "results/publish/SHA256SUMS").read_text()
+    assert "maps/historical/ai4land_historical_2015.tif" in manifest
+    assert sorted(p.name for p in (workdir / "results/maps/historical").glob("*.tif")) == [
+        "ai4land_historical_2015.tif", "ai4land_historical_2015_entropy.tif",
+        "ai4land_historical_2015_probability.tif"]

@@ -46,6 +46,9 @@ if workflow.is_main_process:
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     _python = shlex.quote(sys.executable).replace("{", "{{{{").replace("}", "}}}}")
     shell.prefix(f'set -euo pipefail; ai4land() {{{{ {_python} -m ai4land "$@"; }}}}; ')
+if workflow.is_main_process and not CFG.product_years:
+    print("ai4land: the config asks for no maps (years.backward, years.forward and "
+          "years.observed are empty): the run ends with the evaluation", file=sys.stderr)
 RAW = CFG.paths.raw
 CUBE = CFG.paths.cube
 RESULTS = CFG.paths.results
@@ -93,13 +96,17 @@ def coarse_source(wildcards):
 
 def scenario_cube(wildcards):
     """The cube a (scenario, year) prediction reads: CUBE_PARTS and the scenario's coarse cube."""
-    return CUBE_PARTS + [f"{CUBE}/coarse/{wildcards.scenario}.zarr"]
+    own = [] if wildcards.scenario == "historical" else [f"{CUBE}/coarse/{wildcards.scenario}.zarr"]
+    return CUBE_PARTS + own
 
 
 def prior_map(wildcards):
-    """The neighbouring year's map in this scenario's chain; none for the chain's first year."""
+    """The neighbouring year's map in this scenario's chain; none for the chain's first year
+    and for an observed year (its prior is an observed map of the cube)."""
     years = CFG.chain_years(wildcards.scenario)
     year = int(wildcards.year)
+    if year in CFG.scenario_years(wildcards.scenario) and year not in years:
+        return []
     if year not in years:
         raise ValueError(f"year {year} is not in the {wildcards.scenario} chain {years}")
     position = years.index(year)
@@ -113,6 +120,6 @@ def prior_arg(wildcards, input):
 ALL_MAPS = [
     map_path(scenario, year, suffix)
     for scenario in CFG.product_scenarios
-    for year in CFG.chain_years(scenario)
+    for year in CFG.scenario_years(scenario)
     for suffix in (".tif", ".json")
 ]

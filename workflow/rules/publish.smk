@@ -1,4 +1,6 @@
-# Stage 7: STAC catalog, checksums manifest, provenance and the dataset README.
+# Stage 7: STAC catalog, checksums manifest, provenance and the dataset README. A config
+# that asks for no maps (no years.backward, years.forward or years.observed) has nothing
+# to publish: its run ends with the evaluation (rule all).
 
 
 rule publish:

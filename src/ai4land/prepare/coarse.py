@@ -62,7 +62,7 @@ def used_years(config) -> list[int]:
 
 
 def required_years(config, scenario: str) -> list[int]:
-    return config.backward_years if scenario == "historical" else config.forward_years
+    return config.scenario_years(scenario)
 
 
 def _cut(axes: LatLonAxes, grid: Grid, *, path) -> tuple[slice, slice]:
@@ -140,7 +140,7 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
             raise InputDataError(
                 f"{path}: variable {time_dim!r} lacks year(s) {missing[0]}..{missing[-1]} "
                 f"needed for scenario {scenario!r} (file holds {int(file_years.min())}-"
-                f"{int(file_years.max())}); fix years.backward/years.forward or the file"
+                f"{int(file_years.max())}); fix years.backward/forward/observed or the file"
             )
         if not years:
             raise InputDataError(

@@ -39,7 +39,7 @@ def validate_inputs(config) -> dict:
         if missing:
             raise InputDataError(
                 f"{path}: lacks year(s) {missing[0]}..{missing[-1]} needed for scenario "
-                f"{scenario!r}; fix years.backward/years.forward or the file"
+                f"{scenario!r}; fix years.backward/forward/observed or the file"
             )
     if coarse_cfg.water_variable:
         path = coarse_cfg.static or coarse_cfg.historical
