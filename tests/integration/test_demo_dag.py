@@ -113,6 +113,27 @@ def test_evaluation_and_publication(tiny_run):
 
 
 @pytest.mark.slow
+def test_published_dataset_is_self_contained(tiny_run):
+    import pystac
+
+    from ai4land.publish import validate_catalog
+
+    _, workdir = tiny_run
+    out = workdir / "results/publish"
+    assert validate_catalog(out / "catalog.json") == 2 + len(_maps(workdir))
+    catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
+    hrefs = [a.get_absolute_href() for item in catalog.get_items(recursive=True)
+             for a in item.assets.values()]
+    assert hrefs and all(Path(h).resolve().is_relative_to(out.resolve()) for h in hrefs)
+    assert all(Path(h).is_file() for h in hrefs)
+    check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    readme = (out / "README.md").read_text()
+    assert "synthetic demo world" in readme and "ETOPO" not in readme
+
+
+@pytest.mark.slow
 def test_rerun_with_nothing_changed_does_nothing(tiny_run, snakemake):
     _, workdir = tiny_run
     result = snakemake(workdir, "--cores", "2")
