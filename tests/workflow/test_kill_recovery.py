@@ -47,10 +47,13 @@ def _run_until(workdir: Path, reached, what: str, timeout: float = 600) -> None:
 def test_sigkill_at_any_stage_then_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    # killed while the cube is prepared
+    # killed while the cube is prepared (the lock files of the killed run stay)
     _run_until(workdir, lambda: (workdir / "logs/prepare/static.log").exists(), "prepare_static")
     assert list((workdir / ".snakemake/locks").glob("*.lock")), "the kill left no lock behind"
-    # the same command again; killed while a prediction job stages its COGs
+    # the same command again; killed while the U-Net trains (after its first checkpoint)
+    checkpoint = workdir / "results/model/checkpoints/last.pt"
+    _run_until(workdir, checkpoint.exists, "a training checkpoint")
+    # again; killed while a prediction job stages its COGs
     _run_until(workdir, lambda: bool(_staging(workdir)), "a predict job staging")
     assert _staging(workdir), "the kill left no staging directory behind"
     # and again: it finishes, the killed job's staging directory is gone
