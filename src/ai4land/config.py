@@ -308,6 +308,15 @@ class PredictConfig(_Section):
     harmonize: bool = True
     # Years over which the delta method's anchor offset fades to 0 (null: never).
     harmonize_decay_years: PositiveInt | None = None
+    # How a year with a prior map is harmonised: "change" keeps the prior and converts
+    # only each cell's net change per class (the model's probabilities choose the
+    # pixels; harmonize.allocate_change), "full" re-allocates every pixel by the
+    # model's probabilities (harmonize.harmonize). Without a prior: always "full".
+    allocation: Literal["change", "full"] = "change"
+    # "change": two pixels swap classes beyond the net change only where each one's
+    # probability of the other's class exceeds that of its own by more than this
+    # (1 = never).
+    swap_margin: float = Field(0.5, ge=0, le=1)
     ensemble: EnsembleConfig = EnsembleConfig()
     # DEFLATE level of the class COG: 6 writes a class map ~6x faster than 9, ~15 % larger
     compress_level: int = Field(6, ge=1, le=9)

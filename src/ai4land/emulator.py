@@ -549,7 +549,9 @@ class Emulator:
             bands = rebands(stream, multiple=region.factor, height=grid.height,
                             max_rows=band_rows(region.factor, grid.width, workers), parts=workers)
             futures = stack.enter_context(Prefetch(
-                (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
+                (pool.submit(finalise, row, band, 0,
+                             None if prior is None else prior[row : row + len(band)])
+                 for row, band in bands), depth=workers))
             for future in futures:
                 row, block = finalise.collect(future.result())
                 out[row : row + len(block)] = block

@@ -473,6 +473,180 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     return held, rejections
 
 
+def allocate_change(
+    probs: np.ndarray,
+    predicted: Sequence[int],
+    *,
+    factor: int,
+    valid: np.ndarray,
+    targets: np.ndarray,
+    groups: Groups,
+    prior: np.ndarray,
+    margin: float,
+    argmax: np.ndarray | None = None,
+) -> HarmonizeResult:
+    """Class indices (H, W) that change ``prior`` only as much as ``targets`` ask.
+
+    ``prior``: (H, W) class indices of the previous map (-1: no predicted class there).
+    Per coarse cell, each group's whole-pixel count (:func:`largest_remainder_counts` of
+    ``targets``) is split over the group's classes in the proportions the prior map has
+    in the cell (the model's mean probabilities where the group is new to the cell; a
+    class the prior has keeps a pixel while the group has room for it), so a class only
+    changes as its group does. Then only each class's *net* change moves: the pixels of
+    losing classes (and pixels without a prior class) go to gaining classes, the pairs
+    of highest score ``p(new) - p(old)`` first, while the losing class still has pixels
+    to give and the gaining class room; every other pixel keeps its prior class. Beyond
+    the net change, two pixels of one cell swap classes (c -> h and h -> c) only where
+    each one's score for the other class exceeds ``margin`` (1 or more: never). Cells
+    whose targets are all 0 keep the prior (the argmax where it has no class). Group
+    counts match the targets as exactly as :func:`harmonize`'s do; the result is a pure
+    function of the inputs.
+    """
+    probs = np.asarray(probs)
+    height, width, k = probs.shape
+    valid = np.ascontiguousarray(valid, dtype=bool)
+    member = groups.membership(predicted)  # (K, G)
+    if not member.any(axis=1).all():
+        missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
+        raise ValueError(f"classes {missing} are in no group")
+    hc, wc = -(-height // factor), -(-width // factor)
+    if targets.shape != (len(groups), hc, wc):
+        raise ValueError(f"targets have shape {targets.shape}, expected {(len(groups), hc, wc)}")
+    if np.shape(prior) != (height, width):
+        raise ValueError(f"prior has shape {np.shape(prior)}, expected {(height, width)}")
+    flat_probs = probs.reshape(-1, k)
+    if argmax is None:
+        argmax = flat_probs.argmax(axis=1)
+    argmax = np.asarray(argmax, dtype="int64").reshape(-1)
+    n = _cell_counts(valid, factor, hc, wc)
+    counts = largest_remainder_counts(targets, n)
+    ids, _ = cell_ids((height, width), factor)
+    pixels = np.flatnonzero(valid)
+    cell = ids.reshape(-1)[pixels]
+    p = flat_probs[pixels].astype("float64")
+    before = np.asarray(prior, dtype="int64").reshape(-1)[pixels]
+    n_cells = hc * wc
+    group_counts = counts.reshape(len(groups), n_cells).T  # (cells, G), -1: unconstrained
+    constrained = group_counts[:, 0] >= 0
+    known = before >= 0
+    prior_counts = np.bincount(cell[known] * k + before[known],
+                               minlength=n_cells * k).reshape(n_cells, k)
+    mean_p = np.stack([np.bincount(cell, weights=p[:, c], minlength=n_cells)
+                       for c in range(k)], axis=1)
+    wanted = _class_counts(prior_counts, mean_p, np.maximum(group_counts, 0), member)
+    net = np.where(constrained[:, None], wanted - prior_counts, 0)
+
+    index = np.where(known, before, argmax[pixels])  # unconstrained cells: as they were
+    in_constrained = constrained[cell]
+    source = np.where(known, before, k)  # k: no prior class, every such pixel moves
+    supply = np.zeros((n_cells, k + 1), dtype="int64")
+    supply[:, :k] = np.maximum(-net, 0)
+    supply[:, k] = np.bincount(cell[~known & in_constrained], minlength=n_cells)
+    demand = np.maximum(net, 0)
+    pool = np.flatnonzero(in_constrained & (supply[cell, source] > 0))
+    moved = np.zeros(len(pixels), dtype=bool)
+    if len(pool):
+        # every (pool pixel, gaining class of its cell) pair, best score first; ties go
+        # to the lower pixel, then the lower class
+        pair_pixel, pair_class = np.nonzero(demand[cell[pool]] > 0)
+        pair_pixel = pool[pair_pixel]
+        old = np.where(known[pair_pixel], p[pair_pixel, np.minimum(source[pair_pixel], k - 1)],
+                       0.0)
+        score = p[pair_pixel, pair_class] - old
+        order = np.lexsort((pair_class, pair_pixel, -score))
+        _transfer(pair_pixel[order], pair_class[order], cell, source, supply, demand, index,
+                  moved)
+    if margin < 1:
+        _swap(p, cell, before, index, in_constrained & known & ~moved, margin)
+    out = np.full(height * width, -1, dtype="int64")
+    out[pixels] = index
+    changed = int((index != argmax[pixels]).sum())
+    return HarmonizeResult(index=out.reshape(height, width), counts=counts, changed=changed,
+                           rejections=0)
+
+
+def _class_counts(prior_counts: np.ndarray, mean_p: np.ndarray, group_counts: np.ndarray,
+                  member: np.ndarray) -> np.ndarray:
+    """(cells, K) whole-pixel class counts: each group's count split over its classes in
+    the prior's proportions (the model's where the prior has none of the group), a class
+    the prior has keeping one pixel while the group has room for it."""
+    n_cells, k = prior_counts.shape
+    wanted = np.zeros((n_cells, k), dtype="int64")
+    for g in range(member.shape[1]):
+        (classes,) = np.nonzero(member[:, g])
+        total = group_counts[:, g]
+        if len(classes) == 1:
+            wanted[:, classes[0]] = total
+            continue
+        weights = prior_counts[:, classes].astype("float64")
+        new = weights.sum(axis=1) == 0
+        weights[new] = mean_p[new][:, classes]
+        weights[weights.sum(axis=1) == 0, 0] = 1.0
+        split = largest_remainder_counts(weights.T[:, :, None], total[:, None])[:, :, 0].T
+        present = prior_counts[:, classes] > 0
+        for _ in range(len(classes)):  # a present class at 0 takes one from the largest
+            short = present & (split == 0)
+            largest = split.argmax(axis=1)
+            fix = short.any(axis=1) & (split[np.arange(n_cells), largest] > 1)
+            if not fix.any():
+                break
+            rows = np.flatnonzero(fix)
+            split[rows, largest[rows]] -= 1
+            split[rows, short[rows].argmax(axis=1)] += 1
+        wanted[:, classes] = split
+    return wanted
+
+
+def _swap(p: np.ndarray, cell: np.ndarray, before: np.ndarray, index: np.ndarray,
+          eligible: np.ndarray, margin: float) -> None:
+    """Swap classes between pairs of ``eligible`` pixels of one cell in place: a pixel of
+    class c whose best other class h scores ``p(h) - p(c) > margin`` with one of class h
+    scoring ``p(c) - p(h) > margin``, the highest scores paired first (counts unchanged)."""
+    k = p.shape[1]
+    candidates = np.flatnonzero(eligible)
+    if not len(candidates):
+        return
+    old = before[candidates]
+    rows = np.arange(len(candidates))
+    gain = p[candidates] - p[candidates, old][:, None]
+    gain[rows, old] = -np.inf
+    new = gain.argmax(axis=1)
+    score = gain[rows, new]
+    keep = score > margin
+    candidates, old, new, score = candidates[keep], old[keep], new[keep], score[keep]
+    if not len(candidates):
+        return
+    side = (old > new).astype("int64")
+    run = ((cell[candidates] * k + np.minimum(old, new)) * k + np.maximum(old, new)) * 2 + side
+    order = np.lexsort((candidates, -score, run))
+    candidates, new, run = candidates[order], new[order], run[order]
+    keys, first, sizes = np.unique(run, return_index=True, return_counts=True)
+    rank = np.arange(len(run)) - np.repeat(first, sizes)
+    partner = np.searchsorted(keys, run ^ 1)
+    found = (partner < len(keys)) & (keys[np.minimum(partner, len(keys) - 1)] == run ^ 1)
+    pairs = np.where(found, sizes[np.minimum(partner, len(keys) - 1)], 0)
+    mine = np.repeat(sizes, sizes)
+    swap = rank < np.minimum(mine, pairs)
+    index[candidates[swap]] = new[swap]
+
+
+@numba.njit(cache=True, nogil=True)
+def _transfer(pair_pixel, pair_class, cell, source, supply, demand, index,
+              moved):  # pragma: no cover - compiled
+    """Greedy over pairs in order: a pixel moves to a class while its cell's source class
+    has pixels to give and the class room."""
+    for m in range(pair_pixel.size):
+        x, h = pair_pixel[m], pair_class[m]
+        if moved[x]:
+            continue
+        c, s = cell[x], source[x]
+        if supply[c, s] > 0 and demand[c, h] > 0:
+            supply[c, s] -= 1
+            demand[c, h] -= 1
+            index[x] = h
+            moved[x] = True
+
+
 class ErrorTally:
     """Mean and max |map group fraction − target| over cells with land and a target,
     accumulated band by band (bands of whole coarse-cell rows)."""

@@ -56,6 +56,7 @@ from ai4land.grid import Grid, Window
 from ai4land.harmonize import (
     ErrorTally,
     Groups,
+    allocate_change,
     class_groups,
     delta_target,
     harmonize,
@@ -88,7 +89,7 @@ from ai4land.products import (
     require_writable,
     staging_dir,
 )
-from ai4land.samples.features import build_inputs, input_channel_names
+from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
 
 STORE_TILE = 256
 BAND_PIXELS = 1 << 21  # pixels harmonised at once (all workers): ~0.3 GiB of working arrays
@@ -379,7 +380,8 @@ class Finaliser:
     ``layers`` are the names of :func:`~ai4land.products.product_layers`, plus ``raw``
     for the class codes of the plain argmax (no data off the valid pixels), which the
     evaluation reports beside the harmonised map. ``prior`` (a window reader of the
-    prior map) lets the report count ``changed_pixels``; without it they read 0.
+    prior map) is the previous map that ``predict.allocation`` "change" continues, and
+    lets the report count ``changed_pixels``; without it they read 0.
     """
 
     def __init__(self, config, *, cube: Cube, anchor: int, classes: list[int], groups: Groups,
@@ -393,11 +395,14 @@ class Finaliser:
         self.code_of = np.asarray(classes, dtype="uint8")
         self.total = _Tally(len(classes))
 
-    def __call__(self, row: int, band: np.ndarray,
-                 col: int = 0) -> tuple[int, np.ndarray, _Tally]:
+    def __call__(self, row: int, band: np.ndarray, col: int = 0,
+                 prior: np.ndarray | None = None) -> tuple[int, np.ndarray, _Tally]:
         """The (h, w, layers) layers of the (h, w, C) probabilities ``band`` whose first
         pixel is (``row``, ``col``) of the region: whole coarse cells (a band may end at
-        the region's last row or column)."""
+        the region's last row or column). ``prior``: the (h, w) class codes of the
+        chain's previous map there (default: read by the finaliser's ``prior`` reader);
+        with ``predict.allocation`` "change" the map keeps it but for each cell's net
+        change (:func:`~ai4land.harmonize.allocate_change`)."""
         start = time.perf_counter()
         cube, config, factor = self.cube, self.config, self.cube.factor
         k = len(self.classes)
@@ -411,8 +416,19 @@ class Finaliser:
         argmax_codes = np.where(valid, self.code_of[best], config.classes.nodata).astype("uint8")
         target, luh_t = self._targets(window, valid=valid, anchor_codes=anchor_codes)
 
+        if prior is None and self.prior is not None:
+            with self._prior_lock:
+                prior = self.prior(window)
         index = best
-        if config.predict.harmonize:
+        change = prior is not None and config.predict.allocation == "change"
+        if config.predict.harmonize and change:
+            result = allocate_change(probs, self.classes, factor=factor, valid=valid,
+                                     targets=target, groups=self.groups,
+                                     prior=codes_to_index(prior, self.classes),
+                                     margin=config.predict.swap_margin, argmax=best)
+            index = result.index
+            tally.reassigned = result.changed
+        elif config.predict.harmonize:
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
                                groups=self.groups, argmax=best, group_p=group_p)
             index = result.index
@@ -421,9 +437,7 @@ class Finaliser:
             probs, index, entropy=entropy, valid=valid, land=land, codes=self.code_of,
             nodata=config.classes.nodata, ocean=config.classes.ocean)
         codes[kept] = anchor_codes[kept]  # not modelled: probability and entropy no data
-        if self.prior is not None:
-            with self._prior_lock:
-                prior = self.prior(window)
+        if prior is not None:
             tally.changed = int(np.count_nonzero((codes != prior) & valid))
         for when, mapped in (("before", argmax_codes), ("after", codes)):
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)

@@ -189,7 +189,7 @@ def test_evaluation_streams_test_blocks_and_scores_predicts_maps(evaluated):
                           groups=class_groups(config.datasets.coarse.groups, classes),
                           weight=1.0, layers=["lulc", "raw"], cells=cells,
                           anchor_cells=cube.coarse_cells("historical", 1964, whole))
-    _, region_layers, _ = finaliser(0, probs)
+    _, region_layers, _ = finaliser(0, probs, prior=prior)
     hits = total = 0
     for site in plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split):
         assert site.outer.height * site.outer.width < region
@@ -200,7 +200,7 @@ def test_evaluation_streams_test_blocks_and_scores_predicts_maps(evaluated):
         np.testing.assert_allclose(site_probs[site.inside(site.cells)], probs[site.cells.slices],
                                    atol=1e-6)
         _, layers, _ = finaliser(site.area.row, site_probs[site.inside(site.area)],
-                                 col=site.area.col)
+                                 col=site.area.col, prior=prior[site.area.slices])
         np.testing.assert_array_equal(layers[site.inside(site.cells, site.area)],
                                       region_layers[site.cells.slices])
         land = cube.land_mask_window(site.scored)

@@ -8,6 +8,7 @@ import pytest
 from ai4land.config import CoarseSource
 from ai4land.harmonize import (
     Groups,
+    cell_ids,
     class_groups,
     conservation_error,
     delta_target,
@@ -235,3 +236,129 @@ def test_deferred_acceptance_refuses_quotas_that_do_not_sum_to_the_pixels():
     with pytest.raises(RuntimeError, match="failed to place"):
         _deferred_acceptance(scores, np.zeros(3, dtype="int64"), np.array([[1, 1]]))
 
+
+
+# --- allocation of the net change only (predict.allocation: change) ----------------
+
+CHANGE_GROUPS = Groups(("a", "b", "c"), ((11,), (55, 66), (22,)), (("x",), ("y",), ("z",)))
+CHANGE_PREDICTED = [11, 55, 66, 22]  # indices 0, 1, 2, 3
+
+
+def _allocate(probs, prior, targets, *, factor, margin=1.0, valid=None):
+    from ai4land.harmonize import allocate_change
+
+    valid = np.ones(prior.shape, bool) if valid is None else valid
+    return allocate_change(probs, CHANGE_PREDICTED, factor=factor, valid=valid,
+                           targets=np.asarray(targets, dtype="float64"), groups=CHANGE_GROUPS,
+                           prior=prior, margin=margin)
+
+
+def test_change_converts_exactly_the_net_change_with_the_most_likely_pixels():
+    # Two 3x3 cells side by side, all class 11 (index 0) in the prior. Cell 0 must move
+    # 3 of its 9 pixels to group c (22); cell 1 keeps its group counts.
+    prior = np.zeros((3, 6), dtype="int64")
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(3, 6)).astype("float32")
+    probs[:, 3:, 3] = 0.9  # the model would turn cell 1 into 22 everywhere
+    probs[:, 3:, 0] = 0.05
+    targets = np.zeros((3, 1, 2))
+    targets[:, 0, 0] = [6 / 9, 0, 3 / 9]
+    targets[:, 0, 1] = [1, 0, 0]
+    result = _allocate(probs, prior, targets, factor=3)
+    moved = result.index != prior
+    assert moved[:, :3].sum() == 3 and (result.index[moved] == 3).all()
+    assert not moved[:, 3:].any()  # no net change: every pixel kept
+    # the converting pixels are those of the highest p(22) - p(11)
+    score = (probs[..., 3] - probs[..., 0])[:, :3].reshape(-1)
+    assert set(np.flatnonzero(moved[:, :3].reshape(-1))) == set(np.argsort(-score)[:3])
+
+
+def test_change_keeps_the_group_proportions_and_every_class_of_the_prior():
+    # One 3x3 cell: 6 pixels of 55, 2 of 66, 1 of 11. Group b shrinks from 8 to 4
+    # pixels (11 gains 4): 55 and 66 keep their 3:1 proportions although the model
+    # prefers 55 everywhere; then b shrinks to 2: 66 keeps a pixel (no coarse evidence
+    # that it vanishes).
+    prior = np.array([[1, 1, 1], [1, 1, 1], [2, 2, 0]], dtype="int64")
+    probs = np.full((3, 3, 4), 0.1, dtype="float32")
+    probs[..., 1] = 0.7
+    for kept_b, (n55, n66) in ((4, (3, 1)), (2, (1, 1))):
+        targets = np.array([(9 - kept_b) / 9, kept_b / 9, 0])[:, None, None]
+        index = _allocate(probs, prior, targets, factor=3).index
+        assert ((index == 1).sum(), (index == 2).sum()) == (n55, n66)
+        assert (index == 0).sum() == 9 - kept_b
+        assert index[2, 2] == 0  # the pixel of the gaining class stays
+        unchanged = index == prior
+        assert unchanged.sum() == 9 - (8 - kept_b)  # only the net change moves
+
+
+def test_change_fills_a_group_new_to_the_cell_by_the_model_and_places_unknown_pixels():
+    # Prior: 8 pixels of 11 and one pixel without a predicted class (-1). Target: 6 of
+    # a, 3 of b (new in the cell): the unknown pixel and the two 11 pixels most likely b
+    # go to b, taking the class the model finds likelier in the cell (66).
+    prior = np.zeros((3, 3), dtype="int64")
+    prior[0, 0] = -1
+    probs = np.full((3, 3, 4), 0.05, dtype="float32")
+    probs[..., 0] = 0.6
+    probs[..., 2] = 0.3
+    probs[1, 1, 2], probs[1, 1, 0] = 0.8, 0.1
+    probs[2, 2, 2], probs[2, 2, 0] = 0.7, 0.2
+    targets = np.array([6 / 9, 3 / 9, 0])[:, None, None]
+    index = _allocate(probs, prior, targets, factor=3).index
+    assert set(zip(*np.nonzero(index == 2), strict=True)) == {(0, 0), (1, 1), (2, 2)}
+    assert (index == 0).sum() == 6
+
+
+def test_change_swaps_only_beyond_the_margin():
+    # One 2x2 cell with no net change: pixel (0, 0) of 11 is sure to be 22, pixel
+    # (1, 1) of 22 sure to be 11, pixel (0, 1) of 11 only leans to 22.
+    prior = np.array([[0, 0], [3, 3]], dtype="int64")
+    probs = np.full((2, 2, 4), 0.02, dtype="float32")
+    probs[0, 0, 3], probs[0, 0, 0] = 0.9, 0.06
+    probs[1, 1, 0], probs[1, 1, 3] = 0.9, 0.06
+    probs[0, 1, 3], probs[0, 1, 0] = 0.5, 0.46
+    probs[1, 0, 3], probs[1, 0, 0] = 0.9, 0.06
+    targets = np.array([0.5, 0, 0.5])[:, None, None]
+    assert (_allocate(probs, prior, targets, factor=2, margin=1.0).index == prior).all()
+    swapped = _allocate(probs, prior, targets, factor=2, margin=0.5).index
+    np.testing.assert_array_equal(swapped, [[3, 0], [3, 0]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_change_is_exact_and_minimal_on_random_cells(seed):
+    from ai4land.harmonize import allocate_change
+
+    rng = np.random.default_rng(seed)
+    groups = _groups()
+    shape, factor = (23, 29), 5  # partial edge cells
+    probs = rng.dirichlet(np.ones(7), size=shape).astype("float32")
+    prior = rng.integers(0, 7, size=shape)
+    prior[rng.random(shape) < 0.05] = -1
+    valid = rng.random(shape) > 0.1
+    hc, wc = 5, 6
+    targets = rng.dirichlet(np.ones(len(groups)), size=(hc, wc)).transpose(2, 0, 1)
+    targets[:, 0, 0] = 0  # an unconstrained cell keeps the prior
+    result = allocate_change(probs, PREDICTED, factor=factor, valid=valid, targets=targets,
+                             groups=groups, prior=prior, margin=1.0)
+    codes = _codes(result)
+    assert (result.index[~valid] == -1).all()
+    fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
+    counts = largest_remainder_counts(targets, n)
+    constrained = counts[0] >= 0
+    np.testing.assert_array_equal(np.rint(fractions * n)[:, constrained],
+                                  counts[:, constrained])
+    corner = (slice(0, factor), slice(0, factor))
+    known = valid[corner] & (prior[corner] >= 0)
+    np.testing.assert_array_equal(result.index[corner][known], prior[corner][known])
+    # minimal: per cell, the pixels moved are the classes' net gains (unknown included)
+    ids, _ = cell_ids(shape, factor)
+    for cell in np.unique(ids[valid]):
+        inside = valid & (ids == cell)
+        if not constrained.reshape(-1)[cell]:
+            continue
+        before = np.bincount(prior[inside & (prior >= 0)], minlength=7)
+        after = np.bincount(result.index[inside], minlength=7)
+        gains = np.maximum(after - before, 0).sum()
+        assert (result.index[inside] != prior[inside]).sum() == gains
+    again = allocate_change(probs, PREDICTED, factor=factor, valid=valid, targets=targets,
+                            groups=groups, prior=prior, margin=1.0)
+    np.testing.assert_array_equal(again.index, result.index)

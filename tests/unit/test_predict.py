@@ -398,6 +398,38 @@ def test_anchor_offset_decays_to_raw_luh(world, tmp_path):
     assert after["luh"]["mae"] < 0.02
 
 
+@pytest.mark.parametrize(("scenario", "year", "anchor"),
+                         [("ssp126", 1966, 1965), ("historical", 1959, 1960)])
+def test_first_year_continues_the_observed_map(world, tmp_path, scenario, year, anchor):
+    # allocation "change": the first year of a chain (both directions) keeps the
+    # observed map but for each coarse cell's net change per class; "full" lets the
+    # (random) model re-draw the map
+    root, _ = world
+    cube = Cube.from_config(_config(root))
+    observed = cube.target_window(anchor, Window(0, 0, 48, 48))
+    mapped = np.isin(observed, list(_config(root).classes.predicted))
+    differs = {}
+    for allocation in ("change", "full"):
+        config = _config(root, allocation=allocation)
+        out = tmp_path / allocation / f"ai4land_{scenario}_{year}.tif"
+        report = run_predict(config, scenario=scenario, year=year, model_dir=root / "model",
+                             prior_path=None, output=out, store=tmp_path / allocation / "s.zarr")
+        assert report["conservation"]["after"]["delta_target"]["max"] <= 1 / 64 + 1e-9
+        with rasterio.open(out) as src:
+            codes = src.read(1)
+        differs[allocation] = int((codes != observed)[mapped].sum())
+        if allocation == "change":
+            for top in range(0, 48, 8):  # per cell: moved pixels = the classes' net gains
+                for left in range(0, 48, 8):
+                    cell = (slice(top, top + 8), slice(left, left + 8))
+                    inside = mapped[cell]
+                    before = np.bincount(observed[cell][inside], minlength=256)
+                    after = np.bincount(codes[cell][inside], minlength=256)
+                    moved = (codes[cell] != observed[cell])[inside].sum()
+                    assert moved == np.maximum(after - before, 0).sum()
+    assert differs["change"] < differs["full"] / 4
+
+
 def test_unwritable_output_is_refused_before_any_work(world, tmp_path):
     root, config = world
     blocker = tmp_path / "a_file"
@@ -435,6 +467,7 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
         monkeypatch.setattr(ai4land.inference, "_softmax", crash)
     elif where == "finaliser":
         monkeypatch.setattr("ai4land.predict.harmonize", crash)
+        monkeypatch.setattr("ai4land.predict.allocate_change", crash)
     else:
         convert = CogLayer.convert
 

@@ -36,7 +36,8 @@ rule evaluate:
         config=CONFIG_ARGS,
         config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size",
                                 "predict.overlap", "predict.harmonize",
-                                "predict.harmonize_decay_years", "predict.ensemble",
+                                "predict.harmonize_decay_years", "predict.allocation",
+                                "predict.swap_margin", "predict.ensemble",
                                 "evaluate", "seed"),
         # the models scored (the report's captions name only these)
         models=evaluated_models(CFG),

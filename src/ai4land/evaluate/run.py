@@ -305,8 +305,9 @@ class _Runner:
         seed = ensemble_seed(config, scenario, year)
         maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
-        def finalise(name: str, scores: np.ndarray) -> np.ndarray:
-            _, layers, _ = finaliser(site.area.row, scores, col=site.area.col)
+        def finalise(name: str, scores: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+            _, layers, _ = finaliser(site.area.row, scores, col=site.area.col,
+                                     prior=None if prior is None else prior[area])
             quantised = layers[..., 1].astype("float32")
             confidence = np.where(quantised < 255, quantised / 254, 0).astype("float32")
             maps[name] = (layers[..., 0], confidence)
@@ -325,7 +326,7 @@ class _Runner:
                                        scenario=scenario, year=year, prior=prior,
                                        direction=chain.direction, coarse_cells=cells,
                                        device=self.device, seed=seed)
-            layers = finalise(name, probs[area])
+            layers = finalise(name, probs[area], prior)
             if name == "unet":
                 maps["unet_raw"] = (layers[..., 2], probs[area][..., :k].max(axis=-1))
                 if name in state:  # next prior: the map; the argmax on the outer ring
@@ -354,7 +355,7 @@ class _Runner:
                 scores[land] = self.gbm.probabilities(pixel_features(inputs, land))
             else:  # smooth_coarse
                 scores = self._smooth(site, finaliser, index[area])
-            layers = finalise(name, scores)
+            layers = finalise(name, scores, prior)
             if name in state:
                 updated = state[name][site.label].copy()
                 updated[area] = layers[..., 0]
