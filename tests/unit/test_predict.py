@@ -97,8 +97,11 @@ def test_forward_chain_writes_products(world):
     # map of 1965), not from the network's argmax (harmonize_reassigned_pixels)
     valid = ~np.isin(codes, [0, 99])
     observed = cube.target_window(1965, Window(0, 0, 48, 48))
-    assert saved["changed_pixels"] == int(((codes != observed) & valid).sum()) > 0
+    assert saved["changed_pixels"] == int(((codes != observed) & valid).sum())
     assert saved["harmonize_reassigned_pixels"] == report["harmonize_reassigned_pixels"]
+    # allocation "change": the tiny cube's coarse data ask no net change 1965 -> 1966, so
+    # the first year keeps the observed map where the random network's argmax differs
+    assert saved["changed_pixels"] == 0 < saved["harmonize_reassigned_pixels"]
     assert "timings_s" in report and "timings_s" not in saved  # the file is reproducible
 
     # Next year uses this map as prior; deterministic re-run gives identical bytes.
