@@ -44,7 +44,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _integer_years(ax, years: Sequence[int] = ()) -> None:
+def _integer_years(ax, years: Sequence[int] = (), *, nbins: int | str = "auto") -> None:
     """Integer year ticks; a single year gets its own tick and a narrow axis around it
     (matplotlib would stretch one point over two centuries)."""
     from matplotlib.ticker import FixedLocator, MaxNLocator
@@ -54,7 +54,7 @@ def _integer_years(ax, years: Sequence[int] = ()) -> None:
         ax.set_xlim(year - 1, year + 1)
         ax.xaxis.set_major_locator(FixedLocator([year]))
         return
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=nbins))
 
 
 def _label(code: int, legend: Mapping[int, str]) -> str:
@@ -201,11 +201,13 @@ def class_area_figure(areas: Mapping[str, Mapping], *, path: Path) -> Path:
         for ax, group in zip(row, groups, strict=True):
             for source, values in area["series"].items():
                 colour, style = styles.get(source, (MODEL_COLOURS.get(source), "-"))
+                reference = source in styles  # drawn over the models' lines
                 ax.plot(years, values[group], color=colour, linestyle=style, marker="o",
-                        ms=2, linewidth=2 if source == "observed" else 1, label=source)
+                        ms=2, linewidth=2 if source == "observed" else 1, label=source,
+                        zorder=3 if reference else 2)
             ax.set_title(f"{group} ({chain})", fontsize=9)
             ax.grid(alpha=0.3)
-            _integer_years(ax, years)
+            _integer_years(ax, years, nbins=4)
         row[0].set_ylabel("share of scored land")
     axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
