@@ -24,11 +24,14 @@ N_BATCHES = 6
 
 
 def demo_batches(directory: Path, *, n_batches: int = N_BATCHES):
-    """(config, cube, dataset, batches): ``n_batches`` training batches of the demo cube."""
+    """(config, arrays, dataset, batches): ``n_batches`` training batches of the demo cube
+    (raw ``WindowDataset`` items, collated, built into inputs on the CPU)."""
     from torch.utils.data import default_collate
 
     from ai4land.io.cube import Cube
+    from ai4land.samples.arrays import TrainingArrays
     from ai4land.samples.dataset import WindowDataset
+    from ai4land.samples.features import BatchInputs
     from ai4land.samples.plan import SamplePlanner
     from ai4land.split import load_split
 
@@ -36,16 +39,19 @@ def demo_batches(directory: Path, *, n_batches: int = N_BATCHES):
     cube = Cube.from_config(config)
     split = load_split(split_path(config))
     train = config.train
+    years = [y for y in split.train_years if y in cube.target_years]
+    arrays = TrainingArrays.from_cube(cube, years)
     planner = SamplePlanner(split.role_mask("train"), tile_size=train.tile_size,
-                            years=list(split.train_years), seed=config.seed,
+                            years=years, seed=config.seed,
                             scenario_for_year=cube.scenario_for_year)
-    dataset = WindowDataset(cube, planner.epoch(0, n_batches * train.batch_size),
-                            predicted=config.classes.predicted, prior_mask=train.prior_mask,
-                            seed=config.seed)
+    dataset = WindowDataset(arrays, planner.epoch(0, n_batches * train.batch_size),
+                            prior_mask=train.prior_mask, seed=config.seed)
+    inputs = BatchInputs.of(arrays, predicted=config.classes.predicted,
+                            prior_mask=train.prior_mask)
     size = train.batch_size
-    batches = [default_collate([dataset[i] for i in range(b * size, (b + 1) * size)])
+    batches = [inputs(default_collate([dataset[i] for i in range(b * size, (b + 1) * size)]))
                for b in range(n_batches)]
-    return config, cube, dataset, batches
+    return config, arrays, dataset, batches
 
 
 def model_samples_per_s(config, batches, *, in_channels: int, precision) -> float:

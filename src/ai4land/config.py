@@ -255,6 +255,12 @@ class TrainConfig(_Section):
     # Batches loaded ahead by a background thread while the model computes (counting
     # the one being loaded); 0 loads in the training loop.
     prefetch: NonNegativeInt = 2
+    # Loader processes slicing raw windows (0: the prefetch thread slices them). On 2
+    # CPU cores the thread keeps ahead of the model; give GPU ranks a few each.
+    num_workers: NonNegativeInt = 0
+    # Directory for memory-mapped copies of the training years (node-local scratch for
+    # a production cube, which does not fit in memory); null keeps them in memory.
+    cache_dir: str | None = None
     prior_mask: PriorMaskConfig = PriorMaskConfig()
 
     @model_validator(mode="after")

@@ -21,9 +21,13 @@ it for the whole run (a second trainer stops with one line), and a torchrun work
 dies with its agent (:func:`ai4land.launch.die_with_parent`), so a killed job leaves
 no worker writing ``last.pt`` beside its restart.
 
-Batches are loaded by a background thread ``train.prefetch`` batches ahead of the
-model (a thread, not worker processes: the Zarr v3 reader keeps an event-loop thread
-that must not be forked, and loading is mostly decompression outside the GIL).
+Input pipeline: the training years of the cube are copied once into plain arrays
+(``TrainingArrays``: in memory, or memory-mapped under ``train.cache_dir``); samples are
+raw window slices of them (``WindowDataset``), read by ``train.num_workers`` loader
+processes (0: in this process; pinned memory on CUDA), and each collated batch is built
+into the network input on the training device (``BatchInputs``: one-hot, upsampling,
+normalisation, prior masking, input dropout, symmetries as batched tensor operations).
+A background thread keeps ``train.prefetch`` built batches ahead of the model.
 """
 
 from __future__ import annotations
@@ -60,9 +64,11 @@ from ai4land.launch import AGENT_MARKERS, die_with_parent, in_torchrun_worker
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
 from ai4land.prefetch import Prefetch
-from ai4land.samples.dataset import CoarseCellCache, WindowDataset
+from ai4land.samples.arrays import TrainingArrays
+from ai4land.samples.dataset import WindowDataset
 from ai4land.samples.features import (
     IGNORE_INDEX,
+    BatchInputs,
     codes_to_index,
     group_channels,
     input_channel_names,
@@ -84,7 +90,8 @@ METRIC_FIELDS = [
     "best_val_loss", "samples_per_s", "data_wait", "epoch_s",
 ]
 # Settings that do not change the trajectory of a run (a resume may change them).
-NOT_TRAJECTORY = {"nproc", "backend", "device", "tensorboard", "prefetch"}
+NOT_TRAJECTORY = {"nproc", "backend", "device", "tensorboard", "prefetch", "num_workers",
+                  "cache_dir"}
 
 
 # --- run-time environment ------------------------------------------------------------
@@ -308,11 +315,27 @@ def _tensorboard_writer(directory: Path, *, purge_step: int):
     return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
 
 
-def _loader(dataset: WindowDataset, batch_size: int) -> DataLoader:
+def _loader(dataset: WindowDataset, batch_size: int, *, num_workers: int = 0,
+            pin_memory: bool = False) -> DataLoader:
     # Its own generator: creating an iterator draws a seed from it, and drawing from the
     # global generator would shift dropout after a resume (which creates more loaders).
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                      drop_last=False, generator=torch.Generator().manual_seed(0))
+    # Workers are forked: they only slice the arrays (no Zarr reader runs in them).
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=False,
+                      generator=torch.Generator().manual_seed(0),
+                      multiprocessing_context="fork" if num_workers else None)
+
+
+def _built(loader, inputs: BatchInputs, device: torch.device, precision: Precision, *,
+           background: bool = False):
+    """The loader's raw batches built into network inputs on ``device`` (laid out as the
+    model takes them). ``background``: running in the prefetch thread; on a CPU its
+    tensor operations then use one thread (this thread's own setting), leaving the
+    other threads to the model instead of contending for every core."""
+    if background and device.type == "cpu":
+        torch.set_num_threads(1)
+    for raw in loader:
+        yield inputs(raw, device, channels_last=precision.channels_last)
 
 
 def _batch_stats(model, batch, *, device, precision, num_classes, confusion=False):
@@ -431,6 +454,18 @@ def exclusive_output(directory: Path) -> Iterator[None]:
         handle.close()
 
 
+def _training_arrays(cube: Cube, years: list[int], cache_dir, info: DistInfo) -> TrainingArrays:
+    """The training years as arrays: in memory, or memory-mapped from ``cache_dir``
+    (written by local rank 0 while the node's other ranks wait, then opened by all)."""
+    if cache_dir is None:
+        return TrainingArrays.from_cube(cube, years)
+    writer = info.local_rank == 0
+    arrays = TrainingArrays.from_cube(cube, years, directory=cache_dir) if writer else None
+    if info.distributed:
+        dist.barrier()
+    return arrays or TrainingArrays.from_cube(cube, years, directory=cache_dir, write=False)
+
+
 def _set_aside(ckpt_dir: Path, old_hash: str) -> None:
     """Move the checkpoints of other training settings to ``stale-<hash>/`` (kept, not
     deleted: a change can be undone)."""
@@ -478,6 +513,8 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
     years = [y for y in split.train_years if y in cube.target_years]
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
     with_prior = train_cfg.uses_prior
+    arrays = _training_arrays(cube, years, train_cfg.cache_dir, info)
+    pin = device.type == "cuda"
     train_mask = split.role_mask("train")
     change = None
     if train_cfg.change_balanced > 0:
@@ -505,10 +542,10 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         )
         val_plan = val_planner.epoch(0, train_cfg.val_batches * train_cfg.batch_size)
         val_loader = _loader(
-            WindowDataset(cube, shard(val_plan, info.rank, world), predicted=predicted,
+            WindowDataset(arrays, shard(val_plan, info.rank, world),
                           prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
                           with_prior=with_prior),
-            per_rank,
+            per_rank, num_workers=train_cfg.num_workers, pin_memory=pin,
         )
     elif info.is_main:
         log.warning("no validation window fits the val blocks: no validation or early stopping")
@@ -601,20 +638,23 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
     step_losses: list[float] = []
     stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
     model.train()
-    coarse_cache = CoarseCellCache(cube)  # every epoch's dataset reads each year once
+    train_inputs = BatchInputs.of(arrays, predicted=predicted, prior_mask=train_cfg.prior_mask,
+                                  augment=train_cfg.augment)
+    val_inputs = BatchInputs.of(arrays, predicted=predicted, prior_mask=train_cfg.prior_mask)
     while not state["finished"] and state["epoch"] < train_cfg.epochs:
         epoch = state["epoch"]
         if state["global_step"] >= stop_at and state["step_in_epoch"] < train_cfg.steps_per_epoch:
             break
         plan = planner.epoch(epoch, train_cfg.steps_per_epoch * train_cfg.batch_size)
         mine = shard(plan, info.rank, world)[state["step_in_epoch"] * per_rank :]
-        loader = _loader(WindowDataset(cube, mine, predicted=predicted,
-                                       prior_mask=train_cfg.prior_mask, seed=config.seed,
-                                       with_prior=with_prior,
+        loader = _loader(WindowDataset(arrays, mine, prior_mask=train_cfg.prior_mask,
+                                       seed=config.seed, with_prior=with_prior,
                                        input_dropout=train_cfg.input_dropout,
-                                       augment=train_cfg.augment,
-                                       coarse_cache=coarse_cache), per_rank)
-        batches = Prefetch(loader, train_cfg.prefetch) if train_cfg.prefetch else loader
+                                       augment=train_cfg.augment),
+                         per_rank, num_workers=train_cfg.num_workers, pin_memory=pin)
+        built = _built(loader, train_inputs, device, precision,
+                       background=bool(train_cfg.prefetch))
+        batches = Prefetch(built, train_cfg.prefetch) if train_cfg.prefetch else built
         bar = None
         if info.is_main and sys.stderr.isatty():
             from tqdm import tqdm
@@ -683,7 +723,9 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             "epoch_s": state["train_time"],
         }
         if val_loader is not None:
-            row.update(validate(model, val_loader, device=device, precision=precision,
+            row.update(validate(model, _built(val_loader, val_inputs, device, precision),
+                                device=device,
+                                precision=precision,
                                 num_classes=num_classes, info=info))
             if row["val_loss"] < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = (

@@ -15,12 +15,21 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 from ai4land.config import PriorMaskConfig  # noqa: E402
 from ai4land.errors import InputDataError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
+from ai4land.samples.arrays import TrainingArrays  # noqa: E402
 from ai4land.samples.dataset import (  # noqa: E402
-    CoarseCellCache,
     WindowDataset,
-    prior_keep_mask,
+    max_hidden,
+    max_mask_blocks,
+    prior_mask_draw,
 )
-from ai4land.samples.features import input_channel_names  # noqa: E402
+from ai4land.samples.features import (  # noqa: E402
+    BatchInputs,
+    build_inputs,
+    codes_to_index,
+    group_channels,
+    input_channel_names,
+    prior_keep,
+)
 from ai4land.samples.plan import (  # noqa: E402
     SamplePlanner,
     largest_tile,
@@ -40,6 +49,44 @@ def world(tmp_path_factory):
     split = make_split(land, block_size=16, n_test=2, n_val=2, buffer=1,
                        train_years=config.years.train, test_years=config.years.test, seed=0)
     return config, cube, split, land
+
+
+@pytest.fixture(scope="module")
+def arrays(world):
+    _, cube, _, _ = world
+    return TrainingArrays.from_cube(cube, cube.target_years)
+
+
+def prior_keep_masks(rngs, shape, config):
+    """The keep masks of samples' draws (``None``: no prior), made as one batch."""
+    draws = [prior_mask_draw(rng, shape, config) for rng in rngs]
+    made = [d for d in draws if d is not None]
+    blocks = np.full((len(made), max_mask_blocks(shape, config), 2), -1)
+    for i, (_, corners, _) in enumerate(made):
+        blocks[i, : len(corners)] = corners
+    hidden = torch.tensor([d[0] for d in made], dtype=torch.int64)
+    keep = iter(prior_keep(hidden, torch.tensor(blocks),
+                           torch.tensor([d[2] for d in made], dtype=torch.int64), shape=shape,
+                           block_size=config.block_size).numpy())
+    out = [None if d is None else next(keep) for d in draws]
+    # exactly the drawn count is hidden, overlapping blocks or not
+    assert [(~k).sum() for k in out if k is not None] == hidden.tolist()
+    assert max(hidden.tolist(), default=0) <= max_hidden(shape[0] * shape[1], config)
+    return out
+
+
+def prior_keep_mask(rng, shape, config):
+    return prior_keep_masks([rng], shape, config)[0]
+
+
+def built(dataset, predicted, indices=None):
+    """The dataset's samples as the training loop sees them: collated raw windows
+    built into inputs by ``BatchInputs`` (on the CPU), one dict per sample."""
+    indices = list(range(len(dataset)) if indices is None else indices)
+    batch = torch.utils.data.default_collate([dataset[i] for i in indices])
+    out = BatchInputs.of(dataset.arrays, predicted=predicted, augment=dataset.augment,
+                         prior_mask=dataset.prior_mask)(batch)
+    return [{key: value[j] for key, value in out.items()} for j in range(len(indices))]
 
 
 def test_valid_corners_match_brute_force():
@@ -121,22 +168,21 @@ def test_no_test_or_val_pixel_in_any_training_window(world):
     assert seen.sum() > 0.5 * (split.role_mask("train") & land).sum()
 
 
-def _dataset(world, plan, **prior):
-    config, cube, _, _ = world
+def _dataset(world, arrays, plan, **prior):
+    config, _, _, _ = world
     mask = PriorMaskConfig(**prior) if prior else config.train.prior_mask
-    return WindowDataset(cube, plan, predicted=config.classes.predicted, prior_mask=mask, seed=3)
+    return WindowDataset(arrays, plan, prior_mask=mask, seed=3)
 
 
-def test_dataset_sample_shapes_dtypes_and_ocean(world):
+def test_dataset_sample_shapes_dtypes_and_ocean(world, arrays):
     config, cube, split, land = world
     predicted = config.classes.predicted
     plan = SamplePlanner(split.role_mask("train"), tile_size=32, years=list(split.train_years),
                          seed=0).epoch(0, 40)
-    data = _dataset(world, plan, p_none=0.0, max_fraction=0.0)
+    data = _dataset(world, arrays, plan, p_none=0.0, max_fraction=0.0)
     names = input_channel_names(cube, predicted)
     ocean_seen = False
-    for i in range(len(data)):
-        item = data[i]
+    for i, item in enumerate(built(data, predicted)):
         spec = plan[i]
         assert item["inputs"].dtype == torch.float32
         assert item["inputs"].shape == (len(names), 32, 32)
@@ -154,18 +200,20 @@ def test_dataset_sample_shapes_dtypes_and_ocean(world):
         assert (known == np.isin(prior, predicted)).all()
         assert (item["inputs"][names.index("direction")] == spec.direction).all()
     assert ocean_seen
-    batch = torch.utils.data.default_collate([data[0], data[1]])
-    assert batch["inputs"].shape == (2, len(names), 32, 32)
+    raw = data[0]
+    assert raw["target"].dtype == np.uint8 and raw["prior"].dtype == np.uint8  # as stored
+    assert raw["cells"].shape[1:] == (5, 5)  # coarse: 32 pixels touch at most 5 cells of 8
     # Loading is a pure function of (seed, epoch, index).
-    masked = _dataset(world, plan)
-    torch.testing.assert_close(masked[5]["inputs"], _dataset(world, plan)[5]["inputs"])
+    masked = _dataset(world, arrays, plan)
+    torch.testing.assert_close(built(masked, predicted, [5])[0]["inputs"],
+                               built(_dataset(world, arrays, plan), predicted, [5])[0]["inputs"])
 
 
 def test_prior_masking_statistics():
     config = PriorMaskConfig(p_none=0.25, max_fraction=0.5, block_size=8)
     keeps, nones = [], 0
-    for i in range(800):
-        keep = prior_keep_mask(np.random.default_rng([1, i]), (32, 32), config)
+    for keep in prior_keep_masks([np.random.default_rng([1, i]) for i in range(800)], (32, 32),
+                                 config):
         if keep is None:
             nones += 1
         else:
@@ -179,41 +227,44 @@ def test_prior_masking_statistics():
     keep = prior_keep_mask(np.random.default_rng(5), (64, 64),
                            PriorMaskConfig(p_none=0.0, max_fraction=1.0, block_size=8))
     assert keep is not None
+    windows = np.lib.stride_tricks.sliding_window_view(~keep, (8, 8))
+    assert windows.all(axis=(2, 3)).any()
     never = prior_keep_mask(np.random.default_rng(0), (16, 16),
                             PriorMaskConfig(p_none=1.0, max_fraction=0.5, block_size=4))
     assert never is None
 
 
-def test_dataset_p_none_drops_the_whole_prior(world):
+def test_dataset_p_none_drops_the_whole_prior(world, arrays):
     config, cube, split, _ = world
-    names = input_channel_names(cube, config.classes.predicted)
+    predicted = config.classes.predicted
+    names = input_channel_names(cube, predicted)
     plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
                          seed=0).epoch(0, 6)
-    data = _dataset(world, plan, p_none=1.0)
-    first_prior = names.index(f"prior:{config.classes.predicted[0]}")
-    for i in range(len(data)):
-        item = data[i]
+    data = _dataset(world, arrays, plan, p_none=1.0)
+    first_prior = names.index(f"prior:{predicted[0]}")
+    for item in built(data, predicted):
         assert item["prior_keep_fraction"] == 0.0
         assert (item["inputs"][first_prior:names.index("direction")] == 0).all()
-    half = _dataset(world, plan, p_none=0.0, max_fraction=1.0, block_size=4)
-    fractions = [half[i]["prior_keep_fraction"] for i in range(len(half))]
+    half = _dataset(world, arrays, plan, p_none=0.0, max_fraction=1.0, block_size=4)
+    fractions = [float(item["prior_keep_fraction"]) for item in built(half, predicted)]
     assert all(0.0 <= f <= 1.0 for f in fractions) and len(set(fractions)) > 1
 
 
-def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world):
+def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world, arrays):
     config, cube, split, _ = world
-    names = input_channel_names(cube, config.classes.predicted)
+    predicted = config.classes.predicted
+    names = input_channel_names(cube, predicted)
     static = [i for i, n in enumerate(names) if n.startswith("static:")]
     prior = [i for i, n in enumerate(names) if n.startswith("prior:") or n == "direction"]
     plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
                          seed=0).epoch(2, 200)
 
     def dataset(**dropout):
-        return WindowDataset(cube, plan, predicted=config.classes.predicted,
+        return WindowDataset(arrays, plan,
                              prior_mask=PriorMaskConfig(p_none=0.0, max_fraction=0.0), seed=3,
                              input_dropout=dropout)
 
-    plain, dropped = dataset(), dataset(static=0.4, prior=0.2)
+    plain, dropped = built(dataset(), predicted), built(dataset(static=0.4, prior=0.2), predicted)
     zeroed = {"static": 0, "prior": 0}
     for i in range(len(plan)):
         a, b = plain[i], dropped[i]
@@ -231,17 +282,16 @@ def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world):
     assert 0.3 < zeroed["static"] / len(plan) < 0.5
     assert 0.12 < zeroed["prior"] / len(plan) < 0.28
     # Deterministic for one seed, different for another; the prior mask draws are unchanged.
-    again = dataset(static=0.4, prior=0.2)
+    again = built(dataset(static=0.4, prior=0.2), predicted)
     assert all(torch.equal(again[i]["inputs"], dropped[i]["inputs"]) for i in range(0, 200, 7))
-    other = WindowDataset(cube, plan, predicted=config.classes.predicted,
+    other = WindowDataset(arrays, plan,
                           prior_mask=PriorMaskConfig(p_none=0.0, max_fraction=0.0), seed=4,
                           input_dropout={"static": 0.4, "prior": 0.2})
     assert ([other[i]["inputs_zeroed"].tolist() for i in range(40)]
             != [dropped[i]["inputs_zeroed"].tolist() for i in range(40)])
-    masked = _dataset(world, plan[:20])
-    masked_dropout = WindowDataset(cube, plan[:20], predicted=config.classes.predicted,
-                                   prior_mask=config.train.prior_mask, seed=3,
-                                   input_dropout={"static": 0.5})
+    masked = built(_dataset(world, arrays, plan[:20]), predicted)
+    masked_dropout = built(WindowDataset(arrays, plan[:20], prior_mask=config.train.prior_mask,
+                                         seed=3, input_dropout={"static": 0.5}), predicted)
     for i in range(20):
         assert masked[i]["prior_keep_fraction"] == masked_dropout[i]["prior_keep_fraction"]
     with pytest.raises(ValueError, match="unknown input group"):
@@ -250,41 +300,61 @@ def test_input_dropout_zeroes_exactly_that_group_in_about_p_of_samples(world):
         dataset(static=1.0)
 
 
-def test_coarse_cache_shared_by_datasets_reads_each_year_once(world, monkeypatch):
+def test_training_arrays_read_each_year_once_and_match_the_cube(world, tmp_path, monkeypatch):
+    """The coarse store is read once per (scenario, year) for a whole run (every epoch's
+    dataset slices the same arrays); in memory and memory-mapped copies hold the cube's
+    values, and a changed cube is copied again."""
+    from ai4land.grid import Window
+
     config, cube, split, land = world
     reads = []
     real = cube.coarse_cells
     monkeypatch.setattr(cube, "coarse_cells", lambda *a: reads.append(a[:2]) or real(*a))
-    planner = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
-                            seed=0, land_mask=land)
-    cache = CoarseCellCache(cube)
+    years = list(split.train_years)
+    arrays = TrainingArrays.from_cube(cube, years)
+    planner = SamplePlanner(split.role_mask("train"), tile_size=16, years=years, seed=0,
+                            land_mask=land)
     for epoch in range(2):  # a fresh dataset per epoch, as training builds them
-        dataset = WindowDataset(cube, planner.epoch(epoch, 12), predicted=config.classes.predicted,
-                                prior_mask=config.train.prior_mask, seed=3, coarse_cache=cache)
-        for i in range(len(dataset)):
-            dataset[i]
-    assert reads and len(reads) == len(set(reads))  # every (scenario, year) read once
-    one = cache(*reads[0]).nbytes
-    small = CoarseCellCache(cube, max_bytes=2 * one)
-    for key in reads[:3]:
-        small(*key)
-    assert len(small._cells) == 2 and reads[0] not in small._cells  # least recent out
+        dataset = WindowDataset(arrays, planner.epoch(epoch, 12),
+                                prior_mask=config.train.prior_mask, seed=3)
+        built(dataset, config.classes.predicted)
+    assert reads and len(reads) == len(set(reads)) == len(years)  # each year read once
+    mapped = TrainingArrays.from_cube(cube, years, directory=tmp_path / "cache")
+    assert isinstance(mapped.target, np.memmap)
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    for copy in (arrays, mapped):
+        for year in years:
+            np.testing.assert_array_equal(copy.target_window(year, whole),
+                                          cube.target_window(year, whole))
+            np.testing.assert_array_equal(copy.cells[copy.year_index(year)],
+                                          real(cube.scenario_for_year(year), year, whole))
+        for s, name in enumerate(cube.static_names):
+            np.testing.assert_array_equal(copy.static[s], cube.static_values(name, whole))
+    before = (tmp_path / "cache" / "target.npy").stat().st_mtime_ns
+    TrainingArrays.from_cube(cube, years, directory=tmp_path / "cache")
+    assert (tmp_path / "cache" / "target.npy").stat().st_mtime_ns == before  # reused
+    with pytest.raises(InputDataError, match="did not write them"):
+        TrainingArrays.from_cube(cube, years[:2], directory=tmp_path / "cache", write=False)
+    TrainingArrays.from_cube(cube, years[:2], directory=tmp_path / "cache")
+    assert np.load(tmp_path / "cache" / "target.npy", mmap_mode="r").shape[0] == 2
 
 
-def test_augment_turns_inputs_and_target_together_by_each_symmetry(world):
+def test_augment_turns_inputs_and_target_together_by_each_symmetry(world, arrays):
     config, cube, split, _ = world
+    predicted = config.classes.predicted
     plan = SamplePlanner(split.role_mask("train"), tile_size=16, years=list(split.train_years),
                          seed=0).epoch(1, 120)
 
     def dataset(augment: bool, seed: int = 3):
-        return WindowDataset(cube, plan, predicted=config.classes.predicted,
-                             prior_mask=config.train.prior_mask, seed=seed, augment=augment)
+        return WindowDataset(arrays, plan, prior_mask=config.train.prior_mask, seed=seed,
+                             augment=augment)
 
-    plain, turned = dataset(False), dataset(True)
+    turned_data = dataset(True)
+    plain, turned = built(dataset(False), predicted), built(turned_data, predicted)
     seen = set()
     for i in range(len(plan)):
         a, b = plain[i], turned[i]
-        turns, flip = turned.symmetry(plan[i])
+        turns, flip = turned_data.symmetry(plan[i])
         seen.add((turns, flip))
         expected = [torch.rot90(a[key], turns, dims=(-2, -1)) for key in ("inputs", "target")]
         if flip:
@@ -292,12 +362,54 @@ def test_augment_turns_inputs_and_target_together_by_each_symmetry(world):
         # the same pixels, prior mask included, moved by the drawn symmetry
         torch.testing.assert_close(b["inputs"], expected[0], rtol=0, atol=0)
         torch.testing.assert_close(b["target"], expected[1], rtol=0, atol=0)
-        assert b["inputs"].is_contiguous() and b["prior_keep_fraction"] == a["prior_keep_fraction"]
+        assert b["prior_keep_fraction"] == a["prior_keep_fraction"]
     assert len(seen) == 8  # every symmetry occurs, the identity included
-    assert [dataset(True)[i]["inputs"].sum() for i in range(10)] == \
+    assert [x["inputs"].sum() for x in built(dataset(True), predicted, range(10))] == \
         [turned[i]["inputs"].sum() for i in range(10)]
     assert ([dataset(True, seed=4).symmetry(spec) for spec in plan[:30]]
-            != [turned.symmetry(spec) for spec in plan[:30]])
+            != [turned_data.symmetry(spec) for spec in plan[:30]])
+
+
+def test_batched_training_inputs_equal_the_per_window_inputs(world, arrays):
+    """The training batch built on the device holds, sample by sample, what
+    ``build_inputs`` (prediction's definition of the input, read from the cube) gives for
+    the same window, year, prior, prior mask, zeroed groups and symmetry: windows not
+    aligned to coarse cells, ocean (NaN) cells, both directions, no prior, turned."""
+    config, cube, split, _ = world
+    predicted = config.classes.predicted
+    names = input_channel_names(cube, predicted)
+    plan = SamplePlanner(split.role_mask("train"), tile_size=24, years=list(split.train_years),
+                         seed=0).epoch(3, 48)
+    dataset = WindowDataset(arrays, plan, seed=5, augment=True,
+                            prior_mask=PriorMaskConfig(p_none=0.2, max_fraction=0.6, block_size=5),
+                            input_dropout={"static": 0.3, "prior": 0.2, "coarse": 0.1})
+    raw = torch.utils.data.default_collate([dataset[i] for i in range(len(plan))])
+    out = BatchInputs.of(arrays, predicted=predicted, augment=True,
+                         prior_mask=dataset.prior_mask)(raw)
+    keep = prior_keep(raw["prior_hidden"], raw["mask_blocks"], raw["mask_key"],
+                      shape=(24, 24), block_size=5).numpy()
+    cases = set()
+    for i, spec in enumerate(plan):
+        zeroed = dataset.zeroed_groups(spec)
+        has_prior = bool(raw["has_prior"][i])
+        expected = build_inputs(
+            cube, scenario=spec.scenario, year=spec.year, window=spec.window,
+            predicted=predicted, direction=spec.direction, prior_keep=keep[i],
+            prior=cube.target_window(spec.prior_year, spec.window) if has_prior else None)
+        target = codes_to_index(cube.target_window(spec.year, spec.window), predicted)
+        for group in zeroed:
+            expected[group_channels(names, [group])] = 0.0
+        turns, flip = dataset.symmetry(spec)
+        expected, target = (np.rot90(x, turns, axes=(-2, -1)) for x in (expected, target))
+        if flip:
+            expected, target = expected[..., ::-1], target[..., ::-1]
+        np.testing.assert_allclose(out["inputs"][i].numpy(), expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(out["target"][i].numpy(), target)
+        assert float(out["prior_keep_fraction"][i]) == pytest.approx(
+            keep[i].mean() if has_prior else 0.0, rel=1e-6)
+        cases.add((has_prior, spec.window.row % cube.factor > 0, turns, flip))
+    assert {c[0] for c in cases} == {True, False} and {c[1] for c in cases} == {True, False}
+    assert len({c[2:] for c in cases}) >= 6 and not keep.all()
 
 
 def test_inputs_built_channels_last_equal_the_planar_inputs(world):

@@ -406,3 +406,25 @@ def test_input_dropout_and_augment_reach_training_only_and_resume_exactly(tiny, 
     plain = _config(root, **short)
     run_training(plain, output_dir=tmp_path / "plain", split_path=split_path)
     assert steps(tmp_path / "plain") != steps(tmp_path / "whole")
+
+
+def test_loader_processes_and_memory_mapped_arrays_train_the_same_steps(tiny, tmp_path):
+    """Loader worker processes reading memory-mapped training arrays give the run of
+    the in-process loader over in-memory arrays, bit for bit (samples are pure
+    functions of seed, epoch and index), and a resume may change both settings."""
+    root, split_path, _ = tiny
+    short = dict(epochs=2, steps_per_epoch=2, checkpoint_every=1, val_batches=1, augment=True,
+                 input_dropout={"static": 0.5})
+
+    def steps(directory):
+        return [json.loads(x)["loss"] for x in (directory / "steps.jsonl").read_text().splitlines()]
+
+    run_training(_config(root, **short), output_dir=tmp_path / "thread", split_path=split_path)
+    workers = _config(root, **short, num_workers=2, cache_dir=str(tmp_path / "cache"))
+    first = run_training(workers, output_dir=tmp_path / "workers", split_path=split_path,
+                         max_steps=3)
+    assert first["global_step"] == 3
+    assert np.load(tmp_path / "cache" / "target.npy", mmap_mode="r").dtype == np.uint8
+    run_training(_config(root, **short), output_dir=tmp_path / "workers", split_path=split_path)
+    assert len(steps(tmp_path / "thread")) == 4
+    assert steps(tmp_path / "workers") == steps(tmp_path / "thread")

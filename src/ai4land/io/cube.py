@@ -148,6 +148,10 @@ class Cube:
     def land_mask_window(self, window: Window) -> np.ndarray:
         return np.asarray(self._static_window(LAND_MASK, window)).astype(bool)
 
+    def static_values(self, name: str, window: Window) -> np.ndarray:
+        """One static layer's values as stored (not normalised, NaN kept)."""
+        return np.asarray(self._static_window(name, window))
+
     @cached_property
     def _static_arrays(self) -> dict:
         return {name: _direct_array(self.paths.static, self.static[name])

@@ -1,73 +1,71 @@
-"""The dataset: what a planned sample holds (inputs, target, prior mask).
+"""The dataset: what a planned sample reads (raw windows) and draws (its randomness).
 
-Inputs come from ``ai4land.samples.features.build_inputs``, the one definition of the
-network input. The prior is the observed map of the adjacent year (``year - 1`` going
-forward, ``year + 1`` going backward), partially hidden as configured by
-``train.prior_mask``. Training samples may also have whole input groups zeroed
+An item holds a window's raw arrays from :class:`~ai4land.samples.arrays.TrainingArrays`
+(class codes of the target and prior years as stored, static features as stored, the
+coarse cells under the window at coarse resolution) and the draws that shape it: how
+the prior is hidden (``train.prior_mask``), which input groups are zeroed
 (``train.input_dropout``, e.g. ``{static: 0.5}``: the static channels of about half the
-samples are 0), so the model learns not to lean on one group alone. All randomness of
-loading comes from generators seeded with (seed, stream, epoch, index in the epoch's
-plan), so a sample is the same whatever worker, rank or resumed run loads it.
+samples are 0, so the model learns not to lean on one group alone) and which symmetry
+of the square turns it (``train.augment``). The network input is built from a collated
+batch of items on the training device by :class:`ai4land.samples.features.BatchInputs`
+(one-hot, upsampling, normalisation, masking, zeroing, turning: batched tensor
+operations), so loader processes only slice arrays.
 
-The coarse cells of the whole region are read once per (scenario, year) and kept in a
-:class:`CoarseCellCache` (1 GiB, least recently used first out) that a training run
-shares across its epochs' datasets; each window upsamples its own cells from them.
+The prior is the observed map of the adjacent year (``year - 1`` going forward,
+``year + 1`` going backward). All randomness of loading comes from generators seeded
+with (seed, stream, epoch, index in the epoch's plan), and the pixels hidden from the
+prior from a counter-based hash of a key drawn there, so a sample is the same whatever
+worker, rank, device or resumed run loads it.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ai4land.config import PriorMaskConfig
-from ai4land.grid import Window
-from ai4land.io.cube import Cube
-from ai4land.samples.features import (
-    INPUT_GROUPS,
-    build_inputs,
-    codes_to_index,
-    group_channels,
-    input_channel_names,
-)
+from ai4land.samples.arrays import TrainingArrays, cells_per_window
+from ai4land.samples.features import INPUT_GROUPS
 from ai4land.samples.plan import SampleSpec, stream_id
 
+NO_MASK = -1  # ``prior_hidden`` of a sample whose prior is shown whole
 
-def prior_keep_mask(
-    rng: np.random.Generator, shape: tuple[int, int], config: PriorMaskConfig
-) -> np.ndarray | None:
-    """Which prior pixels the network may see; ``None`` means no prior at all.
+
+def max_hidden(n_pixels: int, config: PriorMaskConfig) -> int:
+    """The most prior pixels a sample of ``n_pixels`` can hide under ``config``."""
+    return int(round(config.max_fraction * n_pixels))
+
+
+def max_mask_blocks(shape: tuple[int, int], config: PriorMaskConfig) -> int:
+    """How many hidden blocks a sample of ``shape`` can draw (the padded block list)."""
+    size = min(config.block_size, *shape)
+    return min(1000, max_hidden(shape[0] * shape[1], config) // (size * size))
+
+
+def prior_mask_draw(rng: np.random.Generator, shape: tuple[int, int],
+                    config: PriorMaskConfig) -> tuple[int, np.ndarray, int] | None:
+    """How the prior of one sample is hidden; ``None`` means no prior at all.
 
     With probability ``p_none`` there is no prior. Otherwise a fraction drawn uniformly
     from [0, max_fraction] of the pixels is hidden: about half of it (at random) by
-    square blocks of ``block_size`` pixels, the rest by single random pixels, so the
-    hidden count matches the drawn fraction exactly.
+    square blocks of ``block_size`` pixels (as many as fit the block share without
+    overlaps; they may overlap), the rest by single random pixels, so the hidden count
+    matches the drawn fraction exactly. Returns (hidden pixel count, (n, 2) block
+    corners, key of the single pixels' hash); :func:`ai4land.samples.features.prior_keep`
+    makes the mask.
     """
     height, width = shape
     if rng.random() < config.p_none:
         return None
-    n_pixels = height * width
-    target = int(round(rng.uniform(0.0, config.max_fraction) * n_pixels))
-    hidden = np.zeros(shape, dtype=bool)
-    block_budget = int(target * rng.uniform(0.0, 1.0))
+    hidden = int(round(rng.uniform(0.0, config.max_fraction) * height * width))
+    block_budget = int(hidden * rng.uniform(0.0, 1.0))
     size = min(config.block_size, height, width)
-    covered = 0
-    # Blocks first; stop before one would overshoot the budget (blocks may overlap).
-    for _ in range(1000):
-        if covered + size * size > block_budget:
-            break
-        r = int(rng.integers(0, height - size + 1))
-        c = int(rng.integers(0, width - size + 1))
-        hidden[r : r + size, c : c + size] = True
-        covered = int(hidden.sum())
-    remaining = target - covered
-    if remaining > 0:
-        free = np.flatnonzero(~hidden)
-        hidden.flat[rng.choice(free, size=remaining, replace=False)] = True
-    return ~hidden
+    n_blocks = min(block_budget // (size * size), max_mask_blocks(shape, config))
+    corners = np.stack([rng.integers(0, height - size + 1, n_blocks),
+                        rng.integers(0, width - size + 1, n_blocks)], axis=1)
+    return hidden, corners, int(rng.integers(2**32))
 
 
 def input_dropout_draw(rng: np.random.Generator, probabilities: Mapping[str, float]) -> list[str]:
@@ -81,35 +79,18 @@ def input_dropout_draw(rng: np.random.Generator, probabilities: Mapping[str, flo
             if u < probabilities.get(group, 0.0)]
 
 
-class CoarseCellCache:
-    """The coarse cells of the whole region per (scenario, year), least recently used
-    out beyond ``max_bytes``. One cache serves every epoch's dataset of a run, so each
-    year is read from the store once per run, not once per epoch."""
-
-    def __init__(self, cube: Cube, *, max_bytes: int = 1 << 30):
-        self.cube, self.max_bytes = cube, max_bytes
-        self._cells: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def __call__(self, scenario: str, year: int) -> np.ndarray:
-        key = (scenario, year)
-        if key in self._cells:
-            self._cells.move_to_end(key)
-        else:
-            whole = Window(0, 0, *self.cube.fine_grid.shape)
-            self._cells[key] = self.cube.coarse_cells(scenario, year, whole)
-            while (len(self._cells) > 1
-                   and sum(a.nbytes for a in self._cells.values()) > self.max_bytes):
-                self._cells.popitem(last=False)
-        return self._cells[key]
-
-
 class WindowDataset(Dataset):
-    """Samples of a plan as dicts of arrays.
+    """Samples of a plan as dicts of raw arrays (collated, then built into the network
+    input on the training device by :class:`ai4land.samples.features.BatchInputs`).
 
-    Each item: ``inputs`` float32 (C, h, w); ``target`` int64 (h, w) class indices,
-    -1 for ocean/no data/unpredicted codes (ignored by the loss); ``prior_keep_fraction``
-    (share of the window's pixels whose prior is shown, 0 without a prior);
-    ``inputs_zeroed`` bool (len(INPUT_GROUPS),), the groups zeroed by ``input_dropout``;
+    Each item: ``target`` and ``prior`` uint8 (h, w) class codes (the prior all 0 when
+    the sample has none); ``static`` float32 (S, h, w) as stored; ``cells`` float32
+    (V, m, n) the coarse cells from the one holding the window's first pixel (0 past
+    the last), ``cell_offset`` int64 (2,) the window's offset in that cell;
+    ``has_prior`` bool; ``prior_hidden`` (pixels hidden from the prior, ``NO_MASK`` to
+    show it whole), ``mask_blocks`` int64 (K, 2) hidden blocks' corners (-1 past the
+    drawn ones), ``mask_key``; ``inputs_zeroed`` bool (len(INPUT_GROUPS),) the groups
+    zeroed by ``input_dropout``; ``symmetry`` (quarter turns + 4 if mirrored);
     ``year``, ``direction``, ``row``, ``col``, ``index``.
 
     ``mask_prior=False`` shows the whole prior (evaluation of the unmasked task);
@@ -122,35 +103,31 @@ class WindowDataset(Dataset):
 
     def __init__(
         self,
-        cube: Cube,
+        arrays: TrainingArrays,
         plan: Sequence[SampleSpec],
         *,
-        predicted: list[int],
         prior_mask: PriorMaskConfig,
         seed: int,
         stream: str = "load",
         mask_prior: bool = True,
         with_prior: bool = True,
         input_dropout: Mapping[str, float] | None = None,
-        coarse_cache: CoarseCellCache | None = None,
         augment: bool = False,
     ):
-        self.cube = cube
+        self.arrays = arrays
         self.plan = list(plan)
-        self.predicted = list(predicted)
         self.prior_mask = prior_mask
         self.seed = int(seed)
         self.stream = stream
         self.mask_prior = mask_prior
         self.with_prior = with_prior
         self.input_dropout = dict(input_dropout or {})
+        unknown = sorted(set(self.input_dropout) - set(INPUT_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown input group(s) {unknown}; use {list(INPUT_GROUPS)}")
         bad = {g: p for g, p in self.input_dropout.items() if not 0.0 <= p < 1.0}
         if bad:
             raise ValueError(f"input_dropout probabilities must be in [0, 1), got {bad}")
-        names = input_channel_names(cube, self.predicted)
-        # validates the group names too
-        self._group_channels = {g: group_channels(names, [g]) for g in self.input_dropout}
-        self.coarse_cells = coarse_cache if coarse_cache is not None else CoarseCellCache(cube)
         self.augment = augment
 
     def __len__(self) -> int:
@@ -182,50 +159,40 @@ class WindowDataset(Dataset):
         spec = self.plan[i]
         window = spec.window
         shape = (window.height, window.width)
-        rng = self.rng(spec)
-        if not self.with_prior:
-            keep = None
-        elif self.mask_prior:
-            keep = prior_keep_mask(rng, shape, self.prior_mask)
-        else:
-            keep = np.ones(shape, dtype=bool)
-        prior = None if keep is None else self.cube.target_window(spec.prior_year, window)
-        inputs = build_inputs(
-            self.cube,
-            scenario=spec.scenario,
-            year=spec.year,
-            window=window,
-            predicted=self.predicted,
-            prior=prior,
-            direction=spec.direction,
-            prior_keep=keep,
-            coarse_cells=self.coarse_cells(spec.scenario, spec.year),
-        )
+        n_blocks = max_mask_blocks(shape, self.prior_mask)
+        blocks = np.full((n_blocks, 2), -1, dtype="int64")
+        hidden, key = NO_MASK, 0
+        draw = (None if not self.with_prior
+                else prior_mask_draw(self.rng(spec), shape, self.prior_mask) if self.mask_prior
+                else (NO_MASK, blocks[:0], 0))
         zeroed = self.zeroed_groups(spec)
-        for group in zeroed:
-            inputs[self._group_channels[group]] = 0.0
-        if "prior" in zeroed:
-            keep = None
-        target = codes_to_index(self.cube.target_window(spec.year, window), self.predicted)
+        has_prior = draw is not None and "prior" not in zeroed
+        if has_prior:
+            hidden, corners, key = draw
+            blocks[: len(corners)] = corners
+            prior = self.arrays.target_window(spec.prior_year, window)
+        else:
+            prior = np.zeros(shape, dtype="uint8")
+        factor = self.arrays.factor
+        cells = np.empty((self.arrays.cells.shape[1], cells_per_window(shape[0], factor),
+                          cells_per_window(shape[1], factor)), dtype="float32")
+        offset = self.arrays.cells_window(spec.year, window, cells)
         turns, flip = self.symmetry(spec)
-        if turns or flip:
-            inputs, target = (_transform(inputs, turns, flip), _transform(target, turns, flip))
         return {
-            "inputs": torch.from_numpy(inputs),
-            "target": torch.from_numpy(np.ascontiguousarray(target, dtype="int64")),
-            "prior_keep_fraction": 0.0 if keep is None else float(keep.mean()),
-            "inputs_zeroed": torch.tensor([g in zeroed for g in INPUT_GROUPS]),
+            "target": np.ascontiguousarray(self.arrays.target_window(spec.year, window)),
+            "prior": np.ascontiguousarray(prior),
+            "static": np.ascontiguousarray(self.arrays.static_window(window)),
+            "cells": cells,
+            "cell_offset": np.asarray(offset, dtype="int64"),
+            "has_prior": has_prior,
+            "prior_hidden": hidden,
+            "mask_blocks": blocks,
+            "mask_key": key,
+            "inputs_zeroed": np.asarray([g in zeroed for g in INPUT_GROUPS]),
+            "symmetry": turns + 4 * flip,
             "year": spec.year,
             "direction": spec.direction,
             "row": window.row,
             "col": window.col,
             "index": spec.index,
         }
-
-
-def _transform(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """``array`` (..., h, w) turned by ``turns`` quarter turns, then mirrored left-right."""
-    out = np.rot90(array, turns, axes=(-2, -1))
-    if flip:
-        out = out[..., ::-1]
-    return np.ascontiguousarray(out)

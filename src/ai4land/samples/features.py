@@ -8,6 +8,10 @@ Channel order (recorded in the model card, checked at predict time):
 3. the prior: one-hot over the predicted classes, then a "prior known" channel;
 4. the chain direction: +1 forward (prior from the previous year), -1 backward.
 
+``build_inputs`` builds one window from the cube (prediction, evaluation);
+:class:`BatchInputs` builds a training batch of raw windows (``WindowDataset`` items)
+on the training device, the same channels batched as tensor operations.
+
 Channels form three input groups (``input_groups``): ``coarse``, ``static`` and
 ``prior`` (the prior channels and the direction). A model trained without a group
 zeroes its channels itself (``UNet(zero_channels=...)``), so the layout never changes.
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
+from ai4land.config import PriorMaskConfig
 from ai4land.grid import Window
 from ai4land.io.cube import Cube, cell_indices, upsample_cells
 
@@ -172,3 +178,181 @@ def _fill_channels_last(out, cells, cell_rows, cell_cols, static, prior_index, n
                 out[i, j, first_prior + m] = 1.0 if m == k else 0.0
             out[i, j, first_prior + n_classes] = 1.0 if k >= 0 else 0.0
             out[i, j, channels - 1] = direction
+
+
+# --- training batches on the device ---------------------------------------------------
+
+PIXEL_ORDER_SEED = 2026  # the fixed random order of a window's pixels (prior_keep)
+
+
+def _pixel_order(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random permutation of ``n`` pixels and its inverse (the same everywhere),
+    each written twice in a row (read at ``i + shift`` without a modulo)."""
+    order = np.random.default_rng(PIXEL_ORDER_SEED).permutation(n)
+    return (torch.as_tensor(np.tile(order, 2), device=device),
+            torch.as_tensor(np.tile(np.argsort(order), 2), device=device))
+
+
+def prior_keep(hidden: torch.Tensor, blocks: torch.Tensor, key: torch.Tensor, *,
+               shape: tuple[int, int], block_size: int, order=None) -> torch.Tensor:
+    """(B, h, w) bool: the prior pixels each sample shows, from its collated draws
+    (:func:`ai4land.samples.dataset.prior_mask_draw`): ``hidden`` (B,) pixels to hide
+    (negative: none), ``blocks`` (B, K, 2) corners of hidden squares (-1: none), ``key``
+    (B,) choosing the single pixels. The squares are hidden first; the rest of the count
+    goes to the first visible pixels in the sample's own order of the pixels (a fixed
+    random permutation, shifted over the pixels and through the order by the key), so
+    exactly ``hidden`` pixels are hidden whatever the overlaps. ``order``: the
+    permutation and its inverse from ``_pixel_order`` when the caller keeps them."""
+    height, width = shape
+    n = height * width
+    n_samples, device = len(hidden), hidden.device
+    size = min(block_size, height, width)
+    # Squares: +1/-1 at their corners, then 2-D running sums (counts overlaps).
+    corners = torch.zeros((n_samples, height + 1, width + 1), dtype=torch.int32, device=device)
+    valid = (blocks[..., 0] >= 0).to(torch.int32)
+    sample = torch.arange(n_samples, device=device)[:, None].expand(valid.shape)
+    row, col = blocks[..., 0].clamp(min=0), blocks[..., 1].clamp(min=0)
+    for dr, dc, sign in ((0, 0, 1), (0, size, -1), (size, 0, -1), (size, size, 1)):
+        corners.index_put_((sample, row + dr, col + dc), sign * valid, accumulate=True)
+    covered = (corners.cumsum(1).cumsum(2)[:, :height, :width] > 0).flatten(1)
+    remaining = hidden - covered.sum(1)
+    # Position of pixel p in the sample's order: (order[(p + shift) % n] + offset) % n.
+    permutation, inverse = order if order is not None else _pixel_order(n, device)
+    shift, offset = (key % n)[:, None], (key // n % n)[:, None]
+    pixel = torch.arange(n, device=device)
+    position = permutation[pixel + shift] + offset
+    position -= n * (position >= n)
+    at_position = inverse[pixel + (n - offset)] - shift  # the pixel at each position
+    at_position += n * (at_position < 0)
+    free = (~covered).gather(1, at_position)
+    before = free.cumsum(1) - free.to(torch.int64)  # visible pixels earlier in the order
+    chosen = free & (before < remaining[:, None])
+    return ~(covered | chosen.gather(1, position)).view(-1, height, width)
+
+
+def _symmetry_sources(size: int, device) -> torch.Tensor:
+    """(8, size * size): for each symmetry (quarter turns + 4 if then mirrored
+    left-right, as ``np.rot90`` and ``np.fliplr``) the source pixel of each pixel."""
+    i = torch.arange(size, device=device)[:, None].expand(size, size)
+    j = torch.arange(size, device=device)[None, :].expand(size, size)
+    last = size - 1
+    out = []
+    for flip in (False, True):
+        jj = last - j if flip else j
+        for r, c in ((i, jj), (jj, last - i), (last - i, last - jj), (last - jj, i)):
+            out.append((r * size + c).flatten())
+    return torch.stack(out)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, ..., h, w) with its pixels taken at ``index`` (B, h * w) per sample."""
+    flat = x.flatten(-2)
+    if flat.dim() == 2:
+        return flat.gather(1, index).view(x.shape)
+    expanded = index.view(index.shape[0], *[1] * (flat.dim() - 2), -1).expand(flat.shape)
+    return flat.gather(-1, expanded).view(x.shape)
+
+
+class BatchInputs:
+    """The network input of a collated batch of ``WindowDataset`` items, built on the
+    batch's device: the channels of :func:`build_inputs` (coarse cells upsampled, NaN
+    read as 0; static features normalised; the prior one-hot with hidden pixels
+    unknown; the direction), then the drawn input groups zeroed and each sample turned
+    by its drawn symmetry (``augment``). Returns ``inputs`` float32 (B, C, h, w),
+    ``target`` int64 (B, h, w) class indices (-1 ignored), ``prior_keep_fraction`` (B,)
+    (0 without a prior), ``inputs_zeroed`` (B, len(INPUT_GROUPS)) and the items'
+    ``year``, ``direction``, ``row``, ``col``, ``index``.
+    """
+
+    def __init__(self, *, predicted: list[int], factor: int, static_mean, static_std,
+                 n_coarse: int, prior_mask: PriorMaskConfig, augment: bool = False):
+        self.predicted = list(predicted)
+        self.factor = int(factor)
+        self.mean = torch.as_tensor(np.asarray(static_mean, dtype="float32"))
+        self.std = torch.as_tensor(np.asarray(static_std, dtype="float32"))
+        self.n_coarse = int(n_coarse)
+        self.prior_mask = prior_mask
+        self.augment = augment
+        self._constants: dict = {}
+        self._sources: dict = {}
+        self._orders: dict = {}
+
+    @classmethod
+    def of(cls, arrays, *, predicted: list[int], prior_mask: PriorMaskConfig,
+           augment: bool = False) -> BatchInputs:
+        """For batches of :class:`~ai4land.samples.arrays.TrainingArrays` windows."""
+        return cls(predicted=predicted, factor=arrays.factor, static_mean=arrays.static_mean,
+                   static_std=arrays.static_std, n_coarse=arrays.cells.shape[1],
+                   prior_mask=prior_mask, augment=augment)
+
+    def _on(self, device) -> dict:
+        device = torch.device(device)
+        if device not in self._constants:
+            self._constants[device] = {
+                "lookup": torch.as_tensor(class_lookup(self.predicted), device=device),
+                "classes": torch.arange(len(self.predicted), device=device)[None, :, None, None],
+                "mean": self.mean.to(device)[:, None, None],
+                "std": self.std.to(device)[:, None, None],
+            }
+        return self._constants[device]
+
+    def __call__(self, batch: dict, device=None, *, channels_last: bool = False) -> dict:
+        """Build ``batch`` on ``device`` (default: where it is); ``channels_last``: lay the
+        inputs out as the model's channels_last input (no copy later)."""
+        device = torch.device(device) if device is not None else batch["target"].device
+        k = self._on(device)
+
+        def get(key):
+            return batch[key].to(device, non_blocking=True)
+
+        zeroed = get("inputs_zeroed")
+        kept = (~zeroed).to(torch.float32)  # (B, groups): 0 where a group is zeroed
+        cells = torch.nan_to_num(get("cells"), nan=0.0) * kept[:, 0, None, None, None]
+        codes, prior_codes = get("target"), get("prior")
+        n, height, width = codes.shape
+        offset = get("cell_offset")
+        cell_rows = (offset[:, :1] + torch.arange(height, device=device)) // self.factor
+        cell_cols = (offset[:, 1:] + torch.arange(width, device=device)) // self.factor
+        cell_index = (cell_rows[:, :, None] * cells.shape[-1] + cell_cols[:, None, :]).flatten(1)
+        has_prior = get("has_prior")  # False where 'prior' is zeroed
+        if (height * width, device) not in self._orders:
+            self._orders[height * width, device] = _pixel_order(height * width, device)
+        keep = prior_keep(get("prior_hidden"), get("mask_blocks"), get("mask_key"),
+                          shape=(height, width), block_size=self.prior_mask.block_size,
+                          order=self._orders[height * width, device])
+        keep &= has_prior[:, None, None]
+        prior = k["lookup"][prior_codes.long()].masked_fill_(~keep, IGNORE_INDEX)
+        target = k["lookup"][codes.long()]
+        static = get("static")
+        if self.augment:
+            if height != width:
+                raise ValueError(f"augment turns square windows only, got {height}x{width}")
+            if (height, device) not in self._sources:
+                self._sources[height, device] = _symmetry_sources(height, device)
+            source = self._sources[height, device][get("symmetry")]
+            prior, target, static = (_take(x, source) for x in (prior, target, static))
+            cell_index = cell_index.gather(1, source)
+        n_static, n_classes = static.shape[1], len(self.predicted)
+        first_prior = self.n_coarse + n_static
+        inputs = torch.empty((n, first_prior + n_classes + 2, height, width), device=device,
+                             memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
+        inputs[:, : self.n_coarse] = cells.flatten(2).gather(
+            2, cell_index[:, None, :].expand(n, cells.shape[1], -1)).view(
+            n, self.n_coarse, height, width)
+        normalised = inputs[:, self.n_coarse : first_prior]
+        torch.sub(static, k["mean"], out=normalised)
+        normalised.div_(k["std"]).nan_to_num_(nan=0.0).mul_(kept[:, 1, None, None, None])
+        known = prior >= 0
+        one_hot = inputs[:, first_prior : first_prior + n_classes]
+        one_hot.zero_().scatter_(1, prior.clamp(min=0)[:, None], known[:, None].to(torch.float32))
+        inputs[:, -2] = known
+        inputs[:, -1] = (get("direction") * kept[:, 2])[:, None, None]
+        fraction = keep.flatten(1).float().mean(1)
+        return {
+            "inputs": inputs,
+            "target": target,
+            "prior_keep_fraction": torch.where(has_prior, fraction, 0.0),
+            "inputs_zeroed": zeroed,
+            **{key: batch[key] for key in ("year", "direction", "row", "col", "index")},
+        }
