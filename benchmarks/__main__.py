@@ -9,6 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
+NOTES = HERE / "notes.md"  # appended to the table: context the JSON files do not carry
 
 
 def summarise() -> None:
@@ -24,6 +25,7 @@ def summarise() -> None:
         "reference run side by side in one process on the same input.\n\n"
         "| benchmark | metric | ours | reference | ratio | target | met | machine | date |\n"
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        + (f"\n{NOTES.read_text()}" if NOTES.exists() else "")
     )
 
 
