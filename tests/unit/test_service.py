@@ -41,11 +41,12 @@ def server(tmp_path_factory):
     port = _free_port()
     log = root / "server.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ai4land", "serve", "--model", str(root / "model"),
-         "--port", str(port), "--scenario-dir", str(scenarios), "--max-concurrent", "1",
-         "--max-queue", "1", "--max-upload-mb", "0.5", "--async-pixel-years", "20000"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)  # a file: never blocks
+    with log.open("w") as output:  # a file, not a pipe nobody reads: never blocks the server
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ai4land", "serve", "--model", str(root / "model"),
+             "--port", str(port), "--scenario-dir", str(scenarios), "--max-concurrent", "1",
+             "--max-queue", "1", "--max-upload-mb", "0.5", "--async-pixel-years", "20000"],
+            stdout=output, stderr=subprocess.STDOUT, env=env)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     try:
         deadline = time.monotonic() + 120
