@@ -43,28 +43,31 @@ def test_a_killed_jobs_staging_directory_is_removed_by_the_next_job(tmp_path):
     left = list(tmp_path.glob(".ai4land_ssp126_2020.tif.*"))
     assert len(left) == 1 and left[0].is_dir()
     (left[0] / "ai4land_ssp126_2020.tif.rows").write_bytes(b"x" * 1000)
-    other = tmp_path / ".ai4land_ssp126_2021.tif.abcdefgh"  # another output's: kept
+    other = tmp_path / ".ai4land_ssp126_2021.tif.abcdefgh"  # another killed job's: goes
     other.mkdir()
+    kept = [tmp_path / ".ai4land_ssp126_2021.tif.json.tmp", tmp_path / ".zarr.abcdefgh"]
+    for path in kept:  # not a staging directory of a map
+        path.mkdir()
     with staging_dir(output) as mine:
         assert mine.is_dir()
-        assert not left[0].exists()
+        assert not left[0].exists() and not other.exists()
     assert not mine.exists()
-    assert other.is_dir()
+    assert all(path.is_dir() for path in kept)
 
 
 def test_a_live_jobs_staging_directory_is_kept(tmp_path):
-    output = tmp_path / "map.tif"
+    output, other = tmp_path / "map_2020.tif", tmp_path / "map_2021.tif"
     live = _holder("held_staging_dir",
-                   f"stage = held_staging_dir(Path({str(output)!r})); stage.__enter__()")
+                   f"stage = held_staging_dir(Path({str(other)!r})); stage.__enter__()")
     try:
         assert remove_stale_staging(output) == []
         with held_staging_dir(output):
-            assert len(list(tmp_path.glob(".map.tif.*"))) == 2
+            assert len(list(tmp_path.glob(".map_*.tif.*"))) == 2
     finally:
         _kill(live)
-    left = list(tmp_path.glob(".map.tif.*"))
+    left = list(tmp_path.glob(".map_2021.tif.*"))
     assert len(left) == 1 and remove_stale_staging(output) == left
-    assert not list(tmp_path.glob(".map.tif.*"))
+    assert not list(tmp_path.glob(".map_*.tif.*"))
 
 
 def _claim(workdir: Path) -> int:
