@@ -474,6 +474,9 @@ def download_sources(config, *, keys: list[str] | None = None, repin: list[str] 
                      echo=print) -> list[Path]:
     """Download (or, with ``dry_run``, list) ``config.sources``; return the destination paths.
 
+    One line per source goes to ``echo``: key, path, size, sha256 and whether it was
+    downloaded or already present.
+
     ``repin``: sources whose lock entry, file and ``.part`` are discarded first, so they are
     downloaded, checked and recorded anew (only these unless ``keys`` is given).
     ``retries``, ``backoff`` and ``timeout`` default to ``config.download``.
@@ -522,12 +525,15 @@ def download_sources(config, *, keys: list[str] | None = None, repin: list[str] 
             except DownloadError as exc:
                 raise DownloadError(f"{exc} (file already present; delete it or run "
                                     f"`ai4land download --repin {key}` to download again)") from None
+            state = "present"
         else:
             got_size, got_sha = download_file(source.url, dest, size=size, sha256=sha256,
                                               content=content, pin_hint=hint, retries=retries,
                                               backoff=backoff,
                                               timeout=timeout, progress=progress, desc=key)
+            state = "downloaded"
         update_lock(lock_file, key, {"url": source.url, "size": got_size, "sha256": got_sha})
+        echo(f"{key}\t{dest}\t{got_size} bytes\tsha256 {got_sha}\t{state}, verified")
         if source.extract_members:
             extract_members(dest, dest.parent, pattern=source.extract_members,
                             years=config.observed_years, progress=progress)

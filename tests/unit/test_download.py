@@ -138,16 +138,19 @@ def fetch(url, dest, **kw):
 def test_download_verifies_and_records_lock(server, tmp_path):
     dest = tmp_path / "raw" / "data.bin"
     config = make_config(tmp_path, {"d": {"url": f"{server.url}/data.bin", "path": str(dest)}})
-    paths = download_sources(config, progress=False, backoff=0.001)
+    lines = []
+    paths = download_sources(config, progress=False, backoff=0.001, echo=lines.append)
     assert paths == [dest] and dest.read_bytes() == PAYLOAD
+    assert lines == [f"d\t{dest}\t{len(PAYLOAD)} bytes\tsha256 {sha(PAYLOAD)}\tdownloaded, verified"]
     assert not dest.with_name("data.bin.part").exists()
     lock = json.loads((tmp_path / "raw" / "sources.lock.json").read_text())
     assert lock["sources"]["d"] == {"url": f"{server.url}/data.bin", "size": len(PAYLOAD),
                                     "sha256": sha(PAYLOAD)}
     # A present file is verified against the lock, not fetched again.
     count = len(server.requests)
-    download_sources(config, progress=False)
+    download_sources(config, progress=False, echo=lines.append)
     assert len(server.requests) == count
+    assert lines[1].endswith("\tpresent, verified")
     dest.write_bytes(b"tampered")
     with pytest.raises(DownloadError, match=r"data\.bin: size 8 bytes, expected 1048576.*delete it"):
         download_sources(config, progress=False)

@@ -120,6 +120,8 @@ def test_sources_downloaded_once_and_pinned(server, finished):
         data = (server["root"] / served_path(prod["sources"][key]["url"])).read_bytes()
         assert entry == {"url": source_url(prod, key, server["base"]), "size": len(data),
                          "sha256": hashlib.sha256(data).hexdigest()}
+        log = (finished / "logs/download" / f"{key}.log").read_text()
+        assert f"{len(data)} bytes\tsha256 {entry['sha256']}\tdownloaded, verified" in log
 
 
 @pytest.mark.slow
