@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "refuse it); the workflow passes this")
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
 
-    p = stage("evaluate", cmd_evaluate, "score the model and baselines on test blocks and years")
+    p = stage("evaluate", cmd_evaluate, "score the harmonised chains of the model and the "
+              "baselines on test blocks and years")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--split", required=True)
     p.add_argument("--output", required=True,
