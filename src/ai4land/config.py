@@ -323,6 +323,9 @@ class PredictConfig(_Section):
     # probability of the other's class exceeds that of its own by more than this
     # (1 = never).
     swap_margin: float = Field(0.5, ge=0, le=1)
+    # "change": the pixels that convert are ranked by the model's probabilities averaged
+    # over this many pixels a side inside their coarse cell (1 = each pixel's own).
+    change_smoothing: PositiveInt = 3
     ensemble: EnsembleConfig = EnsembleConfig()
     # DEFLATE level of the class COG: 6 writes a class map ~6x faster than 9, ~15 % larger
     compress_level: int = Field(6, ge=1, le=9)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 OTHER_GROUP = "other"
 
@@ -484,6 +485,7 @@ def allocate_change(
     prior: np.ndarray,
     margin: float,
     argmax: np.ndarray | None = None,
+    smoothing: int = 1,
 ) -> HarmonizeResult:
     """Class indices (H, W) that change ``prior`` only as much as ``targets`` ask.
 
@@ -501,6 +503,11 @@ def allocate_change(
     whose targets are all 0 keep the prior (the argmax where it has no class). Group
     counts match the targets as exactly as :func:`harmonize`'s do; the result is a pure
     function of the inputs.
+
+    ``smoothing`` > 1: the scores are those of the probabilities averaged over each
+    pixel's ``smoothing`` x ``smoothing`` neighbourhood of valid pixels inside its coarse
+    cell (:func:`cell_smoothed`), so evidence shared by neighbours outranks a lone pixel's
+    and changes come in patches rather than scattered pixels.
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape
@@ -523,6 +530,8 @@ def allocate_change(
     ids, _ = cell_ids((height, width), factor)
     pixels = np.flatnonzero(valid)
     cell = ids.reshape(-1)[pixels]
+    if smoothing > 1:
+        flat_probs = cell_smoothed(probs, valid, factor=factor, size=smoothing).reshape(-1, k)
     p = flat_probs[pixels].astype("float64")
     before = np.asarray(prior, dtype="int64").reshape(-1)[pixels]
     n_cells = hc * wc
@@ -563,6 +572,24 @@ def allocate_change(
     changed = int((index != argmax[pixels]).sum())
     return HarmonizeResult(index=out.reshape(height, width), counts=counts, changed=changed,
                            rejections=0)
+
+
+def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: int) -> np.ndarray:
+    """(H, W, K) float64 mean of ``values`` over the valid pixels of each pixel's ``size`` x ``size``
+    neighbourhood inside its own coarse cell (so a band of whole cells gives the same
+    result whatever the band's extent); pixels without a valid neighbour keep theirs."""
+    height, width, k = values.shape
+    hc, wc = -(-height // factor), -(-width // factor)
+    padded = np.zeros((hc * factor, wc * factor, k + 1), dtype="float64")
+    weight = np.asarray(valid, dtype="float64")
+    padded[:height, :width, :k] = values * weight[..., None]
+    padded[:height, :width, k] = weight
+    cells = padded.reshape(hc, factor, wc, factor, k + 1)
+    for axis in (1, 3):
+        cells = uniform_filter1d(cells, size, axis=axis, mode="constant")
+    sums = cells.reshape(hc * factor, wc * factor, k + 1)[:height, :width]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[..., k:] > 0, sums[..., :k] / sums[..., k:], values)
 
 
 def _class_counts(prior_counts: np.ndarray, mean_p: np.ndarray, group_counts: np.ndarray,

@@ -425,7 +425,8 @@ class Finaliser:
             result = allocate_change(probs, self.classes, factor=factor, valid=valid,
                                      targets=target, groups=self.groups,
                                      prior=codes_to_index(prior, self.classes),
-                                     margin=config.predict.swap_margin, argmax=best)
+                                     margin=config.predict.swap_margin, argmax=best,
+                                     smoothing=config.predict.change_smoothing)
             index = result.index
             tally.reassigned = result.changed
         elif config.predict.harmonize:

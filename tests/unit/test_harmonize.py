@@ -362,3 +362,42 @@ def test_change_is_exact_and_minimal_on_random_cells(seed):
     again = allocate_change(probs, PREDICTED, factor=factor, valid=valid, targets=targets,
                             groups=groups, prior=prior, margin=1.0)
     np.testing.assert_array_equal(again.index, result.index)
+
+
+def test_change_smoothing_prefers_a_patch_to_a_lone_pixel():
+    # One 4x4 cell of class 11; 2 pixels must become 22. A lone pixel is the single most
+    # likely one, two neighbours of a patch of evidence come next: plain scores take the
+    # lone pixel, smoothed ones the patch.
+    prior = np.zeros((4, 4), dtype="int64")
+    probs = np.full((4, 4, 4), 0.01, dtype="float32")
+    probs[..., 0] = 0.97
+    probs[0, 0, 3], probs[0, 0, 0] = 0.6, 0.38
+    for pixel, p in (((2, 2), 0.5), ((2, 3), 0.5), ((3, 2), 0.4), ((3, 3), 0.4)):
+        probs[(*pixel, 3)], probs[(*pixel, 0)] = p, 0.98 - p
+    targets = np.array([14 / 16, 0, 2 / 16])[:, None, None]
+    from ai4land.harmonize import allocate_change
+
+    def moved(smoothing):
+        index = allocate_change(probs, CHANGE_PREDICTED, factor=4, valid=np.ones((4, 4), bool),
+                                targets=targets, groups=CHANGE_GROUPS, prior=prior, margin=1.0,
+                                smoothing=smoothing).index
+        return set(zip(*np.nonzero(index == 3), strict=True))
+
+    assert (0, 0) in moved(1)
+    assert moved(3) <= {(2, 2), (2, 3), (3, 2), (3, 3)} and len(moved(3)) == 2
+
+
+def test_cell_smoothing_stays_inside_each_cell_and_valid_pixels():
+    from ai4land.harmonize import cell_smoothed
+
+    rng = np.random.default_rng(1)
+    values = rng.random((10, 13, 3))
+    valid = rng.random((10, 13)) > 0.2
+    whole = cell_smoothed(values, valid, factor=5, size=3)
+    # a band of whole cell rows alone gives the same values (the cut is a cell edge)
+    np.testing.assert_allclose(cell_smoothed(values[5:], valid[5:], factor=5, size=3), whole[5:])
+    # by hand: pixel (4, 4) is the corner of its cell; its neighbours (3..4, 3..4)
+    rows, cols = slice(3, 5), slice(3, 5)
+    weights = valid[rows, cols]
+    expected = (values[rows, cols] * weights[..., None]).sum((0, 1)) / weights.sum()
+    np.testing.assert_allclose(whole[4, 4], expected)

@@ -37,7 +37,8 @@ rule evaluate:
         config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size",
                                 "predict.overlap", "predict.harmonize",
                                 "predict.harmonize_decay_years", "predict.allocation",
-                                "predict.swap_margin", "predict.ensemble",
+                                "predict.swap_margin", "predict.change_smoothing",
+                                "predict.ensemble",
                                 "evaluate", "seed"),
         # the models scored (the report's captions name only these)
         models=evaluated_models(CFG),
