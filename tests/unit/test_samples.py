@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 
 from ai4land.config import PriorMaskConfig  # noqa: E402
-from ai4land.errors import InputDataError  # noqa: E402
+from ai4land.errors import InputDataError, OutputError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
 from ai4land.samples.arrays import TrainingArrays  # noqa: E402
 from ai4land.samples.dataset import (  # noqa: E402
@@ -337,6 +337,12 @@ def test_training_arrays_read_each_year_once_and_match_the_cube(world, tmp_path,
         TrainingArrays.from_cube(cube, years[:2], directory=tmp_path / "cache", write=False)
     TrainingArrays.from_cube(cube, years[:2], directory=tmp_path / "cache")
     assert np.load(tmp_path / "cache" / "target.npy", mmap_mode="r").shape[0] == 2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "cells.npy", "meta.json", "static.npy", "target.npy"]  # no temporaries left
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match=r"a-file/cache: cannot write the training arrays"):
+        TrainingArrays.from_cube(cube, years, directory=blocker / "cache")
 
 
 def test_augment_turns_inputs_and_target_together_by_each_symmetry(world, arrays):

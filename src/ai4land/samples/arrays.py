@@ -13,14 +13,16 @@ one-hot encoding, upsampling and normalisation happen batched on the training de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ai4land.errors import InputDataError
+from ai4land.errors import InputDataError, OutputError
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
@@ -144,16 +146,25 @@ def _cached(cube: Cube, directory: Path, shapes: dict, years, scenarios, names, 
         if not write:
             raise InputDataError(f"{directory}: no training arrays of this cube; the writing "
                                  "rank did not write them")
-        directory.mkdir(parents=True, exist_ok=True)
-        meta_path.unlink(missing_ok=True)  # stale from here until the new files are in
-        temporary = {key: directory / f".{key}.{os.getpid()}.npy" for key in shapes}
-        arrays = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=dtype,
-                                                 shape=shape)
-                  for key, (shape, dtype) in shapes.items()}
-        _fill(cube, arrays, years, scenarios, names)
-        for key, array in arrays.items():
-            array.flush()
-            os.replace(temporary[key], directory / f"{key}.npy")
+        # unique names: writers of several nodes may share the directory
+        temporary = {key: directory / f".{key}.{uuid.uuid4().hex}.npy" for key in shapes}
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            meta_path.unlink(missing_ok=True)  # stale from here until the new files are in
+            arrays = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=dtype,
+                                                     shape=shape)
+                      for key, (shape, dtype) in shapes.items()}
+            _fill(cube, arrays, years, scenarios, names)
+            for key, array in arrays.items():
+                array.flush()
+                os.replace(temporary[key], directory / f"{key}.npy")
+        except OSError as exc:
+            raise OutputError(f"{directory}: cannot write the training arrays ({exc.strerror}); "
+                              "free space there or set train.cache_dir elsewhere") from None
+        finally:
+            for path in temporary.values():
+                with contextlib.suppress(OSError):
+                    path.unlink()
         with atomic_path(meta_path) as tmp:
             tmp.write_text(json.dumps(meta))
     return {key: np.load(directory / f"{key}.npy", mmap_mode="r") for key in shapes}
