@@ -5,7 +5,8 @@ HTTP server process (``python -m http.server``) and the run sized down (years, o
 the tiny model of tests/integration/tiny.yaml). The server holds small generated files in
 the exact LUH2 v2h (``states.nc``, ``staticData_quarterdeg.nc``), v2f (one file per SSP,
 chunked along time) and HILDA+ zip layouts (tests/data/real_format.py), with a large lake
-of all-water LUH2 cells (``icwtr`` 1, states at the fill value, fine pixels 77). Snakemake
+of all-water LUH2 cells (``icwtr`` 1, states at the fill value, fine pixels 77) and an ice
+cell (``icwtr`` 1, states at the fill value, fine pixels 99 with a strip of 77). Snakemake
 runs download -> prepare -> split -> train -> evaluate -> predict -> publish for ssp245;
 only that SSP's file is downloaded and prepared.
 """
@@ -57,13 +58,10 @@ def run_config(prod: dict, base: str) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    # The ice cell (icwtr 1, states at the fill value, fine pixels 99 with a strip of 77)
-    # is left out until a cell without land-use data but with 77/99 pixels is accepted
-    # (issue 16, item 5); the lake's all-water cells are.
     # World seed 7: the generated clay raster's no-data along the coast covers 0.07 % of
     # the region's land-use pixels (seed 42: 0.104 %, over prepare's 0.1 % tolerance once
     # the lake's pixels no longer count as land use).
-    carved = write_server_tree(root, production(), bbox=BBOX, seed=7, ice=False)
+    carved = write_server_tree(root, production(), bbox=BBOX, seed=7)
     log = root.parent / "server.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
