@@ -575,9 +575,10 @@ def allocate_change(
 
 
 def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: int) -> np.ndarray:
-    """(H, W, K) float64 mean of ``values`` over the valid pixels of each pixel's ``size`` x ``size``
-    neighbourhood inside its own coarse cell (so a band of whole cells gives the same
-    result whatever the band's extent); pixels without a valid neighbour keep theirs."""
+    """(H, W, K) float64 mean of ``values`` over the valid pixels of each pixel's
+    ``size`` x ``size`` neighbourhood inside its own coarse cell (so a band of whole cells
+    gives the same result whatever the band's extent); pixels without a valid neighbour
+    keep theirs."""
     height, width, k = values.shape
     hc, wc = -(-height // factor), -(-width // factor)
     padded = np.zeros((hc * factor, wc * factor, k + 1), dtype="float64")
