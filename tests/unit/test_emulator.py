@@ -126,8 +126,9 @@ def test_model_without_prior_runs_single_years(world, tmp_path):
         single.predict(_cube_scenario(root), years=1966, prior=np.zeros((64, 64), "uint8"))
 
 
-def test_cube_is_found_beside_the_model_and_config_from_the_card(world, tmp_path):
+def test_cube_is_found_beside_the_model_and_config_from_the_card(world, tmp_path, monkeypatch):
     root, config, emulator = world
+    monkeypatch.chdir(tmp_path)  # a checkout's own resources/cube (after `make demo`) wins first
     run = tmp_path / "run"
     (run / "resources").mkdir(parents=True)
     (run / "resources" / "cube").symlink_to(root / "cube")

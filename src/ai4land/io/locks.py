@@ -67,24 +67,6 @@ def _open_lock(path: Path, *, create: bool) -> int | None:
         return None
 
 
-def _remove_stale(path: Path) -> list[Path]:
-    removed = []
-    for candidate in sorted(path.parent.glob(f".*{path.suffix}.*")):
-        if (candidate.is_symlink() or not candidate.is_dir()
-                or not STAGING.fullmatch(candidate.name)):
-            continue
-        # no lock file: its job was killed before it took the lock (or an older version's)
-        fd = _open_lock(candidate / STAGING_LOCK, create=False)
-        try:
-            if fd is None or _try_exclusive(fd):
-                shutil.rmtree(candidate, ignore_errors=True)
-                removed.append(candidate)
-        finally:
-            if fd is not None:
-                os.close(fd)
-    return removed
-
-
 def remove_stale_staging(path: str | Path) -> list[Path]:
     """Remove the staging directories beside ``path`` (``.<output name>.<8 characters>``,
     of any output with ``path``'s suffix) that no live job holds."""
