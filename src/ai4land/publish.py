@@ -503,11 +503,12 @@ def run_publish(
     import pystac
 
     maps_dir, store, output_dir = Path(maps_dir), Path(store), Path(output_dir)
-    if not Path(store).is_dir():
-        raise OutputError(f"{store}: product store not found; run `ai4land predict` first")
     products = _products(config, maps_dir)
     if not products:
-        raise OutputError("config asks for no product years (years.backward/forward unset)")
+        raise OutputError("nothing to publish: the config asks for no maps "
+                          "(set years.backward, years.forward or years.observed)")
+    if not Path(store).is_dir():
+        raise OutputError(f"{store}: product store not found; run `ai4land predict` first")
 
     layers = product_layers(spread=config.predict.ensemble.write_layer)
     with atomic_path(output_dir) as tmp:

@@ -270,3 +270,15 @@ def test_readme_lists_the_inputs_actually_used(products, tmp_path):
                     ("`clay`", "CC-BY-4.0 (SoilGrids)", "https://example.org/clay.tif")]
     demo = _config(tmp_path, demo_world=True)
     assert "synthetic demo world" in input_datasets(demo)[0][0]
+
+
+def test_a_config_without_maps_has_nothing_to_publish(tmp_path):
+    config = _config(tmp_path)
+    config = config.model_copy(update={"years": config.years.model_copy(
+        update={"backward": None, "forward": None})})
+    assert not config.product_scenarios or not any(
+        config.chain_years(s) for s in config.product_scenarios)
+    with pytest.raises(OutputError, match="nothing to publish: the config asks for no maps"):
+        run_publish(config, maps_dir=tmp_path / "maps", store=tmp_path / "missing.zarr",
+                    model_dir=tmp_path, metrics_path=None, output_dir=tmp_path / "publish")
+    assert not (tmp_path / "publish").exists()

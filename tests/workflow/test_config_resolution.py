@@ -127,6 +127,10 @@ def test_a_config_without_maps_to_predict_trains_and_evaluates(tmp_path):
     planned = _planned(result.stdout + result.stderr)
     assert planned["evaluate"] == 1 and planned["all"] == 1
     assert not {"predict", "init_store", "publish"} & set(planned), planned
+    # asked for by name, publish is planned (its CLI then says "nothing to publish")
+    result = _snakemake(tmp_path / "run", "-n", "publish", "--configfile", *files)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IndexError" not in result.stderr and _planned(result.stdout)["publish"] == 1
 
 
 def test_observed_years_are_predicted_without_a_chain(tmp_path):

@@ -82,6 +82,11 @@ def store_of(marker):
     return marker.removesuffix(".layout.json").rsplit(".", 1)[0]
 
 
+def results_path(publish_output, name):
+    """``name`` under the results directory of a ``results/publish/<file>`` output."""
+    return os.path.join(os.path.dirname(os.path.dirname(publish_output)), name)
+
+
 def map_path(scenario, year, suffix=".tif"):
     return f"{RESULTS}/maps/{scenario}/ai4land_{scenario}_{year}{suffix}"
 

@@ -18,8 +18,10 @@ rule publish:
         config=CONFIG_ARGS,
         config_hash=CFG.hash()[:16],
         model=lambda wildcards, input: os.path.dirname(input.weights),
-        store=lambda wildcards, input: store_of(input.store[0]),
-        maps=lambda wildcards, input: os.path.dirname(os.path.dirname(input.maps[0])),
+        # beside the outputs, not taken from the inputs: a config with no maps reaches the
+        # CLI's one-line "nothing to publish" when the rule is asked for by name
+        store=lambda wildcards, output: results_path(output.catalog, "product/ai4land.zarr"),
+        maps=lambda wildcards, output: results_path(output.catalog, "maps"),
         output=lambda wildcards, output: os.path.dirname(output.catalog),
     log:
         f"{LOGS}/publish.log",
