@@ -65,6 +65,8 @@ from ai4land.io.rasters import (
     is_netcdf,
     latlon_axes,
     mask_fill,
+    open_class_map,
+    require_class_codes,
 )
 from ai4land.prefetch import Prefetch
 from ai4land.products import QUANT_NODATA, QUANT_SCALE, dequantise, product_layers
@@ -605,21 +607,11 @@ def _read_prior_file(path: Path, grid: Grid, *, fallback: np.ndarray) -> np.ndar
     """The part of a class-map GeoTIFF on ``grid`` (``fallback`` where it does not reach)."""
     import rasterio
 
-    if not path.is_file():
-        raise InputDataError(f"{path}: prior map not found")
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputDataError(f"{path}: cannot read prior map ({exc})") from None
-    with src:
-        if src.count != 1 or src.dtypes[0] != "uint8":
-            raise InputDataError(f"{path}: prior map must be one uint8 band of class codes, "
-                                 f"got {src.count} band(s) of {src.dtypes[0]}")
-        crs = src.crs.to_string() if src.crs else "unknown CRS"
-        found = Grid.from_transform(src.transform, width=src.width, height=src.height, crs=crs)
+    with open_class_map(path) as (src, found):
+        require_class_codes(src, path)
         col = (grid.west - found.west) / found.res
         row = (found.north - grid.north) / found.res
-        if (crs != grid.crs or abs(found.res - grid.res) > 1e-6 * grid.res
+        if (found.crs != grid.crs or abs(found.res - grid.res) > 1e-6 * grid.res
                 or abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3):
             raise GridError(f"{path}: prior map is on grid {found.to_dict()}, not on the model's "
                             f"fine grid ({grid.res:g} degree pixels aligned with {grid.to_dict()})")

@@ -74,6 +74,7 @@ from ai4land.inference import (
 )
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube, upsample_cells
+from ai4land.io.rasters import open_class_map, require_class_codes
 from ai4land.layers import map_layers, summarise
 from ai4land.prefetch import Prefetch
 from ai4land.products import (
@@ -297,19 +298,9 @@ def anchor_year(cube: Cube, direction: int) -> int:
 def open_prior(path: str | Path, grid: Grid) -> Iterator[PriorReader]:
     """A window reader of a previous job's COG; GridError if it is on another grid."""
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"{path}: prior map not found (run the previous year of the chain)")
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputDataError(f"{path}: cannot read prior map ({exc})") from None
-    with src:
-        crs = src.crs.to_string() if src.crs else "unknown CRS"
-        found = Grid.from_transform(src.transform, width=src.width, height=src.height, crs=crs)
+    with open_class_map(path, hint=" (run the previous year of the chain)") as (src, found):
         grid.require_same(found, what=f"prior map {path}")
-        if src.count != 1 or src.dtypes[0] != "uint8":
-            raise InputDataError(f"{path}: prior map must be one uint8 band of class codes, "
-                                 f"got {src.count} band(s) of {src.dtypes[0]}")
+        require_class_codes(src, path)
 
         def read(window: Window) -> np.ndarray:
             return src.read(1, window=rasterio.windows.Window(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,3 +230,27 @@ def grid_window(outer: Grid, inner_bounds: tuple[float, float, float, float], *,
 
 def affine_of(grid: Grid, row0: int = 0, col0: int = 0) -> Affine:
     return grid.transform @ Affine.translation(col0, row0)
+
+
+@contextmanager
+def open_class_map(path: Path, *, hint: str = "") -> Iterator[tuple]:
+    """An open class-map GeoTIFF (a prior map) and the grid it is on; one-line errors when
+    it is missing or unreadable (``hint`` follows 'not found')."""
+    import rasterio
+
+    if not path.is_file():
+        raise InputDataError(f"{path}: prior map not found{hint}")
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputDataError(f"{path}: cannot read prior map ({exc})") from None
+    with src:
+        crs = src.crs.to_string() if src.crs else "unknown CRS"
+        yield src, Grid.from_transform(src.transform, width=src.width, height=src.height, crs=crs)
+
+
+def require_class_codes(src, path: Path) -> None:
+    """InputDataError unless the open raster is one uint8 band (class codes)."""
+    if src.count != 1 or src.dtypes[0] != "uint8":
+        raise InputDataError(f"{path}: prior map must be one uint8 band of class codes, "
+                             f"got {src.count} band(s) of {src.dtypes[0]}")
