@@ -65,7 +65,7 @@ def prior_hidden_scores(config, *, model_dir: Path, years: list[int]) -> dict:
     from ai4land.io.cube import Cube
     from ai4land.models import load_model
     from ai4land.samples.features import codes_to_index
-    from ai4land.split import load_split
+    from ai4land.samples.split import load_split
 
     cube = Cube.from_config(config)
     split = load_split(split_path(config))
@@ -95,7 +95,7 @@ def train_and_score(base, directory: Path, *, seed: int, drop_inputs: list[str],
                     input_dropout: dict) -> dict:
     """Train one model on the demo workspace of ``base`` and score it in every condition."""
     from ai4land.evaluate import run_evaluate
-    from ai4land.train import run_training
+    from ai4land.train.loop import run_training
 
     config = base.model_copy(update={"seed": seed, "train": base.train.model_copy(
         update={"drop_inputs": drop_inputs, "input_dropout": input_dropout})})

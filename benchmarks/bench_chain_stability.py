@@ -42,7 +42,7 @@ def observed_annual_change(config, split_path: Path) -> float:
     """Mean over the test years of the share of test-block land pixels whose observed
     class differs from the year before."""
     from ai4land.io.cube import Cube
-    from ai4land.split import load_split
+    from ai4land.samples.split import load_split
 
     cube = Cube.from_config(config)
     split = load_split(split_path)

@@ -1,6 +1,6 @@
 """cog_write: our class-map COG writer vs ``gdal_translate -of COG`` on the same array.
 
-Ours: :func:`ai4land.products.write_cog` from the in-memory array (stage a tiled GTiff,
+Ours: :func:`ai4land.io.cog.write_cog` from the in-memory array (stage a tiled GTiff,
 convert with the COG driver, rename). Reference: the ``gdal_translate`` CLI converting a
 plain GTiff of the same array (written beforehand, not timed) with the same creation
 options (DEFLATE at the default ``predict.compress_level``, 256 blocks, mode
@@ -36,7 +36,7 @@ def class_map(size: int) -> np.ndarray:
 def main() -> None:
     from ai4land.config import ClassesConfig
     from ai4land.grid import Grid
-    from ai4land.products import COMPRESS_LEVEL, overview_count, write_cog
+    from ai4land.io.cog import COMPRESS_LEVEL, overview_count, write_cog
 
     gdal_translate = shutil.which("gdal_translate")
     if gdal_translate is None:

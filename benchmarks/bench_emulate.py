@@ -81,7 +81,7 @@ def _forward_reference(emulator, model_dir: Path) -> dict[int, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     from ai4land.grid import Window
-    from ai4land.inference import _intra_op_threads, plan_batches, plan_windows
+    from ai4land.predict.inference import _intra_op_threads, plan_batches, plan_windows
 
     region, _ = emulator.region(BBOX)
     config = emulator.config
@@ -112,7 +112,7 @@ def _forward_reference(emulator, model_dir: Path) -> dict[int, float]:
 
 
 def latency(root: Path, *, architecture: dict, predict: dict, name: str) -> dict:
-    from ai4land.emulator import Emulator
+    from ai4land.emulator.core import Emulator
 
     config = job_config(root, architecture=architecture, predict=predict)
     model_dir = untrained_model(config, root / name)

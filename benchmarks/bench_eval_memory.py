@@ -84,7 +84,7 @@ from ai4land.config import parse_config
 from ai4land.io.cube import Cube
 from ai4land.models import ModelCard, UNet, save_model
 from ai4land.samples.features import input_channel_names
-from ai4land.split import run_split
+from ai4land.samples.split import run_split
 root = Path(sys.argv[1])
 config = parse_config(json.loads((root / "config.json").read_text()), source="benchmark")
 run_split(config, output=root / "split.json", figure=root / "split.png")

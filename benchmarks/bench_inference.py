@@ -1,6 +1,6 @@
 """inference_throughput: megapixels/s of blended sliding-window inference on the CPU.
 
-Ours: :func:`ai4land.inference.predict_probabilities` (folded batch norm, channels_last,
+Ours: :func:`ai4land.predict.inference.predict_probabilities` (folded batch norm, channels_last,
 bf16 autocast where the CPU has native bf16, one single-threaded model stream per core
 as a predict job runs it; one stream on all cores in ``one_stream_mpix_s``). Reference:
 the same U-Net run plainly in
@@ -24,7 +24,7 @@ DEMO = ({"base_channels": 16, "depth": 3},
 
 
 def reference(model, *, image, windows, batch_size: int) -> np.ndarray:
-    from ai4land.inference import BandAccumulator, _pad_to_multiple, gaussian_weights
+    from ai4land.predict.inference import BandAccumulator, _pad_to_multiple, gaussian_weights
 
     shape = image.shape[1:]
     # A tile as tall as the region: the band holds the whole region (no streaming).
@@ -44,8 +44,8 @@ def reference(model, *, image, windows, batch_size: int) -> np.ndarray:
 
 def throughput(architecture: dict, predict: dict, shape: tuple[int, int]) -> dict:
     """Mpix/s of ours and of the fp32 reference for one model and region."""
-    from ai4land.inference import autocast_dtype, plan_windows, predict_probabilities
     from ai4land.models import UNet
+    from ai4land.predict.inference import autocast_dtype, plan_windows, predict_probabilities
 
     torch.manual_seed(0)
     model = UNet(CHANNELS, 7, **architecture).eval()

@@ -45,7 +45,7 @@ def setup(directory: Path):
     from ai4land.io.cube import Cube
     from ai4land.samples.arrays import TrainingArrays
     from ai4land.samples.plan import SamplePlanner
-    from ai4land.split import load_split
+    from ai4land.samples.split import load_split
 
     config = demo_workspace(directory)
     cube = Cube.from_config(config)

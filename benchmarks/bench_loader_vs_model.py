@@ -27,7 +27,7 @@ REPEATS = 3
 
 def main() -> None:
     from ai4land.samples.features import BatchInputs
-    from ai4land.train import resolve_precision
+    from ai4land.train.loop import resolve_precision
 
     precision = resolve_precision(torch.device("cpu"), amp=True)
     threads = torch.get_num_threads()

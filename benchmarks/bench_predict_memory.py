@@ -83,7 +83,7 @@ import torch
 from ai4land.config import parse_config
 from ai4land.io.cube import Cube
 from ai4land.models import ModelCard, UNet, save_model
-from ai4land.predict import run_predict
+from ai4land.predict.run import run_predict
 from ai4land.samples.features import input_channel_names
 torch.set_num_threads(2)
 root, predict, architecture = Path(sys.argv[1]), *map(json.loads, sys.argv[2:4])
@@ -111,8 +111,8 @@ if sys.argv[4:] == ["forward"]:
     # its inputs built beforehand (untimed; a row of a global year is ~2 GB of inputs).
     from concurrent.futures import ThreadPoolExecutor
     from ai4land.grid import Window
-    from ai4land.inference import _intra_op_threads, plan_batches, tile_rows
-    from ai4land.predict import plan_prediction
+    from ai4land.predict.inference import _intra_op_threads, plan_batches, tile_rows
+    from ai4land.predict.probabilities import plan_prediction
     from benchmarks.bench_predict_overhead import input_batch, model_forward
     cube = Cube.from_config(config)
     forward = model_forward(root / "model")

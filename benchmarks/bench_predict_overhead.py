@@ -76,7 +76,7 @@ def job_world(root: Path, *, architecture: dict, predict: dict, size: int = SIZE
     """Write the generated cube (``size`` pixels square) and its split under ``root``;
     return the config."""
     from ai4land.io.cube import Cube
-    from ai4land.split import make_split
+    from ai4land.samples.split import make_split
 
     sys.path.insert(0, str(REPO / "tests" / "data"))
     from tiny_cube import write_tiny_cube
@@ -91,7 +91,7 @@ def job_world(root: Path, *, architecture: dict, predict: dict, size: int = SIZE
 
 
 def trained_model(config, root: Path) -> tuple[Path, float]:
-    from ai4land.train import run_training
+    from ai4land.train.loop import run_training
 
     start = time.perf_counter()
     run_training(config, output_dir=root / "trained", split_path=root / "split.json")
@@ -124,7 +124,7 @@ def untrained_model(config, root: Path) -> Path:
 
 def predict_job(config, root: Path, model_dir: Path, *, year: int = 1959) -> dict:
     """One backward-chain job (prior: the cube's first observed map), as Snakemake runs it."""
-    from ai4land.predict import run_predict
+    from ai4land.predict.run import run_predict
 
     out = root / "results" / "maps" / model_dir.name / f"ai4land_historical_{year}.tif"
     return run_predict(config, scenario="historical", year=year, model_dir=model_dir,
@@ -135,8 +135,8 @@ def predict_job(config, root: Path, model_dir: Path, *, year: int = 1959) -> dic
 def model_forward(model_dir: Path):
     """One forward pass of the job's model (folded batch norm, channels_last, the job's
     autocast) as a callable on an input batch; nothing else."""
-    from ai4land.inference import autocast_dtype, fold_batchnorm
     from ai4land.models.card import load_model
+    from ai4land.predict.inference import autocast_dtype, fold_batchnorm
 
     model = fold_batchnorm(load_model(model_dir)[0]).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(torch.device("cpu"))
@@ -153,7 +153,7 @@ def input_batch(cube, windows, *, predicted: list[int], year: int, prior, pad_mu
                 coarse_cells=None) -> torch.Tensor:
     """The channels_last input of ``windows`` as the job builds it (backward chain, prior
     ``prior(window)``), padded to ``pad_multiple``."""
-    from ai4land.inference import _pad_to_multiple
+    from ai4land.predict.inference import _pad_to_multiple
     from ai4land.samples.features import build_inputs
 
     inputs = np.stack([build_inputs(cube, scenario="historical", year=year, window=w,
@@ -171,9 +171,9 @@ def forward_pass(config, model_dir: Path, *, streams: int, year: int = 1959):
     from concurrent.futures import ThreadPoolExecutor
 
     from ai4land.grid import Window
-    from ai4land.inference import _intra_op_threads, plan_batches
     from ai4land.io.cube import Cube
-    from ai4land.predict import plan_prediction
+    from ai4land.predict.inference import _intra_op_threads, plan_batches
+    from ai4land.predict.probabilities import plan_prediction
 
     cube = Cube.from_config(config)
     forward = model_forward(model_dir)

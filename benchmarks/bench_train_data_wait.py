@@ -21,7 +21,7 @@ REPEATS = 3
 
 def _wait(config, directory: Path) -> tuple[float, float]:
     """Lowest data-wait share of ``REPEATS`` runs, and that run's samples/s."""
-    from ai4land.train import run_training
+    from ai4land.train.loop import run_training
 
     runs = []
     for i in range(REPEATS):

@@ -33,7 +33,7 @@ def demo_batches(directory: Path, *, n_batches: int = N_BATCHES):
     from ai4land.samples.dataset import WindowDataset
     from ai4land.samples.features import BatchInputs
     from ai4land.samples.plan import SamplePlanner
-    from ai4land.split import load_split
+    from ai4land.samples.split import load_split
 
     config = demo_workspace(directory)
     cube = Cube.from_config(config)
@@ -57,7 +57,7 @@ def demo_batches(directory: Path, *, n_batches: int = N_BATCHES):
 def model_samples_per_s(config, batches, *, in_channels: int, precision) -> float:
     """Best-of-3 optimiser steps per second x batch size, for one precision setting."""
     from ai4land.models.unet import UNet
-    from ai4land.train import _batch_stats
+    from ai4land.train.loop import _batch_stats
 
     torch.manual_seed(config.seed)
     train = config.train
@@ -83,7 +83,7 @@ def model_samples_per_s(config, batches, *, in_channels: int, precision) -> floa
 
 
 def main() -> None:
-    from ai4land.train import Precision, cpu_supports_bf16, resolve_precision
+    from ai4land.train.loop import Precision, cpu_supports_bf16, resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="ai4land-bench-") as tmp:
         config, _, dataset, batches = demo_batches(Path(tmp))

@@ -83,14 +83,14 @@ def run(dry_run: bool) -> dict:
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
 
-    from ai4land.inference import autocast_dtype, fold_batchnorm
     from ai4land.io.cube import Cube
     from ai4land.models.unet import UNet
+    from ai4land.predict.inference import autocast_dtype, fold_batchnorm
     from ai4land.samples.arrays import TrainingArrays
     from ai4land.samples.dataset import WindowDataset
     from ai4land.samples.features import BatchInputs
     from ai4land.samples.plan import SamplePlanner
-    from ai4land.train import _batch_stats, resolve_precision
+    from ai4land.train.loop import _batch_stats, resolve_precision
 
     started = time.perf_counter()
     s = settings(dry_run)

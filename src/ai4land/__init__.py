@@ -8,7 +8,7 @@ def __getattr__(name: str):
     """``ai4land.Emulator``, imported on first use: ``import ai4land`` stays cheap (no
     torch, no xarray) for the CLI's ``--help`` and for scripts that need the version."""
     if name == "Emulator":
-        from ai4land.emulator import Emulator
+        from ai4land.emulator.core import Emulator
 
         return Emulator
     raise AttributeError(f"module 'ai4land' has no attribute {name!r}")

@@ -63,7 +63,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from ai4land.split import run_split
+    from ai4land.samples.split import run_split
 
     split = run_split(_config(args), output=args.output, figure=args.figure)
     roles = {role: sum(b.role == role for b in split.blocks) for role in ("train", "val", "test")}
@@ -72,7 +72,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ai4land.train import run_training
+    from ai4land.train.loop import run_training
 
     run_training(_config(args), output_dir=Path(args.output), split_path=Path(args.split),
                  resume=not args.no_resume, restart_if_changed=args.restart_if_changed,
@@ -103,14 +103,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_init_store(args) -> int:
-    from ai4land.predict import init_product_store
+    from ai4land.predict.run import init_product_store
 
     print(init_product_store(_config(args), store=Path(args.store), scenario=args.scenario))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from ai4land.predict import run_predict
+    from ai4land.predict.run import run_predict
 
     report = run_predict(
         _config(args),
@@ -127,7 +127,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from ai4land.publish import run_publish
+    from ai4land.publish.run import run_publish
 
     run_publish(_config(args), maps_dir=Path(args.maps), store=Path(args.store),
                 model_dir=Path(args.model), metrics_path=Path(args.metrics),
@@ -137,13 +137,13 @@ def cmd_publish(args) -> int:
 
 
 def _emulator(args):
-    from ai4land.emulator import Emulator
+    from ai4land.emulator.core import Emulator
 
     return Emulator.from_model(Path(args.model), config=args.config or None, cube=args.cube)
 
 
 def cmd_emulate(args) -> int:
-    from ai4land.emulator import map_format, write_maps
+    from ai4land.emulator.core import map_format, write_maps
 
     map_format(args.out)  # an unknown extension fails before the model loads
     emulator = _emulator(args)
@@ -166,8 +166,8 @@ def cmd_emulate(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from ai4land.aggregate import aggregate_maps, read_maps, write_fractions
     from ai4land.config import AggregateConfig, ClassesConfig
+    from ai4land.emulator.aggregate import aggregate_maps, read_maps, write_fractions
 
     if args.config:
         config = _config(args)
@@ -181,7 +181,7 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ai4land.service import Limits, serve
+    from ai4land.emulator.service import Limits, serve
 
     limits = Limits(max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                     max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -193,7 +193,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_torchrun(args) -> int:
-    from ai4land.launch import launch
+    from ai4land.train.launch import launch
 
     module_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     if not module_args:
@@ -202,7 +202,7 @@ def cmd_torchrun(args) -> int:
 
 
 def cmd_verify_manifest(args) -> int:
-    from ai4land.regenerate import compare_manifest
+    from ai4land.publish.regenerate import compare_manifest
 
     result = compare_manifest(args.manifest, args.root)
     print("\n".join(result.lines()))

@@ -13,7 +13,7 @@ from pathlib import Path
 from ai4land.config import Config, deep_update, parse_config, read_config_files
 from ai4land.demo_world import write_demo_world
 from ai4land.prepare import prepare_coarse, prepare_static, prepare_target
-from ai4land.split import run_split
+from ai4land.samples.split import run_split
 
 REPO = Path(__file__).resolve().parents[2]
 # 3 x 3 degrees: 300 x 300 fine pixels, 12 x 12 LUH2 cells, ~15 training blocks.

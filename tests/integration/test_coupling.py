@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ai4land.emulator import CoarseScenario, Emulator
-from ai4land.grid import Window
-from ai4land.harmonize import delta_target, luh_group_fractions, map_group_fractions
-from ai4land.io.cube import upsample_cells
 from data.demo_cube import demo_workspace
+
+from ai4land.emulator.core import CoarseScenario, Emulator
+from ai4land.grid import Window
+from ai4land.io.cube import upsample_cells
+from ai4land.predict.harmonize import delta_target, luh_group_fractions, map_group_fractions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from emulator_world import write_model  # noqa: E402

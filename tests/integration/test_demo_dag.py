@@ -116,7 +116,7 @@ def test_evaluation_and_publication(tiny_run):
 def test_published_dataset_is_self_contained(tiny_run):
     import pystac
 
-    from ai4land.publish import validate_catalog
+    from ai4land.publish.run import validate_catalog
 
     _, workdir = tiny_run
     out = workdir / "results/publish"

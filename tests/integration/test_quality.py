@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from data.demo_cube import demo_workspace, split_path
+
 from ai4land.evaluate import run_evaluate
-from ai4land.train import run_training
+from ai4land.train.loop import run_training
 
 MIOU_MARGIN = 0.12
 OA_MARGIN = 0.06

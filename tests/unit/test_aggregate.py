@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ai4land.aggregate import TargetGrid, aggregate_maps, write_fractions
 from ai4land.config import AggregateConfig, ClassesConfig
+from ai4land.emulator.aggregate import TargetGrid, aggregate_maps, write_fractions
 from ai4land.errors import ConfigError, InputDataError
 
 CLASSES = ClassesConfig()

@@ -23,15 +23,15 @@ from ai4land.evaluate.baselines import (
 )
 from ai4land.evaluate.metrics import CohenKappa, ConfusionMatrix
 from ai4land.grid import Window
-from ai4land.harmonize import (
+from ai4land.io.cube import Cube
+from ai4land.predict.harmonize import (
     class_groups,
     harmonize,
     largest_remainder_counts,
     map_group_fractions,
 )
-from ai4land.io.cube import Cube
 from ai4land.samples.features import build_inputs, codes_to_index
-from ai4land.split import make_split
+from ai4land.samples.split import make_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402

@@ -5,9 +5,20 @@ import pytest
 
 from ai4land.evaluate.bootstrap import BlockBootstrap, compare_to_baselines
 from ai4land.evaluate.change import (
-    CATEGORIES, CORRECT_REJECTION, FALSE_ALARM, HIT, MISS, NOT_SCORED, WRONG_HIT, ChangeTally,
-    FigureOfMerit, ProducersAccuracyOfChange, UsersAccuracyOfChange, change_categories,
-    change_counts, change_summary,
+    CATEGORIES,
+    CORRECT_REJECTION,
+    FALSE_ALARM,
+    HIT,
+    MISS,
+    NOT_SCORED,
+    WRONG_HIT,
+    ChangeTally,
+    FigureOfMerit,
+    ProducersAccuracyOfChange,
+    UsersAccuracyOfChange,
+    change_categories,
+    change_counts,
+    change_summary,
 )
 from ai4land.evaluate.metrics import ChangeScores, OverallAccuracy
 

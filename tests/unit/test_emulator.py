@@ -11,13 +11,13 @@ import pytest
 import rasterio
 import xarray as xr
 
-from ai4land.emulator import Emulator
+from ai4land.emulator.core import Emulator
 from ai4land.errors import GridError, InputDataError, ModelCardError
-from ai4land.predict import run_predict
-from ai4land.products import write_cog
+from ai4land.io.cog import write_cog
+from ai4land.predict.run import run_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from emulator_world import write_luh_file, write_model, write_world, world_config  # noqa: E402
+from emulator_world import world_config, write_luh_file, write_model, write_world  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_package_exports_the_emulator_lazily():
 @pytest.mark.parametrize("suffix", [".nc", ".zarr", ".tif"])
 def test_emulate_command_writes_each_format(world, tmp_path, capsys, suffix):
     from ai4land.cli import main
-    from ai4land.emulator import cog_paths
+    from ai4land.emulator.core import cog_paths
 
     root, config, emulator = world
     scenario = write_luh_file(root / "cube", "ssp126", tmp_path / "ssp126.nc")

@@ -20,13 +20,14 @@ from ai4land.evaluate.models import ALLOCATION_BASELINES, MODELS, SINGLE_YEAR_MO
 from ai4land.evaluate.run import FIGURES
 from ai4land.evaluate.tables import TABLES
 from ai4land.grid import Grid, Window
-from ai4land.harmonize import class_groups
+from ai4land.io.cog import write_cog
 from ai4land.io.cube import Cube
 from ai4land.models import ModelCard, UNet, load_model, save_model
-from ai4land.predict import Finaliser, year_probabilities
-from ai4land.products import write_cog
+from ai4land.predict.finalise import Finaliser
+from ai4land.predict.harmonize import class_groups
+from ai4land.predict.probabilities import year_probabilities
 from ai4land.samples.features import codes_to_index, group_channels, input_channel_names
-from ai4land.split import load_split, run_split
+from ai4land.samples.split import load_split, run_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ai4land.config import CoarseSource
-from ai4land.harmonize import (
+from ai4land.predict.harmonize import (
     Groups,
     cell_ids,
     class_groups,
@@ -197,7 +197,7 @@ def test_luh_group_fractions_sum_variables_and_renormalise():
 
 
 def test_offset_weight_decays_linearly_to_zero():
-    from ai4land.harmonize import offset_weight
+    from ai4land.predict.harmonize import offset_weight
 
     assert offset_weight(2050, 2019, decay_years=None) == 1.0
     assert offset_weight(2019, 2019, decay_years=10) == 1.0
@@ -210,7 +210,7 @@ def test_deferred_acceptance_equals_the_greedy_with_ties_and_full_groups():
     """Many equal scores (saturated or coarse probabilities), quotas of 0, one pixel
     per cell: the compiled matching still equals the greedy over (pixel, group) pairs
     ranked by score, then group, then pixel."""
-    from ai4land.harmonize import _deferred_acceptance
+    from ai4land.predict.harmonize import _deferred_acceptance
 
     rng = np.random.default_rng(5)
     for trial in range(200):
@@ -230,7 +230,7 @@ def test_deferred_acceptance_equals_the_greedy_with_ties_and_full_groups():
 
 
 def test_deferred_acceptance_refuses_quotas_that_do_not_sum_to_the_pixels():
-    from ai4land.harmonize import _deferred_acceptance
+    from ai4land.predict.harmonize import _deferred_acceptance
 
     scores = np.ones((3, 2), dtype="float32")
     with pytest.raises(RuntimeError, match="failed to place"):
@@ -245,7 +245,7 @@ CHANGE_PREDICTED = [11, 55, 66, 22]  # indices 0, 1, 2, 3
 
 
 def _allocate(probs, prior, targets, *, factor, margin=1.0, valid=None):
-    from ai4land.harmonize import allocate_change
+    from ai4land.predict.harmonize import allocate_change
 
     valid = np.ones(prior.shape, bool) if valid is None else valid
     return allocate_change(probs, CHANGE_PREDICTED, factor=factor, valid=valid,
@@ -325,7 +325,7 @@ def test_change_swaps_only_beyond_the_margin():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_change_is_exact_and_minimal_on_random_cells(seed):
-    from ai4land.harmonize import allocate_change
+    from ai4land.predict.harmonize import allocate_change
 
     rng = np.random.default_rng(seed)
     groups = _groups()
@@ -375,7 +375,7 @@ def test_change_smoothing_prefers_a_patch_to_a_lone_pixel():
     for pixel, p in (((2, 2), 0.5), ((2, 3), 0.5), ((3, 2), 0.4), ((3, 3), 0.4)):
         probs[(*pixel, 3)], probs[(*pixel, 0)] = p, 0.98 - p
     targets = np.array([14 / 16, 0, 2 / 16])[:, None, None]
-    from ai4land.harmonize import allocate_change
+    from ai4land.predict.harmonize import allocate_change
 
     def moved(smoothing):
         index = allocate_change(probs, CHANGE_PREDICTED, factor=4, valid=np.ones((4, 4), bool),
@@ -388,7 +388,7 @@ def test_change_smoothing_prefers_a_patch_to_a_lone_pixel():
 
 
 def test_cell_smoothing_stays_inside_each_cell_and_valid_pixels():
-    from ai4land.harmonize import cell_smoothed
+    from ai4land.predict.harmonize import cell_smoothed
 
     rng = np.random.default_rng(1)
     values = rng.random((10, 13, 3))

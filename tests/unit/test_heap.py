@@ -12,7 +12,7 @@ CYCLES = r"""
 import json, resource, sys, threading
 import numpy as np
 if sys.argv[1] == "shared":
-    from ai4land.heap import share_one_heap
+    from ai4land.predict.heap import share_one_heap
     assert share_one_heap() and share_one_heap()  # applied once, idempotent
 faults = []
 

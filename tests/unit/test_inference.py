@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ai4land.inference import (
+from ai4land.predict.inference import (
     autocast_dtype,
     coverage_count,
     gaussian_weights,
@@ -170,7 +170,7 @@ def test_autocast_choice():
 
 
 def test_fold_batchnorm_keeps_outputs_and_the_original_model():
-    from ai4land.inference import fold_batchnorm
+    from ai4land.predict.inference import fold_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5),
@@ -185,7 +185,7 @@ def test_fold_batchnorm_keeps_outputs_and_the_original_model():
 
 
 def test_streamed_bands_equal_the_whole_blend_and_stay_small():
-    from ai4land.inference import stream_probabilities
+    from ai4land.predict.inference import stream_probabilities
 
     rng = np.random.default_rng(3)
     image = rng.normal(size=(3, 100, 61)).astype("float32")
@@ -201,7 +201,7 @@ def test_streamed_bands_equal_the_whole_blend_and_stay_small():
 
 @pytest.mark.parametrize("streams", [1, 2])
 def test_skipped_windows_change_only_their_own_pixels(streams):
-    from ai4land.inference import stream_probabilities
+    from ai4land.predict.inference import stream_probabilities
 
     rng = np.random.default_rng(4)
     image = rng.normal(size=(3, 100, 61)).astype("float32")
@@ -275,7 +275,7 @@ def test_ensemble_settings_are_checked():
 
 
 def test_weights_digest_ignores_the_file_but_not_the_values(tmp_path):
-    from ai4land.inference import weights_digest
+    from ai4land.predict.inference import weights_digest
 
     a, b = PositionModel(), PositionModel()
     assert weights_digest(a) == weights_digest(b)

@@ -18,10 +18,10 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 
 from ai4land.errors import OutputError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
-from ai4land.launch import slurm_hosts, torchrun_command  # noqa: E402
-from ai4land.regenerate import compare_manifest, config_digest  # noqa: E402
-from ai4land.split import make_split  # noqa: E402
-from ai4land.train import exclusive_output, run_training  # noqa: E402
+from ai4land.publish.regenerate import compare_manifest, config_digest  # noqa: E402
+from ai4land.samples.split import make_split  # noqa: E402
+from ai4land.train.launch import slurm_hosts, torchrun_command  # noqa: E402
+from ai4land.train.loop import exclusive_output, run_training  # noqa: E402
 
 
 def test_outside_slurm_runs_standalone():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ai4land.config import CoarseSource
-from ai4land.harmonize import _group_probabilities, class_groups
-from ai4land.layers import _x_log_x, map_layers, summarise
-from ai4land.products import quantise
+from ai4land.encoding import quantise
+from ai4land.predict.harmonize import _group_probabilities, class_groups
+from ai4land.predict.layers import _x_log_x, map_layers, summarise
 
 PREDICTED = [11, 22, 33, 44, 55, 66, 77]
 
@@ -40,7 +40,7 @@ def test_summarise_equals_argmax_group_sums_and_entropy():
 
 
 def test_summarise_skips_runs_without_valid_pixels():
-    from ai4land.layers import _ENTROPY_BLOCK
+    from ai4land.predict.layers import _ENTROPY_BLOCK
 
     groups = class_groups(CoarseSource(historical="x").groups, PREDICTED)
     probs = _probs(seed=5, shape=(40, 64))  # 10 runs of 256 pixels

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ai4land.io.locks import claim_workdir, held_staging_dir, remove_stale_staging
-from ai4land.products import staging_dir
+from ai4land.io.cog import staging_dir
+from ai4land.io.locks import held_staging_dir, remove_stale_staging
 
 HOLD = """
 import sys, time

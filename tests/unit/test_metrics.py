@@ -1,14 +1,23 @@
 import numpy as np
 import pytest
 
+from ai4land.config import CoarseGroup
 from ai4land.evaluate.baselines import coarse_majority
 from ai4land.evaluate.metrics import (
-    Calibration, ChangeScores, CohenKappa, ConfusionMatrix, MeanF1, MeanIoU, OverallAccuracy,
-    PerClassF1, PerClassIoU, ReliabilityHistogram, confusion_by_label,
+    Calibration,
+    ChangeScores,
+    CohenKappa,
+    ConfusionMatrix,
+    MeanF1,
+    MeanIoU,
+    OverallAccuracy,
+    PerClassF1,
+    PerClassIoU,
+    ReliabilityHistogram,
+    confusion_by_label,
 )
 from ai4land.evaluate.scores import ModelScores
-from ai4land.config import CoarseGroup
-from ai4land.harmonize import class_groups
+from ai4land.predict.harmonize import class_groups
 
 
 def test_hand_computed_confusion_metrics():

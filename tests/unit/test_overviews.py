@@ -7,8 +7,8 @@ import pytest
 import rasterio
 
 from ai4land.grid import Grid
-from ai4land.overviews import StreamedOverviews, overview_shapes, source_windows
-from ai4land.products import CogLayer, class_layer, overview_count, quantised_layer
+from ai4land.io.cog import CogLayer, class_layer, overview_count, quantised_layer
+from ai4land.io.overviews import StreamedOverviews, overview_shapes, source_windows
 
 LEGEND = {0: "ocean", 11: "urban", 22: "cropland", 33: "pasture", 44: "forest",
           55: "grass", 66: "sparse", 77: "water", 99: "no data"}

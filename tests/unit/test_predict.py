@@ -14,10 +14,11 @@ import torch
 from ai4land.config import parse_config
 from ai4land.errors import GridError, InputDataError, ModelCardError, OutputError
 from ai4land.grid import Grid, Window
+from ai4land.io.cog import validate_cog, write_cog
 from ai4land.io.cube import Cube
+from ai4land.io.zarr_store import read_year
 from ai4land.models import ModelCard, UNet, save_model
-from ai4land.predict import run_predict
-from ai4land.products import read_year, validate_cog, write_cog
+from ai4land.predict.run import run_predict
 from ai4land.samples.features import input_channel_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -147,7 +148,7 @@ def test_missing_year_is_a_clear_error(world):
 
 
 def test_observed_years_are_predicted_harmonised_to_their_own_map(world, tmp_path):
-    from ai4land.harmonize import class_groups, map_group_fractions
+    from ai4land.predict.harmonize import class_groups, map_group_fractions
 
     root, _ = world
     config = _config(root, years={"observed": [1960, 1962]})
@@ -211,11 +212,11 @@ def _outputs(out: Path) -> list[Path]:
 @pytest.mark.parametrize("workers", [1, 3])
 def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, workers):
     root, config = world
-    monkeypatch.setattr("ai4land.predict.job_threads", lambda: 1)
+    monkeypatch.setattr("ai4land.predict.run.job_threads", lambda: 1)
     whole_out, whole = _job(root, config, "ssp126", 1966)
     # Harmonise one coarse-cell row (8 pixel rows) at a time, in several threads.
-    monkeypatch.setattr("ai4land.predict.BAND_PIXELS", 8 * 48)
-    monkeypatch.setattr("ai4land.predict.job_threads", lambda: workers)
+    monkeypatch.setattr("ai4land.predict.run.BAND_PIXELS", 8 * 48)
+    monkeypatch.setattr("ai4land.predict.run.job_threads", lambda: workers)
     out = tmp_path / "maps" / "ai4land_ssp126_1966.tif"
     banded = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                          prior_path=None, output=out, store=tmp_path / "s.zarr")
@@ -233,7 +234,7 @@ def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, wor
 
 def test_windows_over_nodata_cells_are_skipped_without_changing_products(world, tmp_path,
                                                                           monkeypatch):
-    import ai4land.predict as predict
+    import ai4land.predict.probabilities as predict
 
     root, _ = world
     # windows of one coarse cell: those over the ocean's two no-data cells are skipped
@@ -291,7 +292,7 @@ def _holed_cube(world, root: Path, *, nodata_block, empty_cell) -> None:
 def test_nodata_pixels_stay_nodata_and_out_of_quotas(world, tmp_path):
     """No-data pixels of the anchor map stay 99 and are not counted in their cells'
     quotas; land of a cell without coarse land-use data keeps the anchor map's classes."""
-    from ai4land.harmonize import (
+    from ai4land.predict.harmonize import (
         class_groups,
         delta_target,
         largest_remainder_counts,
@@ -453,11 +454,11 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
     and no thread behind."""
     import threading
 
-    import ai4land.inference
-    from ai4land.products import CogLayer
+    import ai4land.predict.inference
+    from ai4land.io.cog import CogLayer
 
     root, config = world
-    monkeypatch.setattr("ai4land.predict.job_threads", lambda: 2)
+    monkeypatch.setattr("ai4land.predict.run.job_threads", lambda: 2)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
@@ -465,12 +466,12 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
     if where == "writer":
         monkeypatch.setattr(CogLayer, "write", crash)
     elif where == "store":
-        monkeypatch.setattr("ai4land.predict.StoreWriter.write", crash)
+        monkeypatch.setattr("ai4land.io.zarr_store.StoreWriter.write", crash)
     elif where == "model":
-        monkeypatch.setattr(ai4land.inference, "_softmax", crash)
+        monkeypatch.setattr(ai4land.predict.inference, "_softmax", crash)
     elif where == "finaliser":
-        monkeypatch.setattr("ai4land.predict.harmonize", crash)
-        monkeypatch.setattr("ai4land.predict.allocate_change", crash)
+        monkeypatch.setattr("ai4land.predict.finalise.harmonize", crash)
+        monkeypatch.setattr("ai4land.predict.finalise.allocate_change", crash)
     else:
         convert = CogLayer.convert
 
@@ -489,7 +490,7 @@ def test_killed_job_leaves_no_product_looking_complete(world, tmp_path, monkeypa
 
 
 def test_rebands_regroups_rows_on_multiples():
-    from ai4land.predict import rebands
+    from ai4land.predict.probabilities import rebands
 
     rows = np.arange(23)[:, None]
     bands = [(0, rows[:7]), (7, rows[7:9]), (9, rows[9:23])]
@@ -516,7 +517,7 @@ def test_rebands_regroups_rows_on_multiples():
 
 
 def test_rebands_cuts_available_rows_into_parts_for_workers():
-    from ai4land.predict import rebands
+    from ai4land.predict.probabilities import rebands
 
     rng = np.random.default_rng(1)
     for _ in range(50):

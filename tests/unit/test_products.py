@@ -11,18 +11,11 @@ import rioxarray
 import xarray as xr
 
 from ai4land.config import ClassesConfig
+from ai4land.encoding import dequantise, quantise
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
-from ai4land.products import (
-    dequantise,
-    init_store,
-    quantise,
-    read_year,
-    validate_cog,
-    write_cog,
-    write_probability_cogs,
-    write_year,
-)
+from ai4land.io.cog import validate_cog, write_cog, write_probability_cogs
+from ai4land.io.zarr_store import init_store, read_year, write_year
 
 LEGEND = ClassesConfig().legend
 GRID = Grid(west=4.0, north=48.0, res=0.01, width=300, height=280)
@@ -205,7 +198,7 @@ def test_chunk_files_written_directly_equal_zarrs_own(tmp_path, monkeypatch):
     """The writer's direct chunk files are the bytes zarr writes itself: interior and
     edge chunks, all-fill chunks left out (and removed when overwritten), band by band
     on chunk rows and, for a band off the chunk grid, through zarr."""
-    from ai4land.products import StoreWriter
+    from ai4land.io.zarr_store import StoreWriter
 
     written = []
     write_chunks = StoreWriter._write_chunks

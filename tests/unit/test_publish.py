@@ -17,8 +17,9 @@ import pytest
 from ai4land.config import parse_config
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
-from ai4land.products import init_store, write_cog, write_probability_cogs, write_year
-from ai4land.publish import (
+from ai4land.io.cog import write_cog, write_probability_cogs
+from ai4land.io.zarr_store import init_store, write_year
+from ai4land.publish.run import (
     MANIFEST,
     input_datasets,
     map_path,

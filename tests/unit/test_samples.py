@@ -36,7 +36,7 @@ from ai4land.samples.plan import (  # noqa: E402
     shard,
     valid_corners,
 )
-from ai4land.split import make_split  # noqa: E402
+from ai4land.samples.split import make_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")

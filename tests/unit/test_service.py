@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ai4land.emulator import Emulator
+from ai4land.emulator.core import Emulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from emulator_world import write_luh_file, write_world  # noqa: E402

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from ai4land.errors import InputDataError
-from ai4land.split import (
-    Split, block_composition, farthest_point_sampling, make_split, plot_split, stratified_sampling,
+from ai4land.samples.split import (
+    Split,
+    block_composition,
+    farthest_point_sampling,
+    make_split,
+    plot_split,
+    stratified_sampling,
 )
 
 

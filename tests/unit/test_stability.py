@@ -5,9 +5,12 @@ import pytest
 
 from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.stability import (
-    StabilityCounts, StabilityScores, stability_counts, summarise_stability,
+    StabilityCounts,
+    StabilityScores,
+    stability_counts,
+    summarise_stability,
 )
-from ai4land.harmonize import class_groups
+from ai4land.predict.harmonize import class_groups
 
 GROUPS = class_groups({"crop": {"variables": ["c"], "classes": [22]},
                        "pasture": {"variables": ["p"], "classes": [33]},

@@ -23,8 +23,8 @@ from ai4land.errors import ConfigError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
 from ai4land.models import check_inputs, load_model  # noqa: E402
 from ai4land.samples.features import input_channel_names  # noqa: E402
-from ai4land.split import make_split  # noqa: E402
-from ai4land.train import lr_factor, run_training  # noqa: E402
+from ai4land.samples.split import make_split  # noqa: E402
+from ai4land.train.loop import lr_factor, run_training  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_bad_settings_give_clear_errors(tiny, tmp_path):
 
 
 def test_module_entry_point_reports_errors_on_one_line(tmp_path):
-    from ai4land.train import main
+    from ai4land.train.loop import main
 
     assert main(["--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path)]) == 2
 

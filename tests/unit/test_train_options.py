@@ -20,8 +20,8 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 from ai4land.config import parse_config  # noqa: E402
 from ai4land.errors import ConfigError, InputDataError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
+from ai4land.io.prefetch import Prefetch  # noqa: E402
 from ai4land.models import UNet, load_model  # noqa: E402
-from ai4land.prefetch import Prefetch  # noqa: E402
 from ai4land.samples.features import (  # noqa: E402
     INPUT_GROUPS,
     channel_group,
@@ -30,8 +30,8 @@ from ai4land.samples.features import (  # noqa: E402
     input_channel_names,
 )
 from ai4land.samples.plan import FORWARD, SamplePlanner, change_counts  # noqa: E402
-from ai4land.split import make_split  # noqa: E402
-from ai4land.train import run_training  # noqa: E402
+from ai4land.samples.split import make_split  # noqa: E402
+from ai4land.train.loop import run_training  # noqa: E402
 
 
 def _write_split(cube: Cube, path: Path, years: tuple[int, int], test_years: tuple[int, int]):
@@ -378,7 +378,7 @@ def test_input_dropout_validates(tiny):
 
 def test_input_dropout_and_augment_reach_training_only_and_resume_exactly(tiny, tmp_path,
                                                                          monkeypatch):
-    import ai4land.train as train_module
+    import ai4land.train.loop as train_module
 
     root, split_path, _ = tiny
     seen = []

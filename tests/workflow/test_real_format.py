@@ -27,7 +27,6 @@ import netCDF4
 import numpy as np
 import pytest
 import yaml
-
 from data.real_format import FACTOR, read_map, served_path, source_url, write_server_tree
 
 REPO = Path(__file__).resolve().parents[2]

@@ -72,7 +72,7 @@ def config_hash(*keys, exclude=("datasets.coarse.scenarios",)):
     rules that read the changed entries (and, through their outputs, what depends on
     them). The per-SSP file list is left out: a new SSP adds its own jobs instead.
     """
-    from ai4land.regenerate import config_digest
+    from ai4land.publish.regenerate import config_digest
 
     return config_digest(CFG, keys, exclude=exclude)
 

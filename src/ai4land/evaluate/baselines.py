@@ -6,7 +6,7 @@ groups in proportion to the coarse fractions at random (``random_allocation``).
 
 Allocation baselines give per-pixel class *scores* (in [0, 1], summing to at most 1
 per pixel, like probabilities) that go through the same finalising as the U-Net's
-probabilities (:class:`ai4land.predict.Finaliser`: harmonisation to the delta-method
+probabilities (:class:`ai4land.predict.finalise.Finaliser`: harmonisation to the delta-method
 target, exact whole-pixel counts per coarse cell), so a comparison isolates what the
 network adds:
 
@@ -28,10 +28,10 @@ from threadpoolctl import threadpool_limits
 
 from ai4land.errors import InputDataError
 from ai4land.grid import Window
-from ai4land.harmonize import Groups, cell_ids, largest_remainder_counts
 from ai4land.io.cube import Cube
+from ai4land.predict.harmonize import Groups, cell_ids, largest_remainder_counts
 from ai4land.samples.features import build_inputs, codes_to_index
-from ai4land.split import Split
+from ai4land.samples.split import Split
 
 # Weight of the previous class in the persistence-preferring scores: above the 1 - KEEP
 # that all other classes share, so a pixel leaves its class only when its cell's count

@@ -7,10 +7,10 @@ year after them down to the first. Its harmonisation anchor is the start map (th
 delta-method target: start map + LUH(t) - LUH(start)).
 
 Memory does not grow with the region: each test block is a :class:`Site`, the windows
-of predict's own window plan (:func:`~ai4land.predict.plan_prediction`) that touch the
+of predict's own window plan (:func:`~ai4land.predict.probabilities.plan_prediction`) that touch the
 block's coarse cells. Inside the block's cells every window predict would blend is run,
 so with the same prior a pixel gets predict's probabilities exactly; the cells covered
-by those windows (``Site.area``) are finalised by :class:`~ai4land.predict.Finaliser`,
+by those windows (``Site.area``) are finalised by :class:`~ai4land.predict.finalise.Finaliser`,
 predict's own harmonisation and layers. The prior beyond them (the windows' outer ring,
 context only) is the network's plain argmax there. A site holds a few hundred pixels a
 side; the whole region is never held, only its coarse cells (as predict holds them).
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ai4land.grid import Window
-from ai4land.inference import plan_windows, stream_probabilities
 from ai4land.io.cube import Cube
+from ai4land.predict.inference import plan_windows, stream_probabilities
 from ai4land.samples.features import build_inputs, codes_to_index
-from ai4land.split import Block, Split
+from ai4land.samples.split import Block, Split
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class YearContext:
     scenario: str
     direction: int
     coarse_cells: np.ndarray  # the region's coarse cells (as predict reads them)
-    finaliser: object  # ai4land.predict.Finaliser of this year
+    finaliser: object  # ai4land.predict.finalise.Finaliser of this year
     rng: Callable[[Site, str], np.random.Generator]  # a generator per (site, model)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ai4land.encoding import DEFAULT_COLOURS
 from ai4land.evaluate.change import CATEGORIES, change_categories
 from ai4land.io.atomic import atomic_path
-from ai4land.products import DEFAULT_COLOURS
 
 MODEL_COLOURS = {
     "unet": "#e41a1c", "unet_raw": "#fb9a99", "unet_teacher_forced": "#ff7f00",

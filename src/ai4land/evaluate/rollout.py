@@ -11,7 +11,7 @@ import numpy as np
 
 from ai4land.grid import Window
 from ai4land.io.cube import Cube
-from ai4land.predict import year_probabilities
+from ai4land.predict.probabilities import year_probabilities
 
 
 def unet_year(config, *, cube: Cube, model, scenario: str, year: int,

@@ -5,7 +5,7 @@ Chains (:mod:`ai4land.evaluate.chains`) run as ``predict`` runs them: *forward* 
 the observed map of the year before the test years through the test years, and
 *backward* from the observed map of the year after them down to the first test year
 (each where that map is observed); every chain year is finalised by predict's own
-:class:`~ai4land.predict.Finaliser` (harmonisation to the delta-method target anchored
+:class:`~ai4land.predict.finalise.Finaliser` (harmonisation to the delta-method target anchored
 at the start map, then the layers), streamed test block by test block. Each chain year
 is scored, and so is the whole-period change (start map -> last chain year).
 
@@ -68,13 +68,19 @@ from ai4land.evaluate.scores import INTERVALS, ModelScores
 from ai4land.evaluate.stability import stability_counts
 from ai4land.evaluate.tables import write_tables
 from ai4land.grid import Window
-from ai4land.harmonize import class_groups, conservation_error, map_group_fractions, offset_weight
-from ai4land.inference import resolve_device
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
-from ai4land.predict import Finaliser, ensemble_seed
+from ai4land.predict.finalise import Finaliser
+from ai4land.predict.harmonize import (
+    class_groups,
+    conservation_error,
+    map_group_fractions,
+    offset_weight,
+)
+from ai4land.predict.inference import resolve_device
+from ai4land.predict.probabilities import ensemble_seed
 from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
-from ai4land.split import load_split
+from ai4land.samples.split import load_split
 
 log = logging.getLogger(__name__)
 

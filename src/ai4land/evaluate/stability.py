@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ai4land.harmonize import Groups
+from ai4land.predict.harmonize import Groups
 
 SCALARS = ("valid", "changed", "minimal", "isolated", "present", "vanished", "vanished_forced")
 

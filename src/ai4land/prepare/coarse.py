@@ -17,6 +17,7 @@ import xarray as xr
 from ai4land.errors import ConfigError, GridError, InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
+from ai4land.io.cube import TILE_CHUNK
 from ai4land.io.rasters import (
     LatLonAxes,
     decode_years,
@@ -26,7 +27,6 @@ from ai4land.io.rasters import (
     open_netcdf,
     require_variable,
 )
-from ai4land.io.cube import TILE_CHUNK
 from ai4land.prepare._common import (
     create_store,
     cube_paths,

@@ -25,8 +25,8 @@ What it needs and where it finds it:
 
 Each year goes through the product's own code path (:mod:`ai4land.predict`): the same
 inputs (:func:`~ai4land.samples.features.build_inputs`), sliding windows and blending
-(:func:`~ai4land.predict.probability_bands`), and the same finalising: harmonisation to
-the delta-method target, layers and report (:class:`~ai4land.predict.Finaliser`), band
+(:func:`~ai4land.predict.probabilities.probability_bands`), and the same finalising: harmonisation to
+the delta-method target, layers and report (:class:`~ai4land.predict.finalise.Finaliser`), band
 by band with the working memory of a predict job. The region is the bbox widened to whole coarse
 cells (harmonisation works cell by cell), then cut back to the bbox's pixels; over the
 cube's whole extent the maps equal ``ai4land predict``'s.
@@ -53,10 +53,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ai4land.encoding import QUANT_NODATA, QUANT_SCALE, dequantise
 from ai4land.errors import GridError, InputDataError, ModelCardError
 from ai4land.grid import Grid, Window
-from ai4land.harmonize import class_groups, offset_weight
 from ai4land.io.cube import Cube
+from ai4land.io.prefetch import Prefetch
 from ai4land.io.rasters import (
     TIME_NAMES,
     decode_years,
@@ -68,8 +69,8 @@ from ai4land.io.rasters import (
     open_class_map,
     require_class_codes,
 )
-from ai4land.prefetch import Prefetch
-from ai4land.products import QUANT_NODATA, QUANT_SCALE, dequantise, product_layers
+from ai4land.io.zarr_store import product_layers
+from ai4land.predict.harmonize import class_groups, offset_weight
 
 SCENARIO_NAME = "emulated"
 LAYER_ATTRS = {
@@ -338,8 +339,8 @@ class Emulator:
     """A trained model, its config and its static data, ready to predict (warm)."""
 
     def __init__(self, *, model, card, config, cube: Cube, model_dir: Path, device=None):
-        from ai4land.inference import resolve_device, weights_digest
         from ai4land.models.card import CARD, check_inputs
+        from ai4land.predict.inference import resolve_device, weights_digest
         from ai4land.samples.features import input_channel_names
 
         self.model, self.card, self.config, self.cube = model, card, config, cube
@@ -364,8 +365,8 @@ class Emulator:
     def from_model(cls, model_dir: str | Path, *, config=None, cube: str | Path | None = None,
                    device: str | None = None) -> Emulator:
         """Load the model of ``model_dir`` (weights + card) and find its config and cube."""
-        from ai4land.heap import share_one_heap
         from ai4land.models.card import CARD, load_model
+        from ai4land.predict.heap import share_one_heap
 
         share_one_heap()  # before any of the emulator's threads start
         model_dir = Path(model_dir)
@@ -516,10 +517,10 @@ class Emulator:
         """Fractions of ``maps`` (a Dataset of :meth:`predict`, or files written by
         ``emulate``) on ``grid`` (a resolution in degrees over the maps' extent,
         ``{"res": r, "bbox": [w, s, e, n]}``, a :class:`~ai4land.grid.Grid`, a
-        :class:`~ai4land.aggregate.TargetGrid` or a grid file): one fraction per class
+        :class:`~ai4land.emulator.aggregate.TargetGrid` or a grid file): one fraction per class
         and per plant functional type (the config's ``aggregate`` crosswalk), in LUH
-        layout; see :mod:`ai4land.aggregate`."""
-        from ai4land.aggregate import aggregate_maps
+        layout; see :mod:`ai4land.emulator.aggregate`."""
+        from ai4land.emulator.aggregate import aggregate_maps
 
         return aggregate_maps(maps, grid, classes=self.config.classes,
                               aggregate=self.config.aggregate)
@@ -529,7 +530,9 @@ class Emulator:
               progress) -> tuple[np.ndarray, dict]:
         """(h, w, layers) uint8 product layers of the region for ``year``, and its report,
         through the product's prediction and finalising."""
-        from ai4land.predict import Finaliser, band_rows, job_threads, probability_bands, rebands
+        from ai4land.predict.finalise import Finaliser
+        from ai4land.predict.probabilities import probability_bands, rebands
+        from ai4land.predict.run import band_rows, job_threads
 
         config = self.config
         grid = region.fine_grid
@@ -666,7 +669,8 @@ def write_maps(datasets, out: str | Path) -> list[Path]:
 
 
 def _write_cogs(ds: xr.Dataset, out: Path) -> list[Path]:
-    from ai4land.products import quantise, write_cog, write_probability_cogs
+    from ai4land.encoding import quantise
+    from ai4land.io.cog import write_cog, write_probability_cogs
 
     year = int(ds["year"].values[0])
     grid = Grid.from_dict(json.loads(ds.attrs["grid"]))
@@ -690,7 +694,7 @@ def _write_netcdf(datasets, path: Path) -> None:
     round(x × 254) with scale_factor 1/254 and _FillValue 255)."""
     import netCDF4
 
-    from ai4land.products import quantise
+    from ai4land.encoding import quantise
 
     reports: list[dict] = []
     with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:

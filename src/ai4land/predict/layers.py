@@ -18,8 +18,8 @@ import math
 import numba
 import numpy as np
 
-from ai4land.harmonize import Groups
-from ai4land.products import QUANT_NODATA, QUANT_SCALE
+from ai4land.encoding import QUANT_NODATA, QUANT_SCALE
+from ai4land.predict.harmonize import Groups
 
 
 def summarise(probs: np.ndarray, groups: Groups, predicted: list[int],

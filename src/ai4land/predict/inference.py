@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ai4land.grid import Window
-from ai4land.prefetch import Prefetch
+from ai4land.io.prefetch import Prefetch
 
 # load_window(window, out=None) -> (C_in, h, w) float32 input, ``out`` filled if given
 WindowLoader = Callable[..., np.ndarray]

@@ -42,7 +42,7 @@ from starlette.background import BackgroundTask
 
 from ai4land.errors import Ai4landError
 
-log = logging.getLogger("ai4land.service")
+log = logging.getLogger("ai4land.emulator.service")
 MEDIA = {".nc": "application/x-netcdf", ".zip": "application/zip"}
 
 
@@ -152,11 +152,11 @@ def _years(text: str) -> list[int]:
 
 def run_request(emulator, request: Request, workdir: Path) -> Path:
     """Compute ``request`` into ``workdir``; the path of the file to return."""
-    from ai4land.emulator import write_maps
+    from ai4land.emulator.core import write_maps
 
     kwargs = {"bbox": request.bbox, "years": request.years}
     if request.output == "fractions":
-        from ai4land.aggregate import write_fractions
+        from ai4land.emulator.aggregate import write_fractions
 
         maps = emulator.predict(request.scenario, **kwargs)
         bbox = request.grid_extent or request.bbox or emulator.extent

@@ -90,11 +90,11 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 def compare_manifest(manifest: str | Path, root: str | Path) -> ManifestComparison:
     """Compare the files under ``root`` with a published manifest, file by file.
 
-    Files the manifest lists are checked with :func:`ai4land.publish.verify_manifest`;
+    Files the manifest lists are checked with :func:`ai4land.publish.run.verify_manifest`;
     files that sit beside them in the product (COGs under maps/, the Zarr store) but are
     not listed are reported as extra.
     """
-    from ai4land.publish import verify_manifest
+    from ai4land.publish.run import verify_manifest
 
     manifest, root = Path(manifest), Path(root)
     if not manifest.is_file():

@@ -239,7 +239,7 @@ def harmonize(
     ``targets``: (G, hc, wc) group fractions (rows of cells covering the grid; partial
     edge cells allowed). Cells whose targets are all 0 keep the argmax.
     ``argmax``: (H, W) ``probs.argmax(axis=-1)`` and ``group_p``: (H, W, G) summed
-    probabilities per group, when the caller has them (:func:`ai4land.layers.summarise`).
+    probabilities per group, when the caller has them (:func:`ai4land.predict.layers.summarise`).
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape

@@ -23,17 +23,19 @@ import platform
 import shutil
 import subprocess
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import rasterio
 
 import ai4land
+from ai4land.encoding import DEFAULT_COLOURS
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
-from ai4land.products import DEFAULT_COLOURS, layer_path, product_layers, sha256_file
+from ai4land.io.checksums import sha256_file
+from ai4land.io.cog import layer_path
+from ai4land.io.zarr_store import product_layers
 
 MANIFEST = "SHA256SUMS"
 MAPS = "maps"  # the publish tree: maps/<scenario>/<files>, product/<store>/

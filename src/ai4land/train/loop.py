@@ -18,7 +18,7 @@ validation weights), ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch, wit
 
 One trainer per model directory: rank 0 holds an exclusive lock on ``.train.lock`` in
 it for the whole run (a second trainer stops with one line), and a torchrun worker
-dies with its agent (:func:`ai4land.launch.die_with_parent`), so a killed job leaves
+dies with its agent (:func:`ai4land.train.launch.die_with_parent`), so a killed job leaves
 no worker writing ``last.pt`` beside its restart.
 
 Input pipeline: the training years of the cube are copied once into plain arrays
@@ -60,10 +60,9 @@ from ai4land.errors import Ai4landError, ConfigError, InputDataError, OutputErro
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
-from ai4land.launch import AGENT_MARKERS, die_with_parent, in_torchrun_worker
+from ai4land.io.prefetch import Prefetch
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
-from ai4land.prefetch import Prefetch
 from ai4land.samples.arrays import TrainingArrays
 from ai4land.samples.dataset import WindowDataset
 from ai4land.samples.features import (
@@ -75,7 +74,8 @@ from ai4land.samples.features import (
     input_normalisation,
 )
 from ai4land.samples.plan import SamplePlanner, change_counts, largest_tile, shard
-from ai4land.split import load_split
+from ai4land.samples.split import load_split
+from ai4land.train.launch import AGENT_MARKERS, die_with_parent, in_torchrun_worker
 
 log = logging.getLogger("ai4land.train")
 
