@@ -1,4 +1,4 @@
-"""Shared helpers: timing, machine description, and the result JSON of DESIGN.md."""
+"""Shared helpers: timing, machine description, and the result JSON (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ class Source(_Section):
 
 
 class DownloadConfig(_Section):
-    """How ``ai4land download`` talks to servers (README, "Downloads")."""
+    """How ``ai4land download`` talks to servers (docs/usage.md, "Downloads")."""
 
     # Seconds without a byte before a connection counts as stalled; the download then
     # resumes (HTTP Range) from the bytes already received.

@@ -27,8 +27,8 @@ How the world works (everything vectorised, one random stream per purpose):
   is abandoned to grass in "abandonment" regions, forest is cleared for pasture along
   fronts, and grass regrows to forest where forest is the natural cover.
 - The coarse fractions of every simulated year are the exact aggregation of the fine
-  maps over each coarse cell's non-ocean pixels (LUH2 group -> class mapping of
-  DESIGN.md, with seeded per-cell splits inside each group); ``icwtr`` is the lake
+  maps over each coarse cell's non-ocean pixels (the LUH2 group -> class mapping of
+  docs/design.md, with seeded per-cell splits inside each group); ``icwtr`` is the lake
   fraction. Scenario files hold the same aggregated values up to the last observed year
   and then diverge with scenario-specific trends.
 """

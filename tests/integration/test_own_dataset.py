@@ -1,6 +1,6 @@
-"""A user's own dataset, prepared through the CLI with nothing but the README's config.
+"""A user's own dataset, prepared through the CLI with nothing but the documented config.
 
-The config is read verbatim from the "Your own data" section of README.md, so the
+The config is read verbatim from the "An example" section of docs/own-data.md, so the
 documented example is the tested one. The generated files differ from LUH2/HILDA+ in
 every way the config allows: coarse variables crops/forest/grass/urb on a 0.5 degree
 grid stored south-up with longitude 0..360 and time in "days since 1850-01-01" (one
@@ -42,11 +42,11 @@ MAPPING = {1: 22, 2: 44, 3: 55, 4: 11, 5: 66, 6: 0, 255: 99}
 SOIL_RES = 0.05
 
 
-def readme_config() -> dict:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Your own data", 1)[1]
+def documented_config() -> dict:
+    text = (REPO / "docs" / "own-data.md").read_text()
+    section = text.split("## An example", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
-    assert block, "README.md: no yaml block under 'Your own data'"
+    assert block, "docs/own-data.md: no yaml block under 'An example'"
     return yaml.safe_load(block.group(1))
 
 
@@ -153,7 +153,7 @@ def ai4land(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("factor", [5, 20])
 def test_own_dataset_through_the_cli(tmp_path, monkeypatch, factor):
     expected = write_user_data(tmp_path, factor)
-    (tmp_path / "my.yaml").write_text(yaml.safe_dump(readme_config()))
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(documented_config()))
 
     for args in (["config", "check", "my.yaml"],
                  ["prepare", "target", "-c", "my.yaml"],

@@ -15,7 +15,8 @@ runs compiled (numba), in time about linear in the pixels, without the GIL, so i
 overlaps the model's forward pass. Inside a group, a pixel takes the group's class with
 the highest probability.
 
-The default target is the delta method of DESIGN.md (:func:`delta_target`).
+The default target is the delta method (:func:`delta_target`; docs/design.md,
+"Harmonisation target").
 """
 
 from __future__ import annotations
