@@ -136,7 +136,8 @@ def model_forward(model_dir: Path):
     """One forward pass of the job's model (folded batch norm, channels_last, the job's
     autocast) as a callable on an input batch; nothing else."""
     from ai4land.models.card import load_model
-    from ai4land.predict.inference import autocast_dtype, fold_batchnorm
+    from ai4land.device import autocast_dtype
+    from ai4land.predict.inference import fold_batchnorm
 
     model = fold_batchnorm(load_model(model_dir)[0]).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(torch.device("cpu"))

@@ -83,7 +83,8 @@ def model_samples_per_s(config, batches, *, in_channels: int, precision) -> floa
 
 
 def main() -> None:
-    from ai4land.train.loop import Precision, cpu_supports_bf16, resolve_precision
+    from ai4land.device import cpu_supports_bf16
+    from ai4land.train.loop import Precision, resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="ai4land-bench-") as tmp:
         config, _, dataset, batches = demo_batches(Path(tmp))

@@ -85,7 +85,8 @@ def run(dry_run: bool) -> dict:
 
     from ai4land.io.cube import Cube
     from ai4land.models.unet import UNet
-    from ai4land.predict.inference import autocast_dtype, fold_batchnorm
+    from ai4land.device import autocast_dtype
+    from ai4land.predict.inference import fold_batchnorm
     from ai4land.samples.arrays import TrainingArrays
     from ai4land.samples.dataset import WindowDataset
     from ai4land.samples.features import BatchInputs

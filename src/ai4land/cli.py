@@ -74,7 +74,8 @@ def cmd_split(args) -> int:
 def cmd_train(args) -> int:
     from ai4land.train.loop import run_training
 
-    run_training(_config(args), output_dir=Path(args.output), split_path=Path(args.split),
+    run_training(_config(args), output_dir=Path(args.output),
+                 split_path=Path(args.split) if args.split else None,
                  resume=not args.no_resume, restart_if_changed=args.restart_if_changed,
                  max_steps=args.max_steps)
     return 0
@@ -245,15 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="split JSON")
     p.add_argument("--figure", required=True, help="split map PNG")
 
-    p = stage("train", cmd_train, "train the U-Net (run under torchrun for DDP)")
-    p.add_argument("--split", required=True)
+    p = stage("train", cmd_train, "train the U-Net (one process, or under `ai4land torchrun` "
+              "for DDP; `python -m ai4land.train` takes the same flags)")
+    p.add_argument("--split", help="split JSON (default: split/split.json under paths.results)")
     p.add_argument("--output", required=True, help="model directory")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--restart-if-changed", action="store_true",
                    help="a checkpoint of other training settings is moved to "
                         "checkpoints/stale-<hash>/ and training starts afresh (default: "
                         "refuse it); the workflow passes this")
-    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimiser steps in all, writing a checkpoint "
+                        "(a later run resumes there)")
 
     p = stage("evaluate", cmd_evaluate, "score the harmonised chains of the model and the "
               "baselines on test blocks and years")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from ai4land.device import autocast_dtype
 from ai4land.predict.inference import (
-    autocast_dtype,
     coverage_count,
     gaussian_weights,
     plan_batches,

@@ -157,10 +157,22 @@ def test_bad_settings_give_clear_errors(tiny, tmp_path):
         run_training(_config(root, tile_size=96), output_dir=tmp_path, split_path=split_path)
 
 
-def test_module_entry_point_reports_errors_on_one_line(tmp_path):
-    from ai4land.train.loop import main
-
-    assert main(["--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path)]) == 2
+def test_module_entry_point_is_the_cli_command(tmp_path):
+    """``python -m ai4land.train`` (what torchrun runs) is ``ai4land train``: the same
+    flags (--config repeats, --split optional) and one-line errors."""
+    missing = tmp_path / "missing.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "ai4land.train", "--config", str(missing), "--output",
+         str(tmp_path / "model"), "--no-resume", "--max-steps", "1"],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ai4land: error: ") and "missing.yaml" in lines[0]
+    usage = subprocess.run([sys.executable, "-m", "ai4land.train", "--help"],
+                           capture_output=True, text=True, timeout=120, env=_env())
+    assert usage.returncode == 0 and "usage: ai4land train" in usage.stdout
+    assert "--restart-if-changed" in usage.stdout
 
 
 # --- multi-process and kill tests (subprocesses) ---------------------------------------

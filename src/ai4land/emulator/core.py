@@ -340,7 +340,8 @@ class Emulator:
 
     def __init__(self, *, model, card, config, cube: Cube, model_dir: Path, device=None):
         from ai4land.models.card import CARD, check_inputs
-        from ai4land.predict.inference import resolve_device, weights_digest
+        from ai4land.device import resolve_device
+        from ai4land.predict.inference import weights_digest
         from ai4land.samples.features import input_channel_names
 
         self.model, self.card, self.config, self.cube = model, card, config, cube
@@ -357,7 +358,7 @@ class Emulator:
                                  f"classes.predicted {predicted} of the config")
         self.groups = class_groups(config.datasets.coarse.groups, self.classes)
         self.uses_prior = "prior" not in card.dropped_inputs
-        self.device = resolve_device(device or config.predict.device)
+        self.device = resolve_device(device or config.predict.device, key="predict.device")
         self.layers = product_layers(spread=config.predict.ensemble.write_layer)
         self.model_hash = weights_digest(model)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ai4land.device import resolve_device
 from ai4land.errors import GridError, InputDataError
 from ai4land.evaluate import figures
 from ai4land.evaluate.baselines import (
@@ -77,7 +78,6 @@ from ai4land.predict.harmonize import (
     map_group_fractions,
     offset_weight,
 )
-from ai4land.predict.inference import resolve_device
 from ai4land.predict.probabilities import ensemble_seed
 from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
 from ai4land.samples.split import load_split
@@ -230,7 +230,7 @@ class _Runner:
         self.sites, self.names, self.classes, self.blocks = sites, names, classes, blocks
         self.groups = class_groups(config.datasets.coarse.groups, classes)
         self.code_of = np.asarray(classes, dtype="uint8")
-        self.device = resolve_device(config.predict.device)
+        self.device = resolve_device(config.predict.device, key="predict.device")
         self.whole = Window(0, 0, *cube.fine_grid.shape)
         self.land = [cube.land_mask_window(site.outer) for site in sites]
         self.scored_pixels = [

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ai4land.device import autocast_dtype, resolve_device
 from ai4land.grid import Window
 from ai4land.io.prefetch import Prefetch
 
@@ -100,35 +101,6 @@ def gaussian_weights(height: int, width: int, *, sigma_scale: float = 0.125) -> 
 
 
 # --- running ------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("predict.device is 'cuda' but no CUDA device is available")
-    return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels (AVX-512 BF16 / AMX); emulated bf16 is slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
-    """The autocast dtype for ``device``: None (fp32), bf16 or fp16. ``amp=None`` = auto."""
-    if amp is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (amp is True or cpu_supports_bf16()):
-        return torch.bfloat16
-    return None
 
 
 class BandAccumulator:

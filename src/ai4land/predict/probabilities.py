@@ -13,13 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ai4land.device import resolve_device
 from ai4land.grid import Window
 from ai4land.io.cube import Cube
-from ai4land.predict.inference import (
-    plan_windows,
-    resolve_device,
-    stream_probabilities,
-)
+from ai4land.predict.inference import plan_windows, stream_probabilities
 from ai4land.samples.features import build_inputs
 
 PriorReader = Callable[[Window], np.ndarray]
@@ -115,7 +112,7 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     stream = stream_probabilities(
         model, load_window=load_window, shape=grid.shape, windows=windows,
         batch_size=config.predict.batch_size,
-        device=device if device is not None else resolve_device(config.predict.device),
+        device=device if device is not None else resolve_device(config.predict.device, key="predict.device"),
         ensemble=ensemble.kind, members=ensemble.members,
         seed=ensemble_seed(config, scenario, year),
         progress=progress, description=f"{scenario} {year}", streams=streams, skip=skip,

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from ai4land.device import autocast_dtype, resolve_device
 from ai4land.errors import InputDataError, ModelCardError
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
@@ -70,11 +71,7 @@ from ai4land.predict.harmonize import (
     offset_weight,
 )
 from ai4land.predict.heap import share_one_heap
-from ai4land.predict.inference import (
-    autocast_dtype,
-    resolve_device,
-    weights_digest,
-)
+from ai4land.predict.inference import weights_digest
 from ai4land.predict.probabilities import probability_bands, rebands
 from ai4land.samples.features import input_channel_names
 
@@ -229,7 +226,7 @@ def run_predict(
     layers = product_layers(spread=config.predict.ensemble.write_layer)
     whole = Window(0, 0, *grid.shape)
     cells = cube.coarse_cells(scenario, year, whole)
-    device = resolve_device(config.predict.device)
+    device = resolve_device(config.predict.device, key="predict.device")
     workers = job_threads()
     timings = {"load": 0.0, "wait": 0.0, "write": 0.0}  # load: set once the setup is done
 
@@ -348,7 +345,7 @@ def run_predict(
         **finalise.report(),
         "windows": n_windows,
         "windows_skipped": n_skipped,
-        "device": str(device),
+        "device": device.type,  # "cuda", not "cuda:0": the published report stays the same
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "outputs": {name: layer_path(output, name).name for name in layers} | {"store": store.name},

@@ -1,8 +1,10 @@
-"""Training: the ``torchrun`` entry point (DDP; gloo on CPU, nccl on GPU).
+"""Training: one process, or one per rank under ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
 
-Run as ``torchrun --standalone --nproc_per_node=N -m ai4land.train --config C --output O
---split S`` or as a single process (no process group) with ``python -m ai4land.train``
-or ``run_training(config, output_dir=..., split_path=...)``.
+One command line, ``ai4land train --config C --output O --split S`` (also reachable as
+``python -m ai4land.train ...``), run as a single process or under torchrun:
+``ai4land torchrun --nproc N -- train ...`` (what the workflow runs) or
+``torchrun --standalone --nproc_per_node=N -m ai4land.train ...``. In Python:
+``run_training(config, output_dir=..., split_path=...)``.
 
 Exact resume: the data of step ``s`` of epoch ``e`` is a pure function of
 (seed, e, s) (see ``ai4land.samples.plan``), and ``checkpoints/last.pt`` holds the
@@ -32,7 +34,6 @@ A background thread keeps ``train.prefetch`` built batches ahead of the model.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fcntl
 import hashlib
@@ -56,7 +57,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ai4land.errors import Ai4landError, ConfigError, InputDataError, OutputError
+from ai4land.device import autocast_dtype, resolve_device
+from ai4land.errors import ConfigError, InputDataError, OutputError
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
@@ -124,14 +126,6 @@ class Precision:
         )
 
 
-def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def resolve_backend(setting: str, device: torch.device) -> str:
     if setting == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
@@ -140,29 +134,13 @@ def resolve_backend(setting: str, device: torch.device) -> str:
     return setting
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions natively (AVX-512 BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(device: torch.device, amp: bool) -> Precision:
-    if not amp:
+    """``amp``: bf16 autocast where the device runs it natively, fp16 with a GradScaler on
+    a GPU without bf16, fp32 on a CPU without native bf16 (see :mod:`ai4land.device`)."""
+    dtype = autocast_dtype(device) if amp else None
+    if dtype is None:
         return Precision(None, False, False)
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Precision(torch.bfloat16, True, False)
-        return Precision(torch.float16, True, True)
-    if cpu_supports_bf16():
-        return Precision(torch.bfloat16, True, False)
-    return Precision(None, False, False)
+    return Precision(dtype, True, dtype == torch.float16)
 
 
 def _init_distributed(backend_setting: str, device_setting: str) -> tuple[DistInfo, torch.device, bool]:
@@ -170,7 +148,7 @@ def _init_distributed(backend_setting: str, device_setting: str) -> tuple[DistIn
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_setting, local_rank)
+    device = resolve_device(device_setting, local_rank=local_rank, key="train.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     started = False
@@ -481,8 +459,22 @@ def _set_aside(ckpt_dir: Path, old_hash: str) -> None:
 def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume, max_steps,
          restart_if_changed: bool = False) -> dict:
     started_at = time.perf_counter()
-    train_cfg = config.train
-    world = info.world_size
+    per_rank = _per_rank_batch(config.train, info.world_size)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    precision = resolve_precision(device, config.train.amp)
+    data = _load_data(config, info=info, device=device, split_path=split_path,
+                      per_rank=per_rank)
+    trainer = _Trainer(config, info=info, device=device, precision=precision, data=data,
+                       output_dir=output_dir, per_rank=per_rank, max_steps=max_steps)
+    trainer.restore(resume=resume, restart_if_changed=restart_if_changed)
+    trainer.train()
+    return trainer.finish(started_at)
+
+
+def _per_rank_batch(train_cfg, world: int) -> int:
+    """The batch of each rank; ConfigError for a batch or tile the run cannot use."""
     if train_cfg.batch_size % world:
         raise ConfigError(
             f"train.batch_size {train_cfg.batch_size} does not divide over {world} processes"
@@ -492,13 +484,33 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         raise ConfigError(
             f"train.tile_size {train_cfg.tile_size} must be a multiple of 2**depth = {multiple}"
         )
-    per_rank = train_cfg.batch_size // world
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    precision = resolve_precision(device, train_cfg.amp)
+    return train_cfg.batch_size // world
 
-    # --- data --------------------------------------------------------------------
+
+# --- data ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    """What training reads: the cube, the training arrays, the sample planner of the
+    train blocks and the validation loader (None when no window fits the val blocks)."""
+
+    cube: Cube
+    predicted: list[str]
+    channels: list[str]
+    years: list[int]
+    arrays: TrainingArrays
+    planner: SamplePlanner
+    val_loader: DataLoader | None
+    val_tile: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.predicted)
+
+
+def _load_data(config, *, info: DistInfo, device, split_path, per_rank: int) -> _Data:
+    train_cfg = config.train
     cube = Cube.from_config(config)
     split_path = Path(split_path or Path(config.paths.results) / "split" / "split.json")
     split = load_split(split_path)
@@ -508,14 +520,30 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             f"{cube.fine_grid.height}x{cube.fine_grid.width}; run `ai4land split` again"
         )
     predicted = list(config.classes.predicted)
-    num_classes = len(predicted)
     channels = input_channel_names(cube, predicted)
     years = [y for y in split.train_years if y in cube.target_years]
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
-    with_prior = train_cfg.uses_prior
     arrays = _training_arrays(cube, years, train_cfg.cache_dir, info)
-    pin = device.type == "cuda"
-    train_mask = split.role_mask("train")
+    planner = _train_planner(config, cube, split.role_mask("train"), years=years,
+                             predicted=predicted, land_mask=land_mask)
+    val_mask = split.role_mask("val")
+    val_tile = largest_tile(val_mask, multiple=2**train_cfg.depth, at_most=train_cfg.tile_size,
+                            land_mask=land_mask, min_land_fraction=train_cfg.min_land_fraction)
+    val_loader = None
+    if val_tile:
+        val_loader = _val_loader(config, cube, arrays, val_mask, val_tile=val_tile, years=years,
+                                 land_mask=land_mask, info=info, per_rank=per_rank,
+                                 pin_memory=device.type == "cuda")
+    elif info.is_main:
+        log.warning("no validation window fits the val blocks: no validation or early stopping")
+    return _Data(cube=cube, predicted=predicted, channels=channels, years=years, arrays=arrays,
+                 planner=planner, val_loader=val_loader, val_tile=val_tile)
+
+
+def _train_planner(config, cube: Cube, train_mask, *, years, predicted, land_mask) -> SamplePlanner:
+    """The windows of each epoch in the train blocks (``train.change_balanced``: a share
+    of them drawn in proportion to the prior -> target change of their block)."""
+    train_cfg = config.train
     change = None
     if train_cfg.change_balanced > 0:
         whole = Window(0, 0, *cube.fine_grid.shape)
@@ -523,230 +551,302 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             lambda year: codes_to_index(cube.target_window(year, whole), predicted), years,
             block_size=train_cfg.tile_size, allowed=train_mask,
         )
-    planner = SamplePlanner(
+    return SamplePlanner(
         train_mask, tile_size=train_cfg.tile_size, years=years, seed=config.seed,
         scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
         min_land_fraction=train_cfg.min_land_fraction, stream="train", role="train",
-        with_prior=with_prior, change=change, change_share=train_cfg.change_balanced,
+        with_prior=train_cfg.uses_prior, change=change, change_share=train_cfg.change_balanced,
     )
-    val_loader = None
-    val_mask = split.role_mask("val")
-    val_tile = largest_tile(val_mask, multiple=multiple, at_most=train_cfg.tile_size,
-                            land_mask=land_mask, min_land_fraction=train_cfg.min_land_fraction)
-    if val_tile:
-        val_planner = SamplePlanner(
-            val_mask, tile_size=val_tile, years=years, seed=config.seed,
-            scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
-            min_land_fraction=train_cfg.min_land_fraction, stream="val", role="val",
-            with_prior=with_prior,
-        )
-        val_plan = val_planner.epoch(0, train_cfg.val_batches * train_cfg.batch_size)
-        val_loader = _loader(
-            WindowDataset(arrays, shard(val_plan, info.rank, world),
-                          prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
-                          with_prior=with_prior),
-            per_rank, num_workers=train_cfg.num_workers, pin_memory=pin,
-        )
-    elif info.is_main:
-        log.warning("no validation window fits the val blocks: no validation or early stopping")
 
-    # --- model, optimiser --------------------------------------------------------
-    seed_everything(config.seed)
-    dropped = train_cfg.dropped_inputs
-    arch = dict(base_channels=train_cfg.base_channels, depth=train_cfg.depth,
-                norm=train_cfg.norm, dropout=train_cfg.dropout,
-                zero_channels=group_channels(channels, dropped))
-    net = UNet(len(channels), num_classes, **arch).to(device)
-    if precision.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = (DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-             if info.distributed else net)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr,
-                                  weight_decay=train_cfg.weight_decay)
-    total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
 
-    # --- state / resume ----------------------------------------------------------
-    ckpt_dir = output_dir / CHECKPOINTS
-    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
-    logs = _Logs(output_dir, enabled=info.is_main, tensorboard=train_cfg.tensorboard)
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": math.inf,
-             "best_epoch": -1, "bad_epochs": 0, "finished": False, "epoch_stats": [0.0, 0.0, 0.0],
-             "train_time": 0.0, "train_samples": 0, "data_wait": 0.0}
-    config_hash = training_hash(config)
-    ckpt = (torch.load(last_path, map_location="cpu", weights_only=True)
-            if resume and last_path.exists() else None)
-    if ckpt is not None and ckpt.get("training_hash") != config_hash:
+def _val_loader(config, cube: Cube, arrays: TrainingArrays, val_mask, *, val_tile: int, years,
+                land_mask, info: DistInfo, per_rank: int, pin_memory: bool) -> DataLoader:
+    """The same ``train.val_batches`` batches of the val blocks at every epoch (sharded)."""
+    train_cfg = config.train
+    val_planner = SamplePlanner(
+        val_mask, tile_size=val_tile, years=years, seed=config.seed,
+        scenario_for_year=cube.scenario_for_year, land_mask=land_mask,
+        min_land_fraction=train_cfg.min_land_fraction, stream="val", role="val",
+        with_prior=train_cfg.uses_prior,
+    )
+    val_plan = val_planner.epoch(0, train_cfg.val_batches * train_cfg.batch_size)
+    return _loader(
+        WindowDataset(arrays, shard(val_plan, info.rank, info.world_size),
+                      prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
+                      with_prior=train_cfg.uses_prior),
+        per_rank, num_workers=train_cfg.num_workers, pin_memory=pin_memory,
+    )
+
+
+# --- the trainer ---------------------------------------------------------------------
+
+
+def _initial_state() -> dict:
+    """The position and running statistics saved in every checkpoint."""
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_loss": math.inf,
+            "best_epoch": -1, "bad_epochs": 0, "finished": False,
+            "epoch_stats": [0.0, 0.0, 0.0], "train_time": 0.0, "train_samples": 0,
+            "data_wait": 0.0}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class _Trainer:
+    """One training run on one rank: the model and optimiser, the run's ``state`` (saved
+    in ``checkpoints/last.pt``), its logs, and the steps from the state's position on."""
+
+    def __init__(self, config, *, info: DistInfo, device: torch.device, precision: Precision,
+                 data: _Data, output_dir: Path, per_rank: int, max_steps: int | None):
+        self.config, self.cfg = config, config.train
+        self.info, self.device, self.precision, self.data = info, device, precision, data
+        self.output_dir, self.per_rank = output_dir, per_rank
+        self._build_model()
+        self.total_steps = self.cfg.epochs * self.cfg.steps_per_epoch
+        self.stop_at = self.total_steps if max_steps is None else min(max_steps, self.total_steps)
+        self.ckpt_dir = output_dir / CHECKPOINTS
+        self.last_path, self.best_path = self.ckpt_dir / LAST, self.ckpt_dir / BEST
+        self.logs = _Logs(output_dir, enabled=info.is_main, tensorboard=self.cfg.tensorboard)
+        if info.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        self.state = _initial_state()
+        self.config_hash = training_hash(config)
+        self.step_losses: list[float] = []
+        arrays, predicted = data.arrays, data.predicted
+        # built on the training device: training batches augmented, validation ones not
+        self.train_inputs = BatchInputs.of(arrays, predicted=predicted,
+                                           prior_mask=self.cfg.prior_mask,
+                                           augment=self.cfg.augment)
+        self.val_inputs = BatchInputs.of(arrays, predicted=predicted,
+                                         prior_mask=self.cfg.prior_mask)
+
+    def _build_model(self) -> None:
+        """The U-Net (DDP-wrapped across ranks), AdamW, the warmup-cosine schedule and the
+        GradScaler; the weights are drawn from ``seed``."""
+        cfg, data, device = self.cfg, self.data, self.device
+        seed_everything(self.config.seed)
+        self.arch = dict(base_channels=cfg.base_channels, depth=cfg.depth, norm=cfg.norm,
+                         dropout=cfg.dropout,
+                         zero_channels=group_channels(data.channels, cfg.dropped_inputs))
+        self.net = UNet(len(data.channels), data.num_classes, **self.arch).to(device)
+        if self.precision.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = (DistributedDataParallel(
+            self.net, device_ids=[device.index] if device.type == "cuda" else None)
+            if self.info.distributed else self.net)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        total_steps = cfg.epochs * cfg.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total_steps))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.grad_scaler)
+
+    # --- state / resume --------------------------------------------------------------
+
+    def restore(self, *, resume: bool, restart_if_changed: bool) -> None:
+        """Continue from ``last.pt`` (model, optimiser, position, RNG states) when it was
+        written with these training settings; otherwise start afresh (see run_training)."""
+        info = self.info
+        ckpt = self._matching_checkpoint(resume=resume, restart_if_changed=restart_if_changed)
+        if ckpt is not None:
+            self.net.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.state.update(ckpt["state"])
+            rng_states = ckpt["rng"]
+            _set_rng_state(rng_states[info.rank] if info.rank < len(rng_states) else rng_states[0],
+                           self.device)
+            self.logs.reset(self.state["global_step"])
+            if info.is_main:
+                log.info("resumed from %s at step %d (epoch %d)", self.last_path,
+                         self.state["global_step"], self.state["epoch"])
+        else:
+            if info.is_main:
+                for path in (self.last_path, self.best_path, self.logs.steps_path,
+                             self.logs.epochs_path):
+                    path.unlink(missing_ok=True)
+                self.logs.reset(0)
+            torch.manual_seed(self.config.seed + 1 + info.rank)  # dropout streams differ per rank
+
+    def _matching_checkpoint(self, *, resume: bool, restart_if_changed: bool) -> dict | None:
+        if not (resume and self.last_path.exists()):
+            return None
+        ckpt = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        if ckpt.get("training_hash") == self.config_hash:
+            return ckpt
         if not restart_if_changed:
             raise ConfigError(
-                f"{last_path}: checkpoint was written with other training settings; "
+                f"{self.last_path}: checkpoint was written with other training settings; "
                 "restore them or start afresh (resume=False / --no-resume)"
             )
-        if info.is_main:
-            _set_aside(ckpt_dir, str(ckpt.get("training_hash"))[:12])
-        ckpt = None
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state.update(ckpt["state"])
-        rng_states = ckpt["rng"]
-        _set_rng_state(rng_states[info.rank] if info.rank < len(rng_states) else rng_states[0], device)
-        logs.reset(state["global_step"])
-        if info.is_main:
-            log.info("resumed from %s at step %d (epoch %d)", last_path, state["global_step"],
-                     state["epoch"])
-    else:
-        if info.is_main:
-            for path in (last_path, best_path, logs.steps_path, logs.epochs_path):
-                path.unlink(missing_ok=True)
-            logs.reset(0)
-        torch.manual_seed(config.seed + 1 + info.rank)  # dropout streams differ per rank
+        if self.info.is_main:
+            _set_aside(self.ckpt_dir, str(ckpt.get("training_hash"))[:12])
+        return None
 
-    def save_checkpoint() -> None:
-        rng = _rng_state(device)
+    def _log_start(self) -> None:
+        cfg, dropped = self.cfg, self.cfg.dropped_inputs
+        log.info(
+            "training on %s x%d (%s), %d channels%s, tile %d (validation tile %d), batch %d "
+            "(%d per rank), %d steps", self.device, self.info.world_size,
+            self.precision.describe(), len(self.data.channels),
+            f" ({', '.join(dropped)} zeroed)" if dropped else "", cfg.tile_size,
+            self.data.val_tile, cfg.batch_size, self.per_rank, self.total_steps,
+        )
+
+    def save_checkpoint(self) -> None:
+        """``last.pt``: written by rank 0 with the RNG states of every rank."""
+        info = self.info
+        rng = _rng_state(self.device)
         if info.distributed:
-            gathered = [None] * world
+            gathered = [None] * info.world_size
             dist.all_gather_object(gathered, rng)
         else:
             gathered = [rng]
         if info.is_main:
             payload = {
-                "format": CHECKPOINT_FORMAT, "training_hash": config_hash, "world_size": world,
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "state": dict(state), "rng": gathered,
+                "format": CHECKPOINT_FORMAT, "training_hash": self.config_hash,
+                "world_size": info.world_size, "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "state": dict(self.state), "rng": gathered,
             }
-            with atomic_path(last_path) as tmp:
+            with atomic_path(self.last_path) as tmp:
                 torch.save(payload, tmp)
         if info.distributed:
             dist.barrier()
 
-    if info.is_main:
-        log.info(
-            "training on %s x%d (%s), %d channels%s, tile %d (validation tile %d), batch %d "
-            "(%d per rank), %d steps", device, world, precision.describe(), len(channels),
-            f" ({', '.join(dropped)} zeroed)" if dropped else "", train_cfg.tile_size, val_tile,
-            train_cfg.batch_size, per_rank, total_steps,
-        )
+    # --- loop ------------------------------------------------------------------------
 
-    # --- loop --------------------------------------------------------------------
-    step_losses: list[float] = []
-    stop_at = total_steps if max_steps is None else min(max_steps, total_steps)
-    model.train()
-    train_inputs = BatchInputs.of(arrays, predicted=predicted, prior_mask=train_cfg.prior_mask,
-                                  augment=train_cfg.augment)
-    val_inputs = BatchInputs.of(arrays, predicted=predicted, prior_mask=train_cfg.prior_mask)
-    while not state["finished"] and state["epoch"] < train_cfg.epochs:
-        epoch = state["epoch"]
-        if state["global_step"] >= stop_at and state["step_in_epoch"] < train_cfg.steps_per_epoch:
-            break
-        plan = planner.epoch(epoch, train_cfg.steps_per_epoch * train_cfg.batch_size)
-        mine = shard(plan, info.rank, world)[state["step_in_epoch"] * per_rank :]
-        loader = _loader(WindowDataset(arrays, mine, prior_mask=train_cfg.prior_mask,
-                                       seed=config.seed, with_prior=with_prior,
-                                       input_dropout=train_cfg.input_dropout,
-                                       augment=train_cfg.augment),
-                         per_rank, num_workers=train_cfg.num_workers, pin_memory=pin)
-        built = _built(loader, train_inputs, device, precision,
-                       background=bool(train_cfg.prefetch))
-        batches = Prefetch(built, train_cfg.prefetch) if train_cfg.prefetch else built
-        bar = None
-        if info.is_main and sys.stderr.isatty():
-            from tqdm import tqdm
+    def train(self) -> None:
+        """Epochs from the state's position until the last epoch, early stopping or
+        ``max_steps``."""
+        state, steps_per_epoch = self.state, self.cfg.steps_per_epoch
+        if self.info.is_main:
+            self._log_start()
+        self.model.train()
+        while not state["finished"] and state["epoch"] < self.cfg.epochs:
+            epoch = state["epoch"]
+            if state["global_step"] >= self.stop_at and state["step_in_epoch"] < steps_per_epoch:
+                break
+            self._train_epoch(epoch)
+            if state["step_in_epoch"] < steps_per_epoch:
+                break  # stopped by max_steps mid-epoch; the checkpoint is written
+            self._end_epoch(epoch)
+            if state["global_step"] >= self.stop_at:
+                break
 
-            bar = tqdm(total=train_cfg.steps_per_epoch, initial=state["step_in_epoch"],
-                       desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
+    def _batches(self, epoch: int):
+        """This rank's built batches of ``epoch`` from the saved position on."""
+        cfg, data = self.cfg, self.data
+        plan = data.planner.epoch(epoch, cfg.steps_per_epoch * cfg.batch_size)
+        mine = shard(plan, self.info.rank, self.info.world_size)[
+            self.state["step_in_epoch"] * self.per_rank :]
+        loader = _loader(WindowDataset(data.arrays, mine, prior_mask=cfg.prior_mask,
+                                       seed=self.config.seed, with_prior=cfg.uses_prior,
+                                       input_dropout=cfg.input_dropout, augment=cfg.augment),
+                         self.per_rank, num_workers=cfg.num_workers,
+                         pin_memory=self.device.type == "cuda")
+        built = _built(loader, self.train_inputs, self.device, self.precision,
+                       background=bool(cfg.prefetch))
+        return Prefetch(built, cfg.prefetch) if cfg.prefetch else built
+
+    def _progress_bar(self, epoch: int):
+        if not (self.info.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.steps_per_epoch, initial=self.state["step_in_epoch"],
+                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False)
+
+    def _bank_time(self, tick: float, steps: int) -> float:
+        """Add the time since ``tick`` and the samples of ``steps`` steps to the epoch's
+        speed statistics; the new tick."""
+        self.state["train_time"] += time.perf_counter() - tick
+        self.state["train_samples"] += steps * self.cfg.batch_size
+        return time.perf_counter()
+
+    def _train_epoch(self, epoch: int) -> None:
+        """The steps of ``epoch`` from the saved position to its end, or to ``max_steps``
+        (a checkpoint every ``train.checkpoint_every`` steps and there)."""
+        state, cfg = self.state, self.cfg
+        batches = self._batches(epoch)
+        bar = self._progress_bar(epoch)
         tick = time.perf_counter()
         done_in_call = 0
         waiting_since = time.perf_counter()
         for batch in batches:
             state["data_wait"] += time.perf_counter() - waiting_since
-            loss_sum, stats, _ = _batch_stats(model, batch, device=device, precision=precision,
-                                              num_classes=num_classes)
-            _all_reduce(stats, info)
-            global_valid = max(float(stats[1]), 1.0)
-            # DDP averages gradients over ranks: scale so the result is the global mean.
-            loss = loss_sum * (world / global_valid)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            state["global_step"] += 1
-            state["step_in_epoch"] += 1
+            step_loss = self._step(batch, epoch)
             done_in_call += 1
-            for i in range(3):
-                state["epoch_stats"][i] += float(stats[i])
-            step_loss = float(stats[0]) / global_valid
-            step_losses.append(step_loss)
-            logs.step({"step": state["global_step"], "epoch": epoch, "loss": step_loss,
-                       "acc": float(stats[2]) / global_valid, "lr": lr})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-            at_epoch_end = state["step_in_epoch"] >= train_cfg.steps_per_epoch
-            if not at_epoch_end and (state["global_step"] % train_cfg.checkpoint_every == 0
-                                     or state["global_step"] >= stop_at):
-                state["train_time"] += time.perf_counter() - tick
-                state["train_samples"] += done_in_call * train_cfg.batch_size
-                tick, done_in_call = time.perf_counter(), 0
-                save_checkpoint()
-            if not at_epoch_end and state["global_step"] >= stop_at:
-                break
+            if state["step_in_epoch"] < cfg.steps_per_epoch:  # not at the epoch's end
+                at_stop = state["global_step"] >= self.stop_at
+                if at_stop or state["global_step"] % cfg.checkpoint_every == 0:
+                    tick, done_in_call = self._bank_time(tick, done_in_call), 0
+                    self.save_checkpoint()
+                if at_stop:
+                    break
             waiting_since = time.perf_counter()
         if isinstance(batches, Prefetch):
             batches.close()
         if bar is not None:
             bar.close()
-        state["train_time"] += time.perf_counter() - tick
-        state["train_samples"] += done_in_call * train_cfg.batch_size
-        if state["step_in_epoch"] < train_cfg.steps_per_epoch:
-            break  # stopped by max_steps mid-epoch; the checkpoint is written
+        self._bank_time(tick, done_in_call)
 
-        # --- epoch end: validation, early stopping, logs, checkpoint --------------
+    def _step(self, batch, epoch: int) -> float:
+        """One optimiser step on a global batch; its mean loss."""
+        state, world = self.state, self.info.world_size
+        loss_sum, stats, _ = _batch_stats(self.model, batch, device=self.device,
+                                          precision=self.precision,
+                                          num_classes=self.data.num_classes)
+        _all_reduce(stats, self.info)
+        global_valid = max(float(stats[1]), 1.0)
+        # DDP averages gradients over ranks: scale so the result is the global mean.
+        loss = loss_sum * (world / global_valid)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        state["global_step"] += 1
+        state["step_in_epoch"] += 1
+        for i in range(3):
+            state["epoch_stats"][i] += float(stats[i])
+        step_loss = float(stats[0]) / global_valid
+        self.step_losses.append(step_loss)
+        self.logs.step({"step": state["global_step"], "epoch": epoch, "loss": step_loss,
+                        "acc": float(stats[2]) / global_valid, "lr": lr})
+        return step_loss
+
+    # --- epoch end: validation, early stopping, logs, checkpoint ---------------------
+
+    def _end_epoch(self, epoch: int) -> None:
+        state = self.state
         loss_total, valid_total, correct_total = state["epoch_stats"]
         row = {
             "epoch": epoch + 1, "step": state["global_step"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": loss_total / max(valid_total, 1.0),
             "train_acc": correct_total / max(valid_total, 1.0),
             "samples_per_s": state["train_samples"] / max(state["train_time"], 1e-9),
             "data_wait": state["data_wait"] / max(state["train_time"], 1e-9),
             "epoch_s": state["train_time"],
         }
-        if val_loader is not None:
-            row.update(validate(model, _built(val_loader, val_inputs, device, precision),
-                                device=device,
-                                precision=precision,
-                                num_classes=num_classes, info=info))
-            if row["val_loss"] < state["best_val_loss"]:
-                state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = (
-                    row["val_loss"], epoch + 1, 0)
-                if info.is_main:
-                    with atomic_path(best_path) as tmp:
-                        torch.save({"model": net.state_dict(), "epoch": epoch + 1,
-                                    "metrics": row}, tmp)
-            else:
-                state["bad_epochs"] += 1
-                if state["bad_epochs"] >= train_cfg.early_stopping_patience:
-                    state["finished"] = True
-                    if info.is_main:
-                        log.info("early stopping after epoch %d (best epoch %d)", epoch + 1,
-                                 state["best_epoch"])
-        row["best_val_loss"] = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None
-        logs.epoch(row)
-        if info.is_main:
+        if self.data.val_loader is not None:
+            self._validate(row, epoch)
+        row["best_val_loss"] = _finite_or_none(state["best_val_loss"])
+        self.logs.epoch(row)
+        if self.info.is_main:
             log.info(
                 "epoch %d/%d step %d: train loss %.4f acc %.3f%s, %.1f samples/s",
-                epoch + 1, train_cfg.epochs, state["global_step"], row["train_loss"],
+                epoch + 1, self.cfg.epochs, state["global_step"], row["train_loss"],
                 row["train_acc"],
                 (f", val loss {row['val_loss']:.4f} OA {row['val_oa']:.3f} mIoU "
                  f"{row['val_miou']:.3f}") if "val_loss" in row else "",
@@ -754,33 +854,74 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
             )
         state.update(epoch=epoch + 1, step_in_epoch=0, epoch_stats=[0.0, 0.0, 0.0],
                      train_time=0.0, train_samples=0, data_wait=0.0)
-        if state["epoch"] >= train_cfg.epochs:
+        if state["epoch"] >= self.cfg.epochs:
             state["finished"] = True
-        save_checkpoint()
-        if state["global_step"] >= stop_at:
-            break
+        self.save_checkpoint()
 
-    # --- final model (rank 0) ----------------------------------------------------
-    summary = {
-        "global_step": state["global_step"],
-        "epochs_completed": state["epoch"],
-        "finished": state["finished"],
-        "best_val_loss": state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None,
-        "best_epoch": state["best_epoch"],
-        "step_losses": step_losses,
-        "precision": precision.describe(),
-        "world_size": world,
-        "device": str(device),
-        "output_dir": str(output_dir),
-    }
-    if info.is_main:
-        rows = logs.epoch_rows()
-        best_row = next((r for r in rows if r["epoch"] == state["best_epoch"]), rows[-1] if rows else {})
-        final = UNet(len(channels), num_classes, **arch)
-        if best_path.exists():
-            final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
+    def _validate(self, row: dict, epoch: int) -> None:
+        """Validation scores into ``row``; ``best.pt`` on a new best validation loss, early
+        stopping after ``train.early_stopping_patience`` epochs without one."""
+        state = self.state
+        row.update(validate(self.model,
+                            _built(self.data.val_loader, self.val_inputs, self.device,
+                                   self.precision),
+                            device=self.device, precision=self.precision,
+                            num_classes=self.data.num_classes, info=self.info))
+        if row["val_loss"] < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = (
+                row["val_loss"], epoch + 1, 0)
+            if self.info.is_main:
+                with atomic_path(self.best_path) as tmp:
+                    torch.save({"model": self.net.state_dict(), "epoch": epoch + 1,
+                                "metrics": row}, tmp)
+            return
+        state["bad_epochs"] += 1
+        if state["bad_epochs"] >= self.cfg.early_stopping_patience:
+            state["finished"] = True
+            if self.info.is_main:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch + 1,
+                         state["best_epoch"])
+
+    # --- final model (rank 0) --------------------------------------------------------
+
+    def finish(self, started_at: float) -> dict:
+        """Write ``model.pt`` and its card (rank 0; the best validation weights); the
+        run's summary."""
+        state = self.state
+        summary = {
+            "global_step": state["global_step"],
+            "epochs_completed": state["epoch"],
+            "finished": state["finished"],
+            "best_val_loss": _finite_or_none(state["best_val_loss"]),
+            "best_epoch": state["best_epoch"],
+            "step_losses": self.step_losses,
+            "precision": self.precision.describe(),
+            "world_size": self.info.world_size,
+            "device": str(self.device),
+            "output_dir": str(self.output_dir),
+        }
+        if self.info.is_main:
+            summary["metrics"] = self._save_model()
+            summary["wall_s"] = time.perf_counter() - started_at
+            log.info("wrote %s (best epoch %s) in %.1f s", self.output_dir / "model.pt",
+                     state["best_epoch"], summary["wall_s"])
+        self.logs.close()
+        if self.info.distributed:
+            dist.barrier()
+        return summary
+
+    def _save_model(self) -> dict:
+        """``model.pt`` + ``model_card.json``; the card's metrics."""
+        cfg, data, state, config = self.cfg, self.data, self.state, self.config
+        rows = self.logs.epoch_rows()
+        best_row = next((r for r in rows if r["epoch"] == state["best_epoch"]),
+                        rows[-1] if rows else {})
+        final = UNet(len(data.channels), data.num_classes, **self.arch)
+        if self.best_path.exists():
+            final.load_state_dict(torch.load(self.best_path, map_location="cpu",
+                                             weights_only=True)["model"])
         else:
-            final.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+            final.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         speeds = [r["samples_per_s"] for r in rows if r.get("samples_per_s")]
         waits = [r["data_wait"] for r in rows if r.get("data_wait") is not None]
         metrics = {k: best_row.get(k) for k in ("epoch", "val_loss", "val_oa", "val_miou",
@@ -788,50 +929,14 @@ def _run(config, *, info: DistInfo, device, output_dir: Path, split_path, resume
         metrics.update(steps=state["global_step"], finished=state["finished"],
                        samples_per_s=float(np.mean(speeds)) if speeds else None,
                        data_wait=float(np.mean(waits)) if waits else None,
-                       val_tile_size=val_tile, precision=precision.describe(),
-                       world_size=world, device=device.type)
+                       val_tile_size=data.val_tile, precision=self.precision.describe(),
+                       world_size=self.info.world_size, device=self.device.type)
         card = ModelCard(
-            input_channels=channels, classes=predicted, architecture=final.config,
-            tile_size=train_cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
-            seed=config.seed, trained_years=years, dropped_inputs=dropped,
-            normalisation=input_normalisation(cube), metrics=metrics,
+            input_channels=data.channels, classes=data.predicted, architecture=final.config,
+            tile_size=cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
+            seed=config.seed, trained_years=data.years, dropped_inputs=cfg.dropped_inputs,
+            normalisation=input_normalisation(data.cube), metrics=metrics,
             config=config.model_dump(mode="json"),
         )
-        save_model(output_dir, final, card)
-        summary["metrics"] = metrics
-        summary["wall_s"] = time.perf_counter() - started_at
-        log.info("wrote %s (best epoch %s) in %.1f s", output_dir / "model.pt",
-                 state["best_epoch"], summary["wall_s"])
-    logs.close()
-    if info.distributed:
-        dist.barrier()
-    return summary
-
-
-# --- command line --------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ai4land.train`` / ``torchrun -m ai4land.train`` entry point."""
-    from ai4land.config import load_config
-
-    parser = argparse.ArgumentParser(prog="ai4land.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", required=True, help="config YAML file(s)")
-    parser.add_argument("--output", required=True, help="model directory (results/model)")
-    parser.add_argument("--split", default=None, help="split.json (default: results/split/split.json)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        config = load_config(*args.config)
-        run_training(config, output_dir=args.output, split_path=args.split,
-                     resume=not args.no_resume, max_steps=args.max_steps)
-    except Ai4landError as exc:
-        print(f"ai4land: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        save_model(self.output_dir, final, card)
+        return metrics
