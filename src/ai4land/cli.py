@@ -83,14 +83,12 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ai4land.evaluate import run_evaluate
+    from ai4land.evaluate.tables import summary
 
     metrics = run_evaluate(_config(args), model_dir=Path(args.model), split_path=Path(args.split),
                            output=Path(args.output),
                            figures_dir=Path(args.figures) if args.figures else None)
-    print(f"{'model':>20s}  {'OA':>6s}  {'mIoU':>6s}  {'kappa':>6s}  {'F1':>6s}  {'FoM':>6s}")
-    for name, values in metrics["models"].items():
-        row = [values[k] for k in ("oa", "miou", "kappa", "f1", "fom_change")]
-        print(f"{name:>20s}  " + "  ".join("   n/a" if v is None else f"{v:.4f}" for v in row))
+    print(summary(metrics))
     return 0
 
 

@@ -14,11 +14,12 @@ import torch
 from ai4land.cli import main
 from ai4land.config import EvaluateConfig, PredictConfig, parse_config
 from ai4land.errors import InputDataError
-from ai4land.evaluate import run_evaluate
+from ai4land.evaluate import registry, run_evaluate
 from ai4land.evaluate.chains import plan_sites, site_probabilities
+from ai4land.evaluate.metrics import EVERYWHERE, ConfusionMetric
 from ai4land.evaluate.models import ALLOCATION_BASELINES, MODELS, SINGLE_YEAR_MODELS
 from ai4land.evaluate.run import FIGURES
-from ai4land.evaluate.tables import TABLES
+from ai4land.evaluate.tables import TABLES, summary
 from ai4land.grid import Grid, Window
 from ai4land.io.cog import write_cog
 from ai4land.io.cube import Cube
@@ -234,17 +235,22 @@ def test_tables_and_figures_are_written(evaluated):
             assert values == pytest.approx(area["series"]["target"][group], abs=0.02)
 
 
-def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_path):
-    write_tiny_cube(tmp_path / "cube", size=64, factor=8, years=[1970])
-    data = tiny_config(tmp_path / "cube", years=[1970, 1971],
+def _single_year(root: Path) -> tuple:
+    """A one-year tiny cube, its model and split under ``root``: (config, config data)."""
+    write_tiny_cube(root / "cube", size=64, factor=8, years=[1970])
+    data = tiny_config(root / "cube", years=[1970, 1971],
                        split={"block_size": 16, "n_test_blocks": 2, "n_val_blocks": 1,
                               "buffer_blocks": 0}).model_dump(mode="json")
     data["datasets"]["fine"]["years"] = [1970, 1970]
     data["years"] = {"train": [1970, 1970], "test": [1970, 1970]}
     data["train"]["prior"] = False
-    config = parse_config(data)
-    config = _model_and_split(tmp_path, config, gbm_samples=2000, gbm_years=1, gbm_max_iter=10,
-                              dropped=["prior"])  # as train.prior: false
+    config = _model_and_split(root, parse_config(data), gbm_samples=2000, gbm_years=1,
+                              gbm_max_iter=10, dropped=["prior"])  # as train.prior: false
+    return config, data
+
+
+def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_path):
+    config, data = _single_year(tmp_path)
     metrics = run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
                            output=tmp_path / "eval" / "metrics.json")
     assert metrics["split"]["mode"] == "single-year" and metrics["split"]["test_years"] == [1970]
@@ -269,6 +275,48 @@ def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_pat
     with pytest.raises(InputDataError, match=r"no observed map of the test years \[1980\]"):
         run_evaluate(empty, model_dir=tmp_path / "model", split_path=tmp_path / "split2.json",
                      output=tmp_path / "eval2" / "metrics.json")
+
+
+class WrongPixels(ConfusionMetric):
+    """A toy metric: pixels of the wrong class (a function of the confusion matrix)."""
+
+    name, scopes, table, label, title = "wrong_pixels", EVERYWHERE, True, "wrong", "wrong"
+    interval = drift = True
+    lower_is_better = True
+
+    def compute(self, cm: np.ndarray) -> int:
+        return int(cm.sum() - np.trace(cm))
+
+
+def test_a_metric_is_one_class_plus_one_registry_entry(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "METRICS", list(registry.METRICS))
+    registry.register(WrongPixels)  # the one entry; nothing else knows the metric
+    config, _ = _single_year(tmp_path)
+    output = tmp_path / "eval" / "metrics.json"
+    metrics = run_evaluate(config, model_dir=tmp_path / "model",
+                           split_path=tmp_path / "split.json", output=output)
+    assert json.loads(output.read_text()) == metrics
+    for name, values in metrics["models"].items():
+        wrong = values["n_pixels"] - np.trace(np.asarray(values["confusion_matrix"]))
+        assert values["wrong_pixels"] == wrong > 0, name
+        assert values["wrong_pixels"] == pytest.approx(values["n_pixels"] * (1 - values["oa"]))
+        assert set(values["by_year"]["1970"]) >= {"oa", "wrong_pixels"}
+        assert sum(b["wrong_pixels"] for b in values["by_block"].values()) == wrong
+        assert values["intervals"]["wrong_pixels"]["estimate"] == wrong
+    # the comparison picks the baseline with the fewest wrong pixels (lower is better)
+    best = metrics["comparison"]["wrong_pixels"]["best_baseline"]
+    assert best["baseline"] == min(
+        (n for n in metrics["models"] if n not in ("unet", "unet_raw")),
+        key=lambda n: metrics["models"][n]["wrong_pixels"])
+    for table in TABLES[:3]:
+        rows = list(csv.DictReader((output.parent / table).open()))
+        assert rows and all(int(float(row["wrong_pixels"])) > 0 for row in rows), table
+    by_model = {r["model"]: r for r in csv.DictReader((output.parent / TABLES[0]).open())}
+    assert int(by_model["unet"]["wrong_pixels"]) == metrics["models"]["unet"]["wrong_pixels"]
+    lines = summary(metrics).splitlines()
+    assert lines[0].split()[-1] == "wrong"
+    assert lines[1].split()[0] == "unet"
+    assert float(lines[1].split()[-1]) == metrics["models"]["unet"]["wrong_pixels"]
 
 
 def test_single_year_figures_have_a_one_year_axis():

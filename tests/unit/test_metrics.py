@@ -3,18 +3,17 @@ import pytest
 
 from ai4land.config import CoarseGroup
 from ai4land.evaluate.baselines import coarse_majority
+from ai4land.evaluate.interface import Context, confusion_by_label
 from ai4land.evaluate.metrics import (
     Calibration,
-    ChangeScores,
     CohenKappa,
-    ConfusionMatrix,
     MeanF1,
     MeanIoU,
     OverallAccuracy,
     PerClassF1,
     PerClassIoU,
     ReliabilityHistogram,
-    confusion_by_label,
+    confusion_matrix,
 )
 from ai4land.evaluate.scores import ModelScores
 from ai4land.predict.harmonize import class_groups
@@ -23,10 +22,13 @@ from ai4land.predict.harmonize import class_groups
 def test_hand_computed_confusion_metrics():
     target = np.array([0, 0, 0, 1, 1, 2, -1])
     pred = np.array([0, 0, 1, 1, 2, 2, 0])
-    cm = ConfusionMatrix(3).update(target, pred).matrix
+    cm = confusion_matrix(target, pred, n_classes=3)
     assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert OverallAccuracy().compute(cm) == pytest.approx(4 / 6)
-    np.testing.assert_allclose(PerClassIoU().compute(cm), [2 / 3, 1 / 3, 1 / 2])
+    np.testing.assert_allclose(PerClassIoU().values(cm), [2 / 3, 1 / 3, 1 / 2])
+    # JSON: keyed by class code, rounded to 6 decimals
+    assert PerClassIoU(Context(classes=(11, 22, 33))).compute(cm) == {
+        "11": 0.666667, "22": 0.333333, "33": 0.5}
     assert MeanIoU().compute(cm) == pytest.approx((2 / 3 + 1 / 3 + 1 / 2) / 3)
     # kappa: po = 4/6, pe = (2*3 + 2*2 + 2*1) / 36 = 12/36
     assert CohenKappa().compute(cm) == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))
@@ -35,7 +37,7 @@ def test_hand_computed_confusion_metrics():
 def test_hand_computed_f1():
     cm = np.array([[2, 1, 0], [0, 1, 1], [0, 0, 1]])
     # F1 = 2 tp / (row + column): 4/5, 2/4, 2/3
-    np.testing.assert_allclose(PerClassF1().compute(cm), [4 / 5, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(PerClassF1().values(cm), [4 / 5, 1 / 2, 2 / 3])
     assert MeanF1().compute(cm) == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3)
     # a class absent from target and prediction does not count
     padded = np.pad(cm, ((0, 1), (0, 1)))
@@ -49,7 +51,7 @@ def test_confusion_by_label_splits_pixels_by_block():
     cms = confusion_by_label(target, pred, labels=labels, n_labels=2, n_classes=2)
     assert cms[0].tolist() == [[1, 0], [1, 1]]
     assert cms[1].tolist() == [[1, 0], [1, 0]]
-    total = ConfusionMatrix(2).update(np.where(labels >= 0, target, -1), pred).matrix
+    total = confusion_matrix(np.where(labels >= 0, target, -1), pred, n_classes=2)
     np.testing.assert_array_equal(cms.sum(0), total)
 
 
@@ -91,17 +93,6 @@ def test_calibration_hand_computed():
     assert result["ece"] == pytest.approx(0.3)
 
 
-def test_change_scores():
-    previous = np.array([0, 0, 0, 0, 1])
-    target = np.array([1, 1, 0, 0, 1])
-    pred = np.array([1, 2, 1, 0, 1])
-    scores = ChangeScores().compute(previous, target, pred)
-    assert (scores["hits"], scores["wrong_hits"], scores["misses"], scores["false_alarms"]) == (1, 1, 0, 1)
-    assert scores["fom"] == pytest.approx(1 / 3)
-    # change masks: observed {0, 1}, predicted {0, 1, 2}
-    assert scores["iou"] == pytest.approx(2 / 3)
-
-
 def test_coarse_majority_baseline():
     groups = class_groups({"crop": CoarseGroup(variables=["a"], classes=[22]),
                            "natural": CoarseGroup(variables=["b"], classes=[55, 66])}, [22, 55, 66])
@@ -120,13 +111,22 @@ def test_model_scores_period_pooling_stability_and_intervals():
     blocks = [{"id": 7, "row": 0, "col": 0}, {"id": 9, "row": 0, "col": 1}]
     labels = np.array([[0, 0, 1, 1]])
     start = np.array([[0, 0, 0, 0]])
+    groups = class_groups({"a": CoarseGroup(variables=["a"], classes=[11]),
+                           "b": CoarseGroup(variables=["b"], classes=[22])}, [11, 22])
+    # stability of each block (1 x 2 pixels): one of 2 pixels changed, isolated
+    counts = stability_counts(np.array([[11, 11]], "uint8"), np.array([[22, 11]], "uint8"),
+                              valid=np.ones((1, 2), bool), groups=groups, factor=2,
+                              target=np.array([[[0.5]], [[0.5]]]))
+    target = np.array([[1, 0, 1, 1]])
     chains = []
     for prediction in (np.array([[1, 0, 1, 0]]), np.array([[1, 1, 0, 0]])):
-        scores = ModelScores(classes=[11, 22], blocks=blocks, calibration_bins=2)
-        scores.add(year=2001, target=np.array([[1, 0, 1, 1]]), prediction=prediction,
-                   previous=start, labels=labels, conservation_mae=0.0)
-        scores.add_period(start=start, target=np.array([[1, 0, 1, 1]]), prediction=prediction,
-                          labels=labels)
+        scores = ModelScores(classes=[11, 22], blocks=blocks, calibration_bins=2,
+                             group_names=("a", "b"))
+        for block, pixels in enumerate((slice(0, 2), slice(2, 4))):  # one chunk per block
+            scores.add(year=2001, target=target[:, pixels], prediction=prediction[:, pixels],
+                       previous=start[:, pixels], labels=labels[:, pixels],
+                       conservation_mae=0.0, start=start[:, pixels], block=block,
+                       stability=counts)
         chains.append(scores)
     # chain 1: hits 2 (pixels 0, 2), miss 1 (pixel 3); chain 2: hit 1 (0), false alarm 1
     # (1), misses 2 (2, 3)
@@ -140,17 +140,11 @@ def test_model_scores_period_pooling_stability_and_intervals():
     assert report["period"]["producers_accuracy"] == pytest.approx(3 / 6)
     assert report["period"]["users_accuracy"] == pytest.approx(3 / 4)
     assert report["n_pixels"] == 8
-    # stability, per block: block 0 of a 1 x 2 map, one of 2 pixels changed, isolated
-    groups = class_groups({"a": CoarseGroup(variables=["a"], classes=[11]),
-                           "b": CoarseGroup(variables=["b"], classes=[22])}, [11, 22])
-    counts = stability_counts(np.array([[11, 11]], "uint8"), np.array([[22, 11]], "uint8"),
-                              valid=np.ones((1, 2), bool), groups=groups, factor=2,
-                              target=np.array([[[0.5]], [[0.5]]]))
-    for label in (0, 1):
-        pooled.add_stability(year=2001, label=label, counts=counts)
     stability = pooled.report()["stability"]
     assert stability["changed_share"] == 0.5 and stability["swap_ratio"] == 0.0
     assert stability["isolated_share"] == 1.0
+    assert stability["counts"]["changed"] == 4  # 1 per block and chain
+    assert set(stability["area_share"]) == {"a", "b"}
     # intervals: one draw of both blocks reproduces the estimate; with both blocks
     # agreeing on OA the interval has no width
     bootstrap = BlockBootstrap(2, n_replicates=50, seed=0)

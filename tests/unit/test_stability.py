@@ -6,8 +6,8 @@ import pytest
 from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.stability import (
     StabilityCounts,
-    StabilityScores,
     stability_counts,
+    stability_scores,
     summarise_stability,
 )
 from ai4land.predict.harmonize import class_groups
@@ -34,7 +34,7 @@ def test_swap_ratio_of_one_cell_counted_by_hand():
                               factor=4, target=_target((7 / 16, 9 / 16, 0)))
     # 5 pixels changed; the cell's net change is crop 8 -> 7, pasture 8 -> 9: 1 pixel
     assert (counts.changed, counts.minimal, counts.valid) == (5, 1, 16)
-    scores = StabilityScores().compute(counts)
+    scores = stability_scores(counts)
     assert scores["swap_ratio"] == pytest.approx(4 / 5)
     assert scores["changed_share"] == pytest.approx(5 / 16)
     # (0,0)-(1,1) touch diagonally; (0,3), (3,0), (3,3) are alone
@@ -51,7 +51,7 @@ def test_net_change_only_has_zero_swap_ratio_and_a_lone_pixel_is_isolated():
     current[2, 2] = 33
     counts = stability_counts(previous, current, valid=np.ones((5, 5), bool), groups=GROUPS,
                               factor=5, target=_target((0.96, 0.04, 0)))
-    scores = StabilityScores().compute(counts)
+    scores = stability_scores(counts)
     assert scores["swap_ratio"] == 0.0 and scores["isolated_share"] == 1.0
     current[2, 3] = 33  # a neighbour changes too: no longer isolated
     counts = stability_counts(previous, current, valid=np.ones((5, 5), bool), groups=GROUPS,
@@ -78,7 +78,7 @@ def test_vanishing_class_with_and_without_coarse_evidence():
                               factor=2, target=target)
     # present pairs: cell 0 {44, 22}, cell 1 {44, 22, 33}
     assert (counts.present, counts.vanished, counts.vanished_forced) == (5, 1, 1)
-    assert StabilityScores().compute(counts)["vanish_rate"] == pytest.approx(1 / 5)
+    assert stability_scores(counts)["vanish_rate"] == pytest.approx(1 / 5)
     # below min_pixels the group counts as gone: 0.5 x 4 = 2 pixels < 3
     strict = stability_counts(previous, current, valid=np.ones((2, 4), bool), groups=GROUPS,
                               factor=2, target=target, min_pixels=3)
@@ -137,8 +137,8 @@ def test_windows_add_up_to_the_whole_map_and_bootstrap():
                            - sum(current[p] == code for p in pixels))
     assert mid.minimal == by_hand // 2
     interval = BlockBootstrap(4, n_replicates=100, seed=0).interval(
-        StabilityCounts.stack(parts), lambda c: StabilityScores().compute(c)["swap_ratio"])
-    assert interval.estimate == pytest.approx(StabilityScores().compute(total)["swap_ratio"])
+        StabilityCounts.stack(parts), lambda c: stability_scores(c)["swap_ratio"])
+    assert interval.estimate == pytest.approx(stability_scores(total)["swap_ratio"])
     assert 0 <= interval.low <= interval.high <= 1
     summary = summarise_stability(whole, GROUPS.names)
     assert set(summary["area_share"]) == {"crop", "pasture", "forest"}

@@ -23,13 +23,13 @@ change                 change, wrong class    wrong hit
   the predicted change that is right).
 
 Counts are int64 arrays whose last axis follows :data:`CATEGORIES`; counts of several
-chunks, blocks or years add up, and the metric classes score any array of counts
-(``(..., 5)``), so block-bootstrap replicates are scored in one call.
+chunks, blocks or years add up, and the ratio functions score any array of counts
+(``(..., 5)``), so block-bootstrap replicates are scored in one call. The metrics of
+``metrics.json`` built on them (``fom_change``, ``period``, ...) are in
+:mod:`ai4land.evaluate.metrics`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -93,29 +93,6 @@ def change_counts(start: np.ndarray, observed: np.ndarray, predicted: np.ndarray
     return np.bincount(index, minlength=n_labels * n).reshape(n_labels, n).astype("int64")
 
 
-class ChangeTally:
-    """Change counts accumulated chunk by chunk (blocks, windows, years).
-
-    ``add`` counts one chunk, ``merge`` adds another tally, ``counts`` is the ``(5,)``
-    total and ``result()`` the JSON-ready scores (:func:`change_summary`).
-    """
-
-    def __init__(self):
-        self.counts = np.zeros(len(CATEGORIES), dtype="int64")
-
-    def add(self, start: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
-            valid: np.ndarray | None = None) -> ChangeTally:
-        self.counts += change_counts(start, observed, predicted, valid)
-        return self
-
-    def merge(self, other: ChangeTally) -> ChangeTally:
-        self.counts += other.counts
-        return self
-
-    def result(self) -> dict:
-        return change_summary(self.counts)
-
-
 def _ratio(counts: np.ndarray, numerator: tuple[int, ...], denominator: tuple[int, ...]):
     counts = np.asarray(counts, dtype="float64")
     if counts.shape[-1] != len(CATEGORIES):
@@ -128,37 +105,30 @@ def _ratio(counts: np.ndarray, numerator: tuple[int, ...], denominator: tuple[in
     return float(out) if out.ndim == 0 else out
 
 
-@dataclass(frozen=True)
-class FigureOfMerit:
+def figure_of_merit(counts: np.ndarray) -> float | np.ndarray:
     """hits / (hits + misses + wrong hits + false alarms); NaN without any change."""
-
-    name: str = "fom"
-
-    def compute(self, counts: np.ndarray) -> float | np.ndarray:
-        return _ratio(counts, (HIT,), (HIT, MISS, WRONG_HIT, FALSE_ALARM))
+    return _ratio(counts, (HIT,), (HIT, MISS, WRONG_HIT, FALSE_ALARM))
 
 
-@dataclass(frozen=True)
-class ProducersAccuracyOfChange:
+def producers_accuracy(counts: np.ndarray) -> float | np.ndarray:
     """hits / (hits + misses + wrong hits): observed change predicted right."""
-
-    name: str = "producers_accuracy"
-
-    def compute(self, counts: np.ndarray) -> float | np.ndarray:
-        return _ratio(counts, (HIT,), (HIT, MISS, WRONG_HIT))
+    return _ratio(counts, (HIT,), (HIT, MISS, WRONG_HIT))
 
 
-@dataclass(frozen=True)
-class UsersAccuracyOfChange:
+def users_accuracy(counts: np.ndarray) -> float | np.ndarray:
     """hits / (hits + wrong hits + false alarms): predicted change that is right."""
-
-    name: str = "users_accuracy"
-
-    def compute(self, counts: np.ndarray) -> float | np.ndarray:
-        return _ratio(counts, (HIT,), (HIT, WRONG_HIT, FALSE_ALARM))
+    return _ratio(counts, (HIT,), (HIT, WRONG_HIT, FALSE_ALARM))
 
 
-CHANGE_METRICS = (FigureOfMerit(), ProducersAccuracyOfChange(), UsersAccuracyOfChange())
+def iou_of_change(counts: np.ndarray) -> float | np.ndarray:
+    """IoU of the observed and predicted change masks (where change happens, whatever the
+    new class): (hits + wrong hits) / (hits + misses + wrong hits + false alarms)."""
+    return _ratio(counts, (HIT, WRONG_HIT), (HIT, MISS, WRONG_HIT, FALSE_ALARM))
+
+
+# the ratios of the whole-period change (``change_summary``)
+RATIOS = {"fom": figure_of_merit, "producers_accuracy": producers_accuracy,
+          "users_accuracy": users_accuracy}
 
 
 def change_summary(counts: np.ndarray) -> dict:
@@ -167,6 +137,6 @@ def change_summary(counts: np.ndarray) -> dict:
     Undefined ratios (no observed or no predicted change) are ``None`` (JSON null).
     """
     counts = np.asarray(counts, dtype="int64")
-    scores = {metric.name: metric.compute(counts) for metric in CHANGE_METRICS}
+    scores = {name: ratio(counts) for name, ratio in RATIOS.items()}
     return {**{k: (None if not np.isfinite(v) else float(v)) for k, v in scores.items()},
             "counts": {name: int(n) for name, n in zip(CATEGORIES, counts, strict=True)}}

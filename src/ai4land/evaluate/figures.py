@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ai4land.encoding import DEFAULT_COLOURS
+from ai4land.evaluate import registry
 from ai4land.evaluate.change import CATEGORIES, change_categories
+from ai4land.evaluate.interface import YEAR
 from ai4land.io.atomic import atomic_path
 
 MODEL_COLOURS = {
@@ -106,10 +108,12 @@ def per_class_iou_figure(models: Mapping[str, dict], *, classes: Sequence[int],
 
 
 def by_year_figure(models: Mapping[str, dict], *, path: Path) -> Path:
-    """OA, mIoU and FoM on change per test year, one line per model."""
+    """The registered metrics with a ``title`` (OA, mIoU, FoM on change) per test year,
+    one panel per metric, one line per model."""
     plt = _pyplot()
-    keys = (("oa", "overall accuracy"), ("miou", "mIoU"), ("fom_change", "figure of merit (change)"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(14, 4))
+    keys = [(m.name, m.title) for m in registry.metrics(YEAR) if m.title]
+    fig, axes = plt.subplots(1, len(keys), figsize=(14 * len(keys) / 3, 4), squeeze=False)
+    axes = axes[0]
     years = sorted({int(y) for values in models.values() for y in values["by_year"]})
     for ax, (key, title) in zip(axes, keys, strict=True):
         for name, values in models.items():

@@ -1,46 +1,48 @@
-"""Categorical map metrics as small classes with a ``compute`` (weatherbench2 style).
+"""The categorical map metrics of ``metrics.json`` (interface: :mod:`ai4land.evaluate.interface`).
 
-Metrics are computed from a confusion matrix accumulated chunk by chunk, so any number
-of windows and years can be scored in bounded memory. Rows are the target class, columns
-the predicted class; pixels with index -1 (ocean, no data) are ignored.
+Confusion-matrix metrics (OA, IoU, kappa, F1) and the year-to-year change scores are
+:class:`~ai4land.evaluate.interface.BlockMetric`: their statistic is kept per test block
+(confusion matrices: rows the target class, columns the predicted class; change counts
+in the categories of :mod:`ai4land.evaluate.change`), so any number of windows and years
+is scored in bounded memory and the block bootstrap rescores sums of blocks.
+Conservation and calibration accumulate their own state. Definitions:
+docs/evaluation.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 
-from ai4land.evaluate.change import FALSE_ALARM, HIT, MISS, WRONG_HIT, change_counts
+from ai4land.evaluate.change import (
+    CATEGORIES,
+    RATIOS,
+    change_summary,
+    figure_of_merit,
+    iou_of_change,
+)
+from ai4land.evaluate.interface import (
+    BLOCK,
+    CHAIN,
+    TOTAL,
+    YEAR,
+    BlockMetric,
+    Chunk,
+    Metric,
+    confusion_by_label,
+)
+
+# the scopes of the headline numbers: totals, each year, each block, each chain
+EVERYWHERE = frozenset({TOTAL, YEAR, BLOCK, CHAIN})
+OVER_TIME = frozenset({TOTAL, YEAR, CHAIN})
 
 
-def confusion_by_label(target: np.ndarray, prediction: np.ndarray, *, labels: np.ndarray,
-                       n_labels: int, n_classes: int) -> np.ndarray:
-    """(n_labels, K, K) confusion matrices, one per label (a test block, say).
-
-    Pixels whose target, prediction or label is -1 are ignored.
-    """
-    labels = np.broadcast_to(labels, np.shape(target))
-    valid = (target >= 0) & (prediction >= 0) & (labels >= 0)
-    index = (labels[valid].astype("int64") * n_classes + target[valid]) * n_classes + prediction[valid]
-    return np.bincount(index, minlength=n_labels * n_classes**2).reshape(
-        n_labels, n_classes, n_classes
-    )
-
-
-class ConfusionMatrix:
-    def __init__(self, n_classes: int):
-        self.n_classes = n_classes
-        self.matrix = np.zeros((n_classes, n_classes), dtype="int64")
-
-    def update(self, target: np.ndarray, prediction: np.ndarray) -> ConfusionMatrix:
-        self.matrix += confusion_by_label(target, prediction, labels=np.zeros((), dtype="int64"),
-                                          n_labels=1, n_classes=self.n_classes)[0]
-        return self
-
-    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        self.matrix += other.matrix
-        return self
+def confusion_matrix(target: np.ndarray, prediction: np.ndarray, *, n_classes: int
+                     ) -> np.ndarray:
+    """(K, K) confusion matrix of class indices (-1: ignored)."""
+    return confusion_by_label(target, prediction, labels=np.zeros((), dtype="int64"),
+                              n_labels=1, n_classes=n_classes)[0]
 
 
 class ReliabilityHistogram:
@@ -62,22 +64,8 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-@dataclass(frozen=True)
-class OverallAccuracy:
-    name: str = "oa"
-
-    def compute(self, cm: np.ndarray) -> float:
-        total = cm.sum()
-        return float(np.trace(cm) / total) if total else float("nan")
-
-
-@dataclass(frozen=True)
-class PerClassIoU:
-    name: str = "per_class_iou"
-
-    def compute(self, cm: np.ndarray) -> np.ndarray:
-        tp = np.diag(cm).astype("float64")
-        return _safe_divide(tp, cm.sum(0) + cm.sum(1) - tp)
+def _json_number(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 6)
 
 
 def _mean_over_present(per_class: np.ndarray) -> float:
@@ -85,38 +73,45 @@ def _mean_over_present(per_class: np.ndarray) -> float:
     return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
 
 
-@dataclass(frozen=True)
-class MeanIoU:
+def _iou(cm: np.ndarray) -> np.ndarray:
+    tp = np.diag(cm).astype("float64")
+    return _safe_divide(tp, cm.sum(0) + cm.sum(1) - tp)
+
+
+def _f1(cm: np.ndarray) -> np.ndarray:
+    tp = np.diag(cm).astype("float64")
+    return _safe_divide(2 * tp, cm.sum(0) + cm.sum(1))
+
+
+class ConfusionMetric(BlockMetric):
+    """A metric of the (K, K) confusion matrix; ``compute(cm)``."""
+
+    def statistic(self, chunk: Chunk) -> np.ndarray:
+        return chunk.confusion
+
+
+class OverallAccuracy(ConfusionMetric):
+    name, scopes, table, label, title = "oa", EVERYWHERE, True, "OA", "overall accuracy"
+    interval = drift = True
+
+    def compute(self, cm: np.ndarray) -> float:
+        total = cm.sum()
+        return float(np.trace(cm) / total) if total else float("nan")
+
+
+class MeanIoU(ConfusionMetric):
     """Mean IoU over classes present in the target or the prediction."""
 
-    name: str = "miou"
+    name, scopes, table, label, title = "miou", EVERYWHERE, True, "mIoU", "mIoU"
+    interval = drift = True
 
     def compute(self, cm: np.ndarray) -> float:
-        return _mean_over_present(PerClassIoU().compute(cm))
+        return _mean_over_present(_iou(cm))
 
 
-@dataclass(frozen=True)
-class PerClassF1:
-    name: str = "per_class_f1"
-
-    def compute(self, cm: np.ndarray) -> np.ndarray:
-        tp = np.diag(cm).astype("float64")
-        return _safe_divide(2 * tp, cm.sum(0) + cm.sum(1))
-
-
-@dataclass(frozen=True)
-class MeanF1:
-    """Macro F1: mean F1 over classes present in the target or the prediction."""
-
-    name: str = "f1"
-
-    def compute(self, cm: np.ndarray) -> float:
-        return _mean_over_present(PerClassF1().compute(cm))
-
-
-@dataclass(frozen=True)
-class CohenKappa:
-    name: str = "kappa"
+class CohenKappa(ConfusionMetric):
+    name, scopes, table, label = "kappa", EVERYWHERE, True, "kappa"
+    interval = drift = True
 
     def compute(self, cm: np.ndarray) -> float:
         total = cm.sum()
@@ -127,55 +122,169 @@ class CohenKappa:
         return float((observed - expected) / (1 - expected)) if expected < 1 else 1.0
 
 
-@dataclass(frozen=True)
-class ChangeScores:
-    """Figure of merit, producer's/user's accuracy and IoU on change from the previous map.
+class MeanF1(ConfusionMetric):
+    """Macro F1: mean F1 over classes present in the target or the prediction."""
 
-    The categories and ratios are those of :mod:`ai4land.evaluate.change`:
-    FoM = hits / (hits + misses + wrong hits + false alarms) (Pontius et al. 2008), a hit
-    being a pixel that changed and was predicted to change to the right class;
-    PA = hits / (hits + misses + wrong hits), UA = hits / (hits + wrong hits + false alarms).
-    IoU on change is the IoU of the two change masks (where change happens, whatever
-    the new class): (hits + wrong hits) / (observed change ∪ predicted change).
-    Counts from several chunks add up; ``from_counts`` scores their sum.
-    """
+    name, scopes, table, label = "f1", EVERYWHERE, True, "F1"
 
-    name: str = "change"
-
-    def counts(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
-        counts = change_counts(previous, target, prediction)
-        return {"hits": int(counts[HIT]), "wrong_hits": int(counts[WRONG_HIT]),
-                "misses": int(counts[MISS]), "false_alarms": int(counts[FALSE_ALARM])}
-
-    @staticmethod
-    def from_counts(counts: dict) -> dict:
-        hits, wrong, misses, alarms = (counts[k] for k in ("hits", "wrong_hits", "misses",
-                                                           "false_alarms"))
-        union = hits + wrong + misses + alarms
-        observed, predicted = hits + wrong + misses, hits + wrong + alarms
-        return {
-            "fom": hits / union if union else float("nan"),
-            "iou": (hits + wrong) / union if union else float("nan"),
-            "producers_accuracy": hits / observed if observed else float("nan"),
-            "users_accuracy": hits / predicted if predicted else float("nan"),
-        }
-
-    def compute(self, previous: np.ndarray, target: np.ndarray, prediction: np.ndarray) -> dict:
-        counts = self.counts(previous, target, prediction)
-        return {**counts, **self.from_counts(counts)}
+    def compute(self, cm: np.ndarray) -> float:
+        return _mean_over_present(_f1(cm))
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Reliability of the confidence (max class probability) from a ``ReliabilityHistogram``.
+class PerClassIoU(ConfusionMetric):
+    """IoU per class: ``{class code: IoU}`` (null: class absent from both maps)."""
 
-    Per bin: pixels, mean confidence, accuracy; ECE = pixel-weighted mean |accuracy −
-    confidence| over bins.
-    """
+    name, per_class = "per_class_iou", "iou"
 
-    name: str = "calibration"
+    def values(self, cm: np.ndarray) -> np.ndarray:
+        return _iou(cm)
+
+    def compute(self, cm: np.ndarray) -> dict[str, float | None]:
+        return {str(c): _json_number(v)
+                for c, v in zip(self.context.classes, self.values(cm), strict=True)}
+
+
+class PerClassF1(PerClassIoU):
+    name, per_class = "per_class_f1", "f1"
+
+    def values(self, cm: np.ndarray) -> np.ndarray:
+        return _f1(cm)
+
+
+class Confusion(ConfusionMetric):
+    """The confusion matrix itself (rows: target class, columns: predicted class)."""
+
+    name = "confusion_matrix"
+
+    def compute(self, cm: np.ndarray) -> list[list[int]]:
+        return cm.tolist()
+
+
+class PixelCount(ConfusionMetric):
+    """Scored pixels."""
+
+    name, scopes, table = "n_pixels", frozenset({TOTAL, BLOCK, CHAIN}), True
+
+    def compute(self, cm: np.ndarray) -> int:
+        return int(cm.sum())
+
+
+class ChangeMetric(BlockMetric):
+    """A metric of the year-to-year change counts ((5,) :data:`CATEGORIES` against the
+    observed map of the chain's previous year); ``compute(counts)``."""
+
+    def statistic(self, chunk: Chunk) -> np.ndarray | None:
+        return chunk.change
+
+
+class ChangeFigureOfMerit(ChangeMetric):
+    name, scopes, table, label = "fom_change", OVER_TIME, True, "FoM"
+    title = "figure of merit (change)"
+    interval = drift = True
+
+    def compute(self, counts: np.ndarray) -> float:
+        return figure_of_merit(counts)
+
+
+class ChangeIoU(ChangeMetric):
+    name, scopes, table = "iou_change", OVER_TIME, True
+
+    def compute(self, counts: np.ndarray) -> float:
+        return iou_of_change(counts)
+
+
+class ChangeCounts(ChangeMetric):
+    """``{"hits", "wrong_hits", "misses", "false_alarms"}`` pixel counts."""
+
+    name = "change_counts"
+
+    def compute(self, counts: np.ndarray) -> dict[str, int]:
+        named = dict(zip(CATEGORIES, np.asarray(counts).tolist(), strict=True))
+        return {"hits": named["hit"], "wrong_hits": named["wrong_hit"],
+                "misses": named["miss"], "false_alarms": named["false_alarm"]}
+
+
+class PeriodChange(BlockMetric):
+    """The change over a chain's whole period (start map -> last chain year):
+    :func:`~ai4land.evaluate.change.change_summary`, with intervals of its ratios."""
+
+    name, scopes = "period", frozenset({TOTAL, CHAIN})
+    INTERVALS = {f"period_{key}": ratio for key, ratio in RATIOS.items()}
+    TABLE_INTERVAL = "period_fom"
+
+    def statistic(self, chunk: Chunk) -> np.ndarray | None:
+        return chunk.period
+
+    def compute(self, counts: np.ndarray) -> dict:
+        return change_summary(counts)
+
+    def interval_scores(self) -> dict:
+        return dict(self.INTERVALS)
+
+    @classmethod
+    def columns(cls, entry: Mapping) -> dict:
+        period = entry.get("period", {})
+        interval = entry.get("intervals", {}).get(cls.TABLE_INTERVAL, {})
+        return {**{f"period_{key}": period.get(key) for key in RATIOS},
+                **{f"{cls.TABLE_INTERVAL}_{key}": interval.get(key) for key in ("low", "high")}}
+
+
+class ConservationError(Metric):
+    """Mean |map − target| group fraction per coarse cell: the mean over years of each
+    year's mean over its site-years."""
+
+    name, scopes, table = "conservation_mae", OVER_TIME, True
+
+    def __init__(self, context=None):
+        super().__init__(context)
+        self.values: dict[int, list[float]] = {}  # year -> per site-year
+
+    def accumulate(self, chunk: Chunk) -> None:
+        if chunk.conservation_mae is not None:
+            self.values.setdefault(chunk.year, []).append(chunk.conservation_mae)
+
+    def merge(self, other: ConservationError) -> None:
+        for year, values in other.values.items():
+            self.values.setdefault(year, []).extend(values)
+
+    def result(self) -> float | None:
+        if not self.values:
+            return None
+        return float(np.mean([np.mean(self.values[year]) for year in sorted(self.values)]))
+
+
+class Calibration(Metric):
+    """Reliability of the confidence (max class probability): per bin pixels, mean
+    confidence, accuracy; ECE = pixel-weighted mean |accuracy − confidence| over bins.
+    Only for chunks with a confidence."""
+
+    name = "calibration"
+
+    def __init__(self, context=None):
+        super().__init__(context)
+        self.histogram: ReliabilityHistogram | None = None
+
+    def accumulate(self, chunk: Chunk) -> None:
+        if chunk.confidence is None:
+            return
+        if self.histogram is None:
+            self.histogram = ReliabilityHistogram(self.context.calibration_bins)
+        scored = (chunk.target >= 0) & (chunk.prediction >= 0)
+        self.histogram.update(chunk.confidence[scored],
+                              chunk.prediction[scored] == chunk.target[scored])
+
+    def merge(self, other: Calibration) -> None:
+        if other.histogram is None:
+            return
+        if self.histogram is None:
+            self.histogram = ReliabilityHistogram(other.histogram.n_bins)
+        self.histogram.table = self.histogram.table + other.histogram.table
+
+    def result(self) -> dict | None:
+        return None if self.histogram is None else self.compute(self.histogram.table)
 
     def compute(self, table: np.ndarray) -> dict:
+        """The calibration of a :class:`ReliabilityHistogram` table."""
         count, confidence, correct = table
         mean_confidence = _safe_divide(confidence, count)
         accuracy = _safe_divide(correct, count)
@@ -188,23 +297,3 @@ class Calibration:
             "accuracy": [_json_number(v) for v in accuracy],
             "ece": float((count * gap).sum() / total) if total else float("nan"),
         }
-
-
-def summarise(cm: np.ndarray, classes: list[int]) -> dict:
-    """The standard metric set of one confusion matrix, JSON-ready."""
-    per_class = PerClassIoU().compute(cm)
-    f1 = PerClassF1().compute(cm)
-    return {
-        "oa": OverallAccuracy().compute(cm),
-        "miou": MeanIoU().compute(cm),
-        "kappa": CohenKappa().compute(cm),
-        "f1": MeanF1().compute(cm),
-        "per_class_iou": {str(c): _json_number(v) for c, v in zip(classes, per_class, strict=True)},
-        "per_class_f1": {str(c): _json_number(v) for c, v in zip(classes, f1, strict=True)},
-        "confusion_matrix": cm.tolist(),
-        "n_pixels": int(cm.sum()),
-    }
-
-
-def _json_number(value: float) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), 6)

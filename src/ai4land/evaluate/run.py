@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from ai4land.device import resolve_device
 from ai4land.errors import GridError, InputDataError
-from ai4land.evaluate import figures
+from ai4land.evaluate import figures, registry
 from ai4land.evaluate.baselines import (
     GradientBoostingBaseline,
     bilinear_cells,
@@ -55,7 +55,7 @@ from ai4land.evaluate.baselines import (
 )
 from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.chains import Site, plan_sites, site_probabilities
-from ai4land.evaluate.metrics import ChangeScores, ConfusionMatrix, summarise
+from ai4land.evaluate.interface import CHAIN, YEAR
 from ai4land.evaluate.models import (
     ALLOCATION_BASELINES,
     BASELINES,
@@ -65,7 +65,7 @@ from ai4land.evaluate.models import (
     Chain,
     plan_chains,
 )
-from ai4land.evaluate.scores import INTERVALS, ModelScores
+from ai4land.evaluate.scores import ModelScores
 from ai4land.evaluate.stability import stability_counts
 from ai4land.evaluate.tables import write_tables
 from ai4land.grid import Window
@@ -87,7 +87,6 @@ log = logging.getLogger(__name__)
 # fed the observed map of each previous year: their end map holds the observed change
 # of the period, so they have no whole-period change score
 OBSERVED_PRIOR = ("unet_teacher_forced",)
-DRIFT_KEYS = ("oa", "miou", "kappa", "fom_change")
 FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
            "class_area.png", "calibration.png", "change_fom.png")
 TILE_PANELS = ("unet", "unet_raw", "neighbourhood_density", "gradient_boosting", "persistence")
@@ -141,15 +140,13 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
 
     bootstrap = BlockBootstrap(len(test_blocks), n_replicates=settings.bootstrap_replicates,
                                seed=config.seed, level=settings.confidence_level)
-    group_names = runner.groups.names
     models, pooled = {}, {}
     for name in names:
         pooled[name] = ModelScores.pooled([chain.scores[name] for chain in chains])
-        models[name] = pooled[name].report(bootstrap=bootstrap, group_names=group_names)
+        models[name] = pooled[name].report(bootstrap=bootstrap)
         if not single_year:
-            models[name]["chains"] = {
-                chain.name: _chain_report(chain.scores[name].report(group_names=group_names))
-                for chain in chains}
+            models[name]["chains"] = {chain.name: chain.scores[name].report(scope=CHAIN)
+                                      for chain in chains}
     scored_pixels = sum(int(m.sum()) for m in runner.scored_pixels)
     metrics = _finite({
         "split": {
@@ -183,26 +180,13 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     return metrics
 
 
-def _chain_report(report: dict) -> dict:
-    """The per-chain entry of a model: its years, stability and whole-period change."""
-    keys = ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "conservation_mae",
-            "n_pixels", "by_year", "period", "stability")
-    return {key: report[key] for key in keys if key in report}
-
-
-# interval metrics where lower is better (the others: higher is better)
-LOWER_IS_BETTER = ("swap_ratio", "isolated_share")
-
-
 def _compare(pooled: dict[str, ModelScores], models: dict, bootstrap: BlockBootstrap) -> dict:
     """Per interval metric: the U-Net minus the best baseline (best by its estimate over
     every baseline, and over the allocation baselines), paired block bootstrap, with
     ``significant`` when the interval excludes 0."""
-    stats = {name: scores.block_statistics() for name, scores in pooled.items()}
+    inputs = {name: scores.interval_inputs() for name, scores in pooled.items()}
     out = {}
-    for metric, (key, compute) in INTERVALS.items():
-        if key not in stats["unet"]:
-            continue
+    for metric, (stats, compute, lower_is_better) in inputs["unet"].items():
         entry = {}
         for scope, candidates in (("best_baseline", BASELINES),
                                   ("best_allocation_baseline", ALLOCATION_BASELINES)):
@@ -212,9 +196,9 @@ def _compare(pooled: dict[str, ModelScores], models: dict, bootstrap: BlockBoots
                          and models[name]["intervals"][metric]["estimate"] is not None}
             if not estimates:
                 continue
-            pick = min if metric in LOWER_IS_BETTER else max
+            pick = min if lower_is_better else max
             best = pick(estimates, key=estimates.get)
-            difference = bootstrap.difference(stats["unet"][key], stats[best][key], compute)
+            difference = bootstrap.difference(stats, inputs[best][metric][0], compute)
             entry[scope] = {"baseline": best, **difference.to_json()}
         if entry:
             out[metric] = entry
@@ -248,7 +232,8 @@ class _Runner:
         cube, config, classes = self.cube, self.config, self.classes
         calibration_bins = config.evaluate.calibration_bins
         chain.scores = {name: ModelScores(classes=classes, blocks=self.blocks,
-                                          calibration_bins=calibration_bins)
+                                          calibration_bins=calibration_bins,
+                                          group_names=self.groups.names)
                         for name in self.names}
         series = ("observed", "coarse", "target", *self.names)
         chain.area = {"groups": list(self.groups.names), "years": [],
@@ -426,24 +411,22 @@ class _Runner:
         counts["coarse"] += (luh * n).sum(axis=(1, 2))
         counts["target"] += (goal * n).sum(axis=(1, 2))
         for name, (codes, confidence) in maps.items():
-            prediction = codes_to_index(codes[scored], classes)
+            before = self.previous_maps[name][site.label]
+            period = (start is not None and year == chain.years[-1]
+                      and name not in OBSERVED_PRIOR)
             chain.scores[name].add(
-                year=year, target=target, prediction=prediction, previous=previous,
-                labels=labels, confidence=None if confidence is None else confidence[scored],
+                year=year, target=target, prediction=codes_to_index(codes[scored], classes),
+                previous=previous, labels=labels,
+                confidence=None if confidence is None else confidence[scored],
                 conservation_mae=conservation_error(codes[in_cells], self.groups, factor=factor,
-                                                    valid=cells_valid, target=goal)["mae"])
-            if start is not None and year == chain.years[-1] and name not in OBSERVED_PRIOR:
-                chain.scores[name].add_period(start=start_index, target=target,
-                                              prediction=prediction, labels=labels)
+                                                    valid=cells_valid, target=goal)["mae"],
+                start=start_index if period else None, block=site.label,
+                stability=None if before is None else stability_counts(
+                    before, codes[in_cells], valid=cells_valid, groups=self.groups,
+                    factor=factor, target=goal, origin=(site.cells.row, site.cells.col)))
             shares, n = map_group_fractions(codes[in_cells], self.groups, factor=factor,
                                             valid=mask)
             counts[name] += (shares * n).sum(axis=(1, 2))
-            before = self.previous_maps[name][site.label]
-            if before is not None:
-                chain.scores[name].add_stability(year=year, label=site.label, counts=(
-                    stability_counts(before, codes[in_cells], valid=cells_valid,
-                                     groups=self.groups, factor=factor, target=goal,
-                                     origin=(site.cells.row, site.cells.col))))
             self.previous_maps[name][site.label] = codes[in_cells]
 
     def _tile(self, chain: Chain, year: int, site: Site, maps: dict,
@@ -461,9 +444,11 @@ class _Runner:
 
 
 def _drift(chained: dict, forced: dict) -> dict:
-    """Per year: the chain minus teacher-forced for ``DRIFT_KEYS`` (NaN if undefined)."""
+    """Per year: the chain minus teacher-forced for the registered metrics with ``drift``
+    (NaN if undefined)."""
+    keys = [m.name for m in registry.metrics(YEAR) if m.drift]
     return {
-        year: {key: _minus(values[key], forced["by_year"][year][key]) for key in DRIFT_KEYS}
+        year: {key: _minus(values.get(key), forced["by_year"][year].get(key)) for key in keys}
         for year, values in chained["by_year"].items()
     }
 
@@ -509,16 +494,13 @@ def _finite(value):
 def score_maps(prediction: np.ndarray, target: np.ndarray, *, classes: list[int],
                previous: np.ndarray | None = None) -> dict:
     """The metrics.json keys of one model for two maps (change scores need ``previous``)."""
-    target_index = codes_to_index(target, classes)
-    prediction_index = codes_to_index(prediction, classes)
-    cm = ConfusionMatrix(len(classes)).update(target_index, prediction_index)
-    result = summarise(cm.matrix, classes)
-    if previous is not None:
-        counts = ChangeScores().counts(codes_to_index(previous, classes), target_index,
-                                       prediction_index)
-        change = ChangeScores.from_counts(counts)
-        result.update(fom_change=change["fom"], iou_change=change["iou"], change_counts=counts)
-    return _finite(result)
+    scores = ModelScores(classes=classes, blocks=[{"id": 0, "row": 0, "col": 0}],
+                         calibration_bins=1)
+    scores.add(year=0, target=codes_to_index(target, classes),
+               prediction=codes_to_index(prediction, classes),
+               labels=np.zeros(np.shape(target), dtype="int64"),
+               previous=None if previous is None else codes_to_index(previous, classes))
+    return _finite(scores.totals())
 
 
 def score_files(prediction: Path, target: Path, *, previous: Path | None = None) -> dict:

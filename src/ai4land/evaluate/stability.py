@@ -33,10 +33,12 @@ part inside the window.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ai4land.evaluate.interface import CHAIN, TOTAL, YEAR, BlockMetric, Chunk
 from ai4land.predict.harmonize import Groups
 
 SCALARS = ("valid", "changed", "minimal", "isolated", "present", "vanished", "vanished_forced")
@@ -160,34 +162,29 @@ def _ratio(num, den) -> float:
     return float(num) / float(den) if den else float("nan")
 
 
-@dataclass(frozen=True)
-class StabilityScores:
+def stability_scores(counts: StabilityCounts | Mapping) -> dict:
     """Ratios of :class:`StabilityCounts` (or of a mapping with its field names)."""
-
-    name: str = "stability"
-
-    def compute(self, counts: StabilityCounts | dict) -> dict:
-        c = counts.as_dict() if isinstance(counts, StabilityCounts) else counts
-        area = np.asarray(c["map_groups"], dtype="float64")
-        target = np.asarray(c["target_groups"], dtype="float64")
-        area_share = area / area.sum() if area.sum() else np.full(area.shape, np.nan)
-        target_share = target / target.sum() if target.sum() else np.full(target.shape, np.nan)
-        return {
-            "changed_share": _ratio(c["changed"], c["valid"]),
-            "swap_ratio": _ratio(c["changed"] - c["minimal"], c["changed"]),
-            "isolated_share": _ratio(c["isolated"], c["changed"]),
-            "vanish_rate": _ratio(c["vanished"], c["present"]),
-            "vanished": int(c["vanished"]),
-            "vanished_forced": int(c["vanished_forced"]),
-            "area_share": area_share,
-            "target_share": target_share,
-            "area_mae": float(np.mean(np.abs(area_share - target_share))),
-        }
+    c = counts.as_dict() if isinstance(counts, StabilityCounts) else counts
+    area = np.asarray(c["map_groups"], dtype="float64")
+    target = np.asarray(c["target_groups"], dtype="float64")
+    area_share = area / area.sum() if area.sum() else np.full(area.shape, np.nan)
+    target_share = target / target.sum() if target.sum() else np.full(target.shape, np.nan)
+    return {
+        "changed_share": _ratio(c["changed"], c["valid"]),
+        "swap_ratio": _ratio(c["changed"] - c["minimal"], c["changed"]),
+        "isolated_share": _ratio(c["isolated"], c["changed"]),
+        "vanish_rate": _ratio(c["vanished"], c["present"]),
+        "vanished": int(c["vanished"]),
+        "vanished_forced": int(c["vanished_forced"]),
+        "area_share": area_share,
+        "target_share": target_share,
+        "area_mae": float(np.mean(np.abs(area_share - target_share))),
+    }
 
 
 def summarise_stability(counts: StabilityCounts, group_names: tuple[str, ...]) -> dict:
     """JSON-ready stability scores (NaN → None; group shares keyed by group name)."""
-    scores = StabilityScores().compute(counts)
+    scores = stability_scores(counts)
 
     def number(value):
         return None if not np.isfinite(value) else round(float(value), 6)
@@ -198,3 +195,51 @@ def summarise_stability(counts: StabilityCounts, group_names: tuple[str, ...]) -
         out[key] = {g: number(v) for g, v in zip(group_names, scores[key], strict=True)}
     out["counts"] = {key: int(getattr(counts, key)) for key in SCALARS}
     return out
+
+
+class Stability(BlockMetric):
+    """The chain's stability (:func:`summarise_stability` of the counts summed over test
+    blocks and years), reported when every test block has counts; intervals of the swap
+    ratio and the isolated share (lower is better). The per-block state is a list of
+    :class:`StabilityCounts` (None: none added for the block yet)."""
+
+    name, scopes = "stability", frozenset({TOTAL, YEAR, CHAIN})
+    lower_is_better = True
+    INTERVALS = ("swap_ratio", "isolated_share")
+
+    def __init__(self, context=None):
+        super().__init__(context)
+        self.blocks: list[StabilityCounts | None] = [None] * self.context.n_blocks
+
+    def accumulate(self, chunk: Chunk) -> None:
+        if chunk.stability is not None:
+            self._add(chunk.block, chunk.stability)
+
+    def _add(self, block: int, counts: StabilityCounts) -> None:
+        held = self.blocks[block]
+        self.blocks[block] = counts if held is None else held + counts
+
+    def merge(self, other: Stability) -> None:
+        for block, counts in enumerate(other.blocks):
+            if counts is not None:
+                self._add(block, counts)
+
+    def result(self) -> dict | None:
+        if any(counts is None for counts in self.blocks):
+            return None
+        total = sum(self.blocks[1:], self.blocks[0])
+        names = self.context.group_names or tuple(str(g) for g in range(len(total.map_groups)))
+        return summarise_stability(total, names)
+
+    def statistics(self) -> dict[str, np.ndarray] | None:
+        if any(counts is None for counts in self.blocks):
+            return None
+        return StabilityCounts.stack(self.blocks)
+
+    def compute(self, counts: StabilityCounts | Mapping) -> dict:
+        """The raw scores (shares as arrays, NaN where undefined) of summed counts."""
+        return stability_scores(counts)
+
+    def interval_scores(self) -> dict:
+        return {key: (lambda counts, key=key: stability_scores(counts)[key])
+                for key in self.INTERVALS}

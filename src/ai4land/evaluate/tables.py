@@ -1,5 +1,6 @@
 """CSV tables of ``metrics.json``: one row per model, per (model, year), per (model, block),
-per (model, class)."""
+per (model, class); and the CLI summary. Columns come from the metric registry
+(:mod:`ai4land.evaluate.registry`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ai4land.evaluate import registry
+from ai4land.evaluate.interface import BLOCK, TOTAL, YEAR
 from ai4land.io.atomic import atomic_path
 
-TOTALS = ("oa", "miou", "kappa", "f1", "fom_change", "iou_change", "conservation_mae")
-# the whole-period change of a chain (start map -> last year), with the FoM's interval
-PERIOD = ("fom", "producers_accuracy", "users_accuracy")
 TABLES = ("metrics_by_model.csv", "metrics_by_year.csv", "metrics_by_block.csv",
           "per_class_iou.csv")
 
@@ -24,28 +24,48 @@ def _write(path: Path, header: Sequence[str], rows: list[list]) -> Path:
     return path
 
 
+def _by_model(models: Mapping) -> tuple[list[str], list[list]]:
+    metrics = registry.metrics(TOTAL)
+    rows = []
+    for name, entry in models.items():
+        columns = {}
+        for metric in metrics:
+            columns.update(metric.columns(entry))
+        rows.append([name, *columns.values()])
+    return ["model", *columns], rows
+
+
 def write_tables(metrics: Mapping, directory: Path) -> list[Path]:
     """The CSV files of ``TABLES`` under ``directory``."""
     models = metrics["models"]
     legend = metrics.get("legend", {})
-    by_model = [[name, *(m[k] for k in TOTALS), m["n_pixels"],
-                 *(m.get("period", {}).get(k) for k in PERIOD),
-                 *(m.get("intervals", {}).get("period_fom", {}).get(k) for k in ("low", "high"))]
-                for name, m in models.items()]
-    year_keys = [k for k in list(next(iter(models.values()))["by_year"].values())[0]
-                 if k != "stability"]
-    by_year = [[name, year, *(values[k] for k in year_keys)]
+    header, by_model = _by_model(models)
+    year_keys = [m.name for m in registry.metrics(YEAR) if m.table]
+    by_year = [[name, year, *(values.get(k) for k in year_keys)]
                for name, m in models.items() for year, values in m["by_year"].items()]
-    block_keys = ("row", "col", "oa", "miou", "kappa", "f1", "n_pixels")
-    by_block = [[name, block, *(values[k] for k in block_keys)]
+    block_keys = ["row", "col", *(m.name for m in registry.metrics(BLOCK) if m.table)]
+    by_block = [[name, block, *(values.get(k) for k in block_keys)]
                 for name, m in models.items() for block, values in m["by_block"].items()]
-    per_class = [[name, code, legend.get(code, ""), iou, m["per_class_f1"][code]]
-                 for name, m in models.items() for code, iou in m["per_class_iou"].items()]
+    per_class_metrics = [m for m in registry.metrics(TOTAL) if m.per_class]
+    codes = [str(c) for c in metrics["classes"]]
+    per_class = [[name, code, legend.get(code, ""),
+                  *(m.get(metric.name, {}).get(code) for metric in per_class_metrics)]
+                 for name, m in models.items() for code in codes]
     return [
-        _write(directory / TABLES[0], ["model", *TOTALS, "n_pixels",
-                                       *(f"period_{k}" for k in PERIOD),
-                                       "period_fom_low", "period_fom_high"], by_model),
+        _write(directory / TABLES[0], header, by_model),
         _write(directory / TABLES[1], ["model", "year", *year_keys], by_year),
         _write(directory / TABLES[2], ["model", "block", *block_keys], by_block),
-        _write(directory / TABLES[3], ["model", "class", "name", "iou", "f1"], per_class),
+        _write(directory / TABLES[3], ["model", "class", "name",
+                                       *(m.per_class for m in per_class_metrics)], per_class),
     ]
+
+
+def summary(metrics: Mapping) -> str:
+    """The CLI's table: one row per model, a column per metric with a ``label``."""
+    columns = [m for m in registry.metrics(TOTAL) if m.label]
+    lines = [f"{'model':>20s}  " + "  ".join(f"{m.label:>6s}" for m in columns)]
+    for name, values in metrics["models"].items():
+        row = [values.get(m.name) for m in columns]
+        lines.append(f"{name:>20s}  " + "  ".join("   n/a" if v is None else f"{v:.4f}"
+                                                   for v in row))
+    return "\n".join(lines)
