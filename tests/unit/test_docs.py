@@ -84,3 +84,12 @@ def test_relative_links_resolve(doc):
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             broken.append(f"{target} (no heading #{anchor})")
     assert not broken, f"{doc.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_readme_is_short_and_its_contents_list_every_section():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200, "README.md: keep it under 200 lines; move detail to docs/"
+    sections = re.findall(r"^## (.+)$", FENCE.sub("", text), re.MULTILINE)
+    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"\]\(#([^)]+)\)", contents)
+    assert listed == [slug(s) for s in sections if s != "Contents"]
