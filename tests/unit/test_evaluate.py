@@ -18,7 +18,7 @@ from ai4land.evaluate import registry, run_evaluate
 from ai4land.evaluate.chains import plan_sites, site_probabilities
 from ai4land.evaluate.metrics import EVERYWHERE, ConfusionMetric
 from ai4land.evaluate.models import ALLOCATION_BASELINES, MODELS, SINGLE_YEAR_MODELS
-from ai4land.evaluate.run import FIGURES
+from ai4land.evaluate.report import FIGURES
 from ai4land.evaluate.tables import TABLES, summary
 from ai4land.grid import Grid, Window
 from ai4land.io.cog import write_cog
@@ -139,8 +139,9 @@ def test_chains_start_as_teacher_forced_and_drift_is_reported(evaluated):
     _, _, metrics, _ = evaluated
     unet, forced = metrics["models"]["unet"], metrics["models"]["unet_teacher_forced"]
     # each chain's first year has the observed prior too: forward 1965, backward 1966
-    assert unet["chains"]["forward"]["by_year"]["1965"] == forced["chains"]["forward"]["by_year"]["1965"]
-    assert unet["chains"]["backward"]["by_year"]["1966"] == forced["chains"]["backward"]["by_year"]["1966"]
+    for chain, year in (("forward", "1965"), ("backward", "1966")):
+        assert (unet["chains"][chain]["by_year"][year]
+                == forced["chains"][chain]["by_year"][year])
     years = [str(y) for y in metrics["split"]["test_years"]]
     assert list(metrics["drift"]) == years
     for year in years:

@@ -22,7 +22,6 @@ allocation); :mod:`ai4land.evaluate.run` scores what they produce.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ import numpy as np
 from ai4land.grid import Window
 from ai4land.io.cube import Cube
 from ai4land.predict.inference import plan_windows, stream_probabilities
-from ai4land.samples.features import build_inputs, codes_to_index
+from ai4land.samples.features import build_inputs
 from ai4land.samples.split import Block, Split
 
 
@@ -118,20 +117,3 @@ def site_probabilities(config, *, cube: Cube, model, site: Site, scenario: str, 
         windows=site.windows, batch_size=config.predict.batch_size, device=device,
         ensemble=ensemble.kind, members=ensemble.members, seed=seed, progress=False)
     return np.concatenate([band for _, band in stream])
-
-
-@dataclass
-class YearContext:
-    """What every model of one chain year shares."""
-
-    year: int
-    scenario: str
-    direction: int
-    coarse_cells: np.ndarray  # the region's coarse cells (as predict reads them)
-    finaliser: object  # ai4land.predict.finalise.Finaliser of this year
-    rng: Callable[[Site, str], np.random.Generator]  # a generator per (site, model)
-
-
-def prior_index(cube: Cube, codes: np.ndarray | None, classes: list[int]) -> np.ndarray | None:
-    """Class indices of a prior map (-1 for codes that are not predicted)."""
-    return None if codes is None else codes_to_index(codes, classes)

@@ -31,9 +31,9 @@ change scores are undefined (null).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ from tqdm import tqdm
 
 from ai4land.device import resolve_device
 from ai4land.errors import GridError, InputDataError
-from ai4land.evaluate import figures, registry
 from ai4land.evaluate.baselines import (
     GradientBoostingBaseline,
     bilinear_cells,
@@ -55,21 +54,18 @@ from ai4land.evaluate.baselines import (
 )
 from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.chains import Site, plan_sites, site_probabilities
-from ai4land.evaluate.interface import CHAIN, YEAR
 from ai4land.evaluate.models import (
     ALLOCATION_BASELINES,
-    BASELINES,
     CHAINED,
     MODELS,
     SINGLE_YEAR_MODELS,
     Chain,
     plan_chains,
 )
+from ai4land.evaluate.report import compare, drift, finite, model_reports, write_report
 from ai4land.evaluate.scores import ModelScores
 from ai4land.evaluate.stability import stability_counts
-from ai4land.evaluate.tables import write_tables
 from ai4land.grid import Window
-from ai4land.io.atomic import atomic_path
 from ai4land.io.cube import Cube
 from ai4land.predict.finalise import Finaliser
 from ai4land.predict.harmonize import (
@@ -80,15 +76,13 @@ from ai4land.predict.harmonize import (
 )
 from ai4land.predict.probabilities import ensemble_seed
 from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
-from ai4land.samples.split import load_split
+from ai4land.samples.split import Block, Split, load_split
 
 log = logging.getLogger(__name__)
 
 # fed the observed map of each previous year: their end map holds the observed change
 # of the period, so they have no whole-period change score
 OBSERVED_PRIOR = ("unet_teacher_forced",)
-FIGURES = ("confusion_matrix.png", "per_class_iou.png", "by_year.png", "tiles.png",
-           "class_area.png", "calibration.png", "change_fom.png")
 TILE_PANELS = ("unet", "unet_raw", "neighbourhood_density", "gradient_boosting", "persistence")
 LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Finaliser
 
@@ -96,113 +90,145 @@ LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Fi
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
                  figures_dir: Path | None = None) -> dict:
     """Score every model; write ``output`` (metrics.json), tables beside it, figures."""
-    from ai4land.models.card import check_inputs, load_model
-
-    cube = Cube.from_config(config)
-    split = load_split(split_path)
-    classes = list(config.classes.predicted)
-    if (split.height, split.width) != cube.fine_grid.shape:
-        raise GridError(f"{split_path}: split is for a {split.height}x{split.width} grid, "
-                        f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
-    model, card = load_model(model_dir)
-    check_inputs(card, input_channel_names(cube, classes))
-    observed = cube.target_years
-    years = [y for y in split.test_years if y in observed]
-    if not years:
-        raise InputDataError(f"{config.paths.cube}: holds no observed map of the test "
-                             f"years {list(split.test_years)}; check years.test")
-    chains = plan_chains(years, observed)
-    single_year = chains[0].start is None
-    if single_year:
-        log.info("no observed map before or after the test years: single-year evaluation "
-                 "(U-Net without prior; no persistence, chains or change scores)")
-    names = SINGLE_YEAR_MODELS if single_year else MODELS
-    test_blocks = [b for b in split.blocks if b.role == "test"]
-    sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
-
-    settings = config.evaluate
-    rng = np.random.default_rng(config.seed)
-    started = time.perf_counter()
-    features, targets = gradient_boosting_sample(
-        cube, split=split, classes=classes, max_samples=settings.gbm_samples,
-        max_years=settings.gbm_years, rng=rng, with_prior=not single_year)
-    gbm = GradientBoostingBaseline(classes=classes, max_iter=settings.gbm_max_iter,
-                                   seed=config.seed).fit(features, targets)
-    log.info("gradient boosting: %d pixels, %.1f s", len(targets), time.perf_counter() - started)
-
-    blocks = [{"id": b.id, "row": b.row, "col": b.col} for b in test_blocks]
-    runner = _Runner(config, cube=cube, model=model, gbm=gbm, sites=sites, names=names,
-                     classes=classes, blocks=blocks)
+    setup = _Setup.load(config, model_dir=model_dir, split_path=split_path)
+    gbm, train_pixels = _fit_gradient_boosting(config, setup)
+    runner = _Runner(config, cube=setup.cube, model=setup.model, gbm=gbm, sites=setup.sites,
+                     names=setup.names, classes=setup.classes, blocks=setup.blocks)
     tiles: list[dict] = []
-    for chain in chains:
+    for chain in setup.chains:
         chain_tiles = runner.run(chain)
         tiles = tiles or chain_tiles
 
-    bootstrap = BlockBootstrap(len(test_blocks), n_replicates=settings.bootstrap_replicates,
+    settings = config.evaluate
+    bootstrap = BlockBootstrap(len(setup.blocks), n_replicates=settings.bootstrap_replicates,
                                seed=config.seed, level=settings.confidence_level)
-    models, pooled = {}, {}
-    for name in names:
-        pooled[name] = ModelScores.pooled([chain.scores[name] for chain in chains])
-        models[name] = pooled[name].report(bootstrap=bootstrap)
-        if not single_year:
-            models[name]["chains"] = {chain.name: chain.scores[name].report(scope=CHAIN)
-                                      for chain in chains}
-    scored_pixels = sum(int(m.sum()) for m in runner.scored_pixels)
-    metrics = _finite({
-        "split": {
-            "test_blocks": len(test_blocks),
-            "test_block_ids": [b.id for b in test_blocks],
-            "block_size": split.block_size,
-            "test_years": years,
-            "test_pixels": scored_pixels,
-            "seed": split.seed,
-            "mode": "single-year" if single_year else "multi-year",
-            "chains": {c.name: {"direction": c.direction, "start": c.start, "years": c.years}
-                       for c in chains},
-        },
+    models, pooled = model_reports(setup.names, setup.chains, bootstrap,
+                                   single_year=setup.single_year)
+    classes = setup.classes
+    metrics = finite({
+        "split": setup.split_report(test_pixels=sum(int(m.sum()) for m in runner.scored_pixels)),
         "scored_map": "harmonised" if config.predict.harmonize else "raw",
         "classes": classes,
         "legend": {str(c): config.classes.legend[c] for c in classes},
         "models": models,
-        "comparison": _compare(pooled, models, bootstrap),
-        "drift": ({} if single_year else
-                  _drift(models["unet"], models["unet_teacher_forced"])),
-        "class_area": {chain.name: chain.area for chain in chains},
-        "gradient_boosting": {"train_pixels": int(len(targets)),
-                              "max_iter": settings.gbm_max_iter},
+        "comparison": compare(pooled, models, bootstrap),
+        "drift": ({} if setup.single_year else
+                  drift(models["unet"], models["unet_teacher_forced"])),
+        "class_area": {chain.name: chain.area for chain in setup.chains},
+        "gradient_boosting": {"train_pixels": train_pixels, "max_iter": settings.gbm_max_iter},
         "density_kernel": settings.density_kernel,
     })
-    output = Path(output)
-    write_tables(metrics, output.parent)
-    _draw(metrics, tiles, figures_dir or output.parent / "figures", legend=config.classes.legend)
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, allow_nan=False))
+    write_report(metrics, tiles, output, figures_dir=figures_dir, legend=config.classes.legend)
     return metrics
 
 
-def _compare(pooled: dict[str, ModelScores], models: dict, bootstrap: BlockBootstrap) -> dict:
-    """Per interval metric: the U-Net minus the best baseline (best by its estimate over
-    every baseline, and over the allocation baselines), paired block bootstrap, with
-    ``significant`` when the interval excludes 0."""
-    inputs = {name: scores.interval_inputs() for name, scores in pooled.items()}
-    out = {}
-    for metric, (stats, compute, lower_is_better) in inputs["unet"].items():
-        entry = {}
-        for scope, candidates in (("best_baseline", BASELINES),
-                                  ("best_allocation_baseline", ALLOCATION_BASELINES)):
-            estimates = {name: models[name]["intervals"][metric]["estimate"]
-                         for name in candidates if name in models
-                         and metric in models[name].get("intervals", {})
-                         and models[name]["intervals"][metric]["estimate"] is not None}
-            if not estimates:
-                continue
-            pick = min if lower_is_better else max
-            best = pick(estimates, key=estimates.get)
-            difference = bootstrap.difference(stats, inputs[best][metric][0], compute)
-            entry[scope] = {"baseline": best, **difference.to_json()}
-        if entry:
-            out[metric] = entry
-    return out
+@dataclass
+class _Setup:
+    """What an evaluation scores: the cube, split, model, test years, chains and sites."""
+
+    cube: Cube
+    split: Split
+    classes: list[int]
+    model: object
+    years: list[int]
+    chains: list[Chain]
+    sites: list[Site]
+
+    @classmethod
+    def load(cls, config, *, model_dir: Path, split_path: Path) -> _Setup:
+        """Read and check the cube, split and model; plan the chains and sites."""
+        from ai4land.models.card import check_inputs, load_model
+
+        cube = Cube.from_config(config)
+        split = load_split(split_path)
+        classes = list(config.classes.predicted)
+        if (split.height, split.width) != cube.fine_grid.shape:
+            raise GridError(f"{split_path}: split is for a {split.height}x{split.width} grid, "
+                            f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
+        model, card = load_model(model_dir)
+        check_inputs(card, input_channel_names(cube, classes))
+        observed = cube.target_years
+        years = [y for y in split.test_years if y in observed]
+        if not years:
+            raise InputDataError(f"{config.paths.cube}: holds no observed map of the test "
+                                 f"years {list(split.test_years)}; check years.test")
+        chains = plan_chains(years, observed)
+        if chains[0].start is None:
+            log.info("no observed map before or after the test years: single-year "
+                     "evaluation (U-Net without prior; no persistence, chains or change "
+                     "scores)")
+        sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
+        return cls(cube=cube, split=split, classes=classes, model=model, years=years,
+                   chains=chains, sites=sites)
+
+    @property
+    def single_year(self) -> bool:
+        return self.chains[0].start is None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return SINGLE_YEAR_MODELS if self.single_year else MODELS
+
+    @property
+    def test_blocks(self) -> list[Block]:
+        return [b for b in self.split.blocks if b.role == "test"]
+
+    @property
+    def blocks(self) -> list[dict]:
+        return [{"id": b.id, "row": b.row, "col": b.col} for b in self.test_blocks]
+
+    def split_report(self, *, test_pixels: int) -> dict:
+        """``metrics.json`` ``split``."""
+        test_blocks = self.test_blocks
+        return {
+            "test_blocks": len(test_blocks),
+            "test_block_ids": [b.id for b in test_blocks],
+            "block_size": self.split.block_size,
+            "test_years": self.years,
+            "test_pixels": test_pixels,
+            "seed": self.split.seed,
+            "mode": "single-year" if self.single_year else "multi-year",
+            "chains": {c.name: {"direction": c.direction, "start": c.start, "years": c.years}
+                       for c in self.chains},
+        }
+
+
+def _fit_gradient_boosting(config, setup: _Setup) -> tuple[GradientBoostingBaseline, int]:
+    """The gradient-boosting baseline fitted on a sample of training pixels; the sample size."""
+    settings = config.evaluate
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    features, targets = gradient_boosting_sample(
+        setup.cube, split=setup.split, classes=setup.classes, max_samples=settings.gbm_samples,
+        max_years=settings.gbm_years, rng=rng, with_prior=not setup.single_year)
+    gbm = GradientBoostingBaseline(classes=setup.classes, max_iter=settings.gbm_max_iter,
+                                   seed=config.seed).fit(features, targets)
+    log.info("gradient boosting: %d pixels, %.1f s", len(targets), time.perf_counter() - started)
+    return gbm, int(len(targets))
+
+
+@dataclass
+class _SiteYear:
+    """One site and year of a chain while its models' maps are made."""
+
+    chain: Chain
+    year: int
+    site: Site
+    scenario: str
+    cells: np.ndarray  # the region's coarse cells of the year
+    finaliser: Finaliser
+    state: dict  # chained model -> site label -> its map of the previous year (outer)
+    area: tuple[slice, slice]  # site.area inside site.outer
+    land: np.ndarray  # land over site.area
+    previous_observed: np.ndarray | None  # the observed map of the previous year (outer)
+    maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+    def prior(self, name: str) -> np.ndarray | None:
+        """``name``'s prior over ``site.outer``: its own chain's map, or the observed map
+        of the previous year (teacher forcing; None in single-year evaluations)."""
+        if name in self.state:
+            return self.state[name][self.site.label]
+        return self.previous_observed
 
 
 class _Runner:
@@ -285,87 +311,104 @@ class _Runner:
                    start: dict) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """Every model's (codes, confidence) over ``site.area`` for ``year``; updates the
         chained models' ``state`` (their next prior over ``site.outer``)."""
-        config, cube, classes = self.config, self.cube, self.classes
-        k = len(classes)
         area = site.inside(site.area)
-        land_outer = self.land[site.label]
-        land = land_outer[area]
-        valid = finaliser.valid(site.area, land=land)
-        previous_observed = (None if chain.start is None
-                             else cube.target_window(year - chain.direction, site.outer))
-        seed = ensemble_seed(config, scenario, year)
-        maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        land = self.land[site.label][area]
+        at = _SiteYear(
+            chain=chain, year=year, site=site, scenario=scenario, cells=cells,
+            finaliser=finaliser, state=state, area=area, land=land,
+            previous_observed=(None if chain.start is None else self.cube.target_window(
+                year - chain.direction, site.outer)))
+        self._unet_maps(at)
+        for name in ALLOCATION_BASELINES:
+            if name in self.names:
+                self._allocation_map(at, name)
+        self._mapper_maps(at, start[site.label])
+        return at.maps
 
-        def finalise(name: str, scores: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-            _, layers, _ = finaliser(site.area.row, scores, col=site.area.col,
-                                     prior=None if prior is None else prior[area])
-            quantised = layers[..., 1].astype("float32")
-            confidence = np.where(quantised < 255, quantised / 254, 0).astype("float32")
-            maps[name] = (layers[..., 0], confidence)
-            return layers
+    def _finalise(self, at: _SiteYear, name: str, scores: np.ndarray,
+                  prior: np.ndarray | None) -> np.ndarray:
+        """Finalise ``name``'s scores over ``site.area``: its map and confidence go to
+        ``at.maps``; returns the layers."""
+        area = at.site.area
+        _, layers, _ = at.finaliser(area.row, scores, col=area.col,
+                                    prior=None if prior is None else prior[at.area])
+        quantised = layers[..., 1].astype("float32")
+        confidence = np.where(quantised < 255, quantised / 254, 0).astype("float32")
+        at.maps[name] = (layers[..., 0], confidence)
+        return layers
 
-        def prior_of(name: str) -> np.ndarray | None:
-            if name in state:
-                return state[name][site.label]
-            return previous_observed  # teacher forcing
-
+    def _unet_maps(self, at: _SiteYear) -> None:
+        """``unet`` (its own chain; ``unet_raw``: the argmax of the same passes) and
+        ``unet_teacher_forced`` (prior: the observed previous year)."""
+        config, site, k = self.config, at.site, len(self.classes)
+        seed = ensemble_seed(config, at.scenario, at.year)
         for name in ("unet", "unet_teacher_forced"):
             if name not in self.names:
                 continue
-            prior = prior_of(name)
-            probs = site_probabilities(config, cube=cube, model=self.model, site=site,
-                                       scenario=scenario, year=year, prior=prior,
-                                       direction=chain.direction, coarse_cells=cells,
+            prior = at.prior(name)
+            probs = site_probabilities(config, cube=self.cube, model=self.model, site=site,
+                                       scenario=at.scenario, year=at.year, prior=prior,
+                                       direction=at.chain.direction, coarse_cells=at.cells,
                                        device=self.device, seed=seed)
-            layers = finalise(name, probs[area], prior)
+            layers = self._finalise(at, name, probs[at.area], prior)
             if name == "unet":
-                maps["unet_raw"] = (layers[..., 2], probs[area][..., :k].max(axis=-1))
-                if name in state:  # next prior: the map; the argmax on the outer ring
-                    ring = np.where(land_outer, self.code_of[probs[..., :k].argmax(-1)],
+                at.maps["unet_raw"] = (layers[..., 2], probs[at.area][..., :k].max(axis=-1))
+                if name in at.state:  # next prior: the map; the argmax on the outer ring
+                    ring = np.where(self.land[site.label], self.code_of[probs[..., :k].argmax(-1)],
                                     config.classes.ocean).astype("uint8")
-                    ring[area] = layers[..., 0]
-                    state[name][site.label] = ring
-        for name in ALLOCATION_BASELINES:
-            if name not in self.names:
-                continue
-            prior = prior_of(name)
-            index = (np.full(land_outer.shape, -1) if prior is None
-                     else codes_to_index(prior, classes))
-            rng = self._rng(chain, year, site, name)
-            if name == "random_change":
-                scores = random_change_scores(index[area], k, rng=rng)
-            elif name == "neighbourhood_density":
-                scores = density_scores(index, k, kernel=config.evaluate.density_kernel,
-                                        rng=rng)[area]
-            elif name == "gradient_boosting":
-                inputs = build_inputs(cube, scenario=scenario, year=year, window=site.area,
-                                      predicted=classes,
-                                      prior=None if prior is None else prior[area],
-                                      direction=chain.direction, coarse_cells=cells)
-                scores = np.zeros((*land.shape, k), dtype="float32")
-                scores[land] = self.gbm.probabilities(pixel_features(inputs, land))
-            else:  # smooth_coarse
-                scores = self._smooth(site, finaliser, index[area])
-            layers = finalise(name, scores, prior)
-            if name in state:
-                updated = state[name][site.label].copy()
-                updated[area] = layers[..., 0]
-                state[name][site.label] = updated
-            if name != "gradient_boosting":
-                maps[name] = (maps[name][0], None)  # scores, not probabilities
+                    ring[at.area] = layers[..., 0]
+                    at.state[name][site.label] = ring
+
+    def _allocation_map(self, at: _SiteYear, name: str) -> None:
+        """An allocation baseline's scores, finalised like the U-Net's (and chained)."""
+        prior = at.prior(name)
+        index = (np.full(self.land[at.site.label].shape, -1) if prior is None
+                 else codes_to_index(prior, self.classes))
+        layers = self._finalise(at, name, self._baseline_scores(at, name, prior, index), prior)
+        if name in at.state:
+            updated = at.state[name][at.site.label].copy()
+            updated[at.area] = layers[..., 0]
+            at.state[name][at.site.label] = updated
+        if name != "gradient_boosting":
+            at.maps[name] = (at.maps[name][0], None)  # scores, not probabilities
+
+    def _baseline_scores(self, at: _SiteYear, name: str, prior: np.ndarray | None,
+                         index: np.ndarray) -> np.ndarray:
+        """(h, w, K) scores of allocation baseline ``name`` over ``site.area``."""
+        k = len(self.classes)
+        rng = self._rng(at.chain, at.year, at.site, name)
+        if name == "random_change":
+            return random_change_scores(index[at.area], k, rng=rng)
+        if name == "neighbourhood_density":
+            return density_scores(index, k, kernel=self.config.evaluate.density_kernel,
+                                  rng=rng)[at.area]
+        if name == "gradient_boosting":
+            inputs = build_inputs(self.cube, scenario=at.scenario, year=at.year,
+                                  window=at.site.area, predicted=self.classes,
+                                  prior=None if prior is None else prior[at.area],
+                                  direction=at.chain.direction, coarse_cells=at.cells)
+            scores = np.zeros((*at.land.shape, k), dtype="float32")
+            scores[at.land] = self.gbm.probabilities(pixel_features(inputs, at.land))
+            return scores
+        return self._smooth(at.site, at.finaliser, index[at.area])  # smooth_coarse
+
+    def _mapper_maps(self, at: _SiteYear, start: np.ndarray | None) -> None:
+        """Maps without scores: ``persistence`` (the start map), ``coarse_majority`` and
+        ``random_allocation`` (from the LUH-mapped fractions, not harmonised)."""
         if "persistence" in self.names:
-            maps["persistence"] = (start[site.label][area], None)
-        _, luh = finaliser.targets(site.area, land=land)
-        ocean = config.classes.ocean
+            at.maps["persistence"] = (start[at.area], None)
+        _, luh = at.finaliser.targets(at.site.area, land=at.land)
+        ocean = self.config.classes.ocean
         if "coarse_majority" in self.names:
-            maps["coarse_majority"] = (coarse_majority(
-                luh, groups=self.groups, factor=cube.factor, ocean_mask=~land,
+            at.maps["coarse_majority"] = (coarse_majority(
+                luh, groups=self.groups, factor=self.cube.factor, ocean_mask=~at.land,
                 ocean_code=ocean), None)
         if "random_allocation" in self.names:
-            maps["random_allocation"] = (random_allocation(
-                luh, groups=self.groups, factor=cube.factor, valid=valid,
-                rng=self._rng(chain, year, site, "random_allocation"), ocean_code=ocean), None)
-        return maps
+            valid = at.finaliser.valid(at.site.area, land=at.land)
+            at.maps["random_allocation"] = (random_allocation(
+                luh, groups=self.groups, factor=self.cube.factor, valid=valid,
+                rng=self._rng(at.chain, at.year, at.site, "random_allocation"),
+                ocean_code=ocean), None)
 
     def _smooth(self, site: Site, finaliser: Finaliser, previous: np.ndarray) -> np.ndarray:
         """Scores of ``smooth_coarse`` over ``site.area``: the target fractions of the
@@ -443,54 +486,6 @@ class _Runner:
                            if name in maps}}
 
 
-def _drift(chained: dict, forced: dict) -> dict:
-    """Per year: the chain minus teacher-forced for the registered metrics with ``drift``
-    (NaN if undefined)."""
-    keys = [m.name for m in registry.metrics(YEAR) if m.drift]
-    return {
-        year: {key: _minus(values.get(key), forced["by_year"][year].get(key)) for key in keys}
-        for year, values in chained["by_year"].items()
-    }
-
-
-def _minus(a, b):
-    return float("nan") if a is None or b is None else a - b
-
-
-def _draw(metrics: dict, tiles: list[dict], directory: Path, *, legend: dict) -> list[Path]:
-    models = metrics["models"]
-    classes = metrics["classes"]
-    directory = Path(directory)
-    return [
-        figures.confusion_matrix_figure(
-            np.asarray(models["unet"]["confusion_matrix"]), classes=classes, legend=legend,
-            title=("U-Net (no prior, harmonised), test blocks"
-                   if metrics["split"]["mode"] == "single-year"
-                   else "U-Net harmonised chains, test blocks and years"),
-            path=directory / FIGURES[0]),
-        figures.per_class_iou_figure(models, classes=classes, legend=legend,
-                                     path=directory / FIGURES[1]),
-        figures.by_year_figure(models, path=directory / FIGURES[2]),
-        figures.tiles_figure(tiles, legend=legend, path=directory / FIGURES[3]),
-        figures.class_area_figure(metrics["class_area"], path=directory / FIGURES[4]),
-        figures.calibration_figure(
-            {name: m["calibration"] for name, m in models.items() if "calibration" in m},
-            path=directory / FIGURES[5]),
-        figures.change_fom_figure(models, metrics["comparison"], path=directory / FIGURES[6]),
-    ]
-
-
-def _finite(value):
-    """NaN (a metric undefined for lack of pixels) becomes JSON null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def score_maps(prediction: np.ndarray, target: np.ndarray, *, classes: list[int],
                previous: np.ndarray | None = None) -> dict:
     """The metrics.json keys of one model for two maps (change scores need ``previous``)."""
@@ -500,7 +495,7 @@ def score_maps(prediction: np.ndarray, target: np.ndarray, *, classes: list[int]
                prediction=codes_to_index(prediction, classes),
                labels=np.zeros(np.shape(target), dtype="int64"),
                previous=None if previous is None else codes_to_index(previous, classes))
-    return _finite(scores.totals())
+    return finite(scores.totals())
 
 
 def score_files(prediction: Path, target: Path, *, previous: Path | None = None) -> dict:
