@@ -281,8 +281,13 @@ def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_pat
 class WrongPixels(ConfusionMetric):
     """A toy metric: pixels of the wrong class (a function of the confusion matrix)."""
 
-    name, scopes, table, label, title = "wrong_pixels", EVERYWHERE, True, "wrong", "wrong"
-    interval = drift = True
+    name = "wrong_pixels"  # its metrics.json key
+    scopes = EVERYWHERE  # totals, by_year, by_block, chains
+    table = True  # a column of the CSV tables
+    label = "wrong"  # a column of the CLI summary
+    title = "wrong pixels"  # a panel of the by-year figure
+    interval = True  # a block-bootstrap interval and the comparison with the baselines
+    drift = True
     lower_is_better = True
 
     def compute(self, cm: np.ndarray) -> int:

@@ -157,3 +157,53 @@ def test_model_scores_period_pooling_stability_and_intervals():
     assert report["oa"] == 0.5
     assert 0.25 - 1e-9 <= intervals["oa"]["low"] <= 0.5 <= intervals["oa"]["high"] <= 0.75 + 1e-9
     assert intervals["oa"]["high"] > intervals["oa"]["low"]
+
+
+def _chunks(n_blocks=2):
+    """Site-year chunks of two years and two blocks with every optional part."""
+    from ai4land.evaluate.interface import Chunk
+    from ai4land.evaluate.stability import stability_counts
+
+    rng = np.random.default_rng(3)
+    groups = class_groups({"a": CoarseGroup(variables=["a"], classes=[11]),
+                           "b": CoarseGroup(variables=["b"], classes=[22, 33])}, [11, 22, 33])
+    chunks = []
+    for year in (2001, 2002):
+        for block in range(n_blocks):
+            target, prediction, previous = (rng.integers(-1, 3, (6, 6)) for _ in range(3))
+            codes = np.array([11, 22, 33], "uint8")
+            counts = stability_counts(codes[np.maximum(previous, 0)],
+                                      codes[np.maximum(prediction, 0)],
+                                      valid=np.ones((6, 6), bool), groups=groups, factor=3,
+                                      target=np.full((2, 2, 2), 0.5))
+            chunks.append(Chunk(year=year, target=target, prediction=prediction,
+                                labels=np.full((6, 6), block), n_blocks=n_blocks, n_classes=3,
+                                previous=previous, confidence=rng.random((6, 6)),
+                                conservation_mae=float(rng.random()),
+                                start=previous if year == 2002 else None, block=block,
+                                stability=counts))
+    return chunks
+
+
+def test_every_registered_metric_merges_what_it_accumulates():
+    """The interface: chunks accumulated in one instance give the result of instances
+    that each accumulated some and were merged (any registered metric)."""
+    import json
+
+    from ai4land.evaluate import registry
+
+    context = Context(classes=(11, 22, 33), n_blocks=2, calibration_bins=4,
+                      group_names=("a", "b"))
+    chunks = _chunks()
+    for metric in registry.metrics():
+        whole = metric(context)
+        for chunk in chunks:
+            whole.accumulate(chunk)
+        merged = metric(context)
+        for chunk in chunks:
+            part = metric(context)
+            part.accumulate(chunk)
+            merged.merge(part)
+        assert whole.result() is not None, metric.name
+        assert json.dumps(whole.result()) == json.dumps(merged.result()), metric.name
+        assert metric(context).result() is None, metric.name  # nothing accumulated

@@ -91,8 +91,13 @@ class ConfusionMetric(BlockMetric):
 
 
 class OverallAccuracy(ConfusionMetric):
-    name, scopes, table, label, title = "oa", EVERYWHERE, True, "OA", "overall accuracy"
-    interval = drift = True
+    name = "oa"
+    scopes = EVERYWHERE
+    table = True
+    label = "OA"
+    title = "overall accuracy"
+    interval = True
+    drift = True
 
     def compute(self, cm: np.ndarray) -> float:
         total = cm.sum()
@@ -102,16 +107,25 @@ class OverallAccuracy(ConfusionMetric):
 class MeanIoU(ConfusionMetric):
     """Mean IoU over classes present in the target or the prediction."""
 
-    name, scopes, table, label, title = "miou", EVERYWHERE, True, "mIoU", "mIoU"
-    interval = drift = True
+    name = "miou"
+    scopes = EVERYWHERE
+    table = True
+    label = "mIoU"
+    title = "mIoU"
+    interval = True
+    drift = True
 
     def compute(self, cm: np.ndarray) -> float:
         return _mean_over_present(_iou(cm))
 
 
 class CohenKappa(ConfusionMetric):
-    name, scopes, table, label = "kappa", EVERYWHERE, True, "kappa"
-    interval = drift = True
+    name = "kappa"
+    scopes = EVERYWHERE
+    table = True
+    label = "kappa"
+    interval = True
+    drift = True
 
     def compute(self, cm: np.ndarray) -> float:
         total = cm.sum()
@@ -125,7 +139,10 @@ class CohenKappa(ConfusionMetric):
 class MeanF1(ConfusionMetric):
     """Macro F1: mean F1 over classes present in the target or the prediction."""
 
-    name, scopes, table, label = "f1", EVERYWHERE, True, "F1"
+    name = "f1"
+    scopes = EVERYWHERE
+    table = True
+    label = "F1"
 
     def compute(self, cm: np.ndarray) -> float:
         return _mean_over_present(_f1(cm))
@@ -134,7 +151,8 @@ class MeanF1(ConfusionMetric):
 class PerClassIoU(ConfusionMetric):
     """IoU per class: ``{class code: IoU}`` (null: class absent from both maps)."""
 
-    name, per_class = "per_class_iou", "iou"
+    name = "per_class_iou"
+    per_class = "iou"
 
     def values(self, cm: np.ndarray) -> np.ndarray:
         return _iou(cm)
@@ -145,7 +163,8 @@ class PerClassIoU(ConfusionMetric):
 
 
 class PerClassF1(PerClassIoU):
-    name, per_class = "per_class_f1", "f1"
+    name = "per_class_f1"
+    per_class = "f1"
 
     def values(self, cm: np.ndarray) -> np.ndarray:
         return _f1(cm)
@@ -163,7 +182,9 @@ class Confusion(ConfusionMetric):
 class PixelCount(ConfusionMetric):
     """Scored pixels."""
 
-    name, scopes, table = "n_pixels", frozenset({TOTAL, BLOCK, CHAIN}), True
+    name = "n_pixels"
+    scopes = frozenset({TOTAL, BLOCK, CHAIN})
+    table = True
 
     def compute(self, cm: np.ndarray) -> int:
         return int(cm.sum())
@@ -178,16 +199,22 @@ class ChangeMetric(BlockMetric):
 
 
 class ChangeFigureOfMerit(ChangeMetric):
-    name, scopes, table, label = "fom_change", OVER_TIME, True, "FoM"
+    name = "fom_change"
+    scopes = OVER_TIME
+    table = True
+    label = "FoM"
     title = "figure of merit (change)"
-    interval = drift = True
+    interval = True
+    drift = True
 
     def compute(self, counts: np.ndarray) -> float:
         return figure_of_merit(counts)
 
 
 class ChangeIoU(ChangeMetric):
-    name, scopes, table = "iou_change", OVER_TIME, True
+    name = "iou_change"
+    scopes = OVER_TIME
+    table = True
 
     def compute(self, counts: np.ndarray) -> float:
         return iou_of_change(counts)
@@ -208,7 +235,8 @@ class PeriodChange(BlockMetric):
     """The change over a chain's whole period (start map -> last chain year):
     :func:`~ai4land.evaluate.change.change_summary`, with intervals of its ratios."""
 
-    name, scopes = "period", frozenset({TOTAL, CHAIN})
+    name = "period"
+    scopes = frozenset({TOTAL, CHAIN})
     INTERVALS = {f"period_{key}": ratio for key, ratio in RATIOS.items()}
     TABLE_INTERVAL = "period_fom"
 
@@ -233,7 +261,9 @@ class ConservationError(Metric):
     """Mean |map − target| group fraction per coarse cell: the mean over years of each
     year's mean over its site-years."""
 
-    name, scopes, table = "conservation_mae", OVER_TIME, True
+    name = "conservation_mae"
+    scopes = OVER_TIME
+    table = True
 
     def __init__(self, context=None):
         super().__init__(context)

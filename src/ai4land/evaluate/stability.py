@@ -203,7 +203,8 @@ class Stability(BlockMetric):
     ratio and the isolated share (lower is better). The per-block state is a list of
     :class:`StabilityCounts` (None: none added for the block yet)."""
 
-    name, scopes = "stability", frozenset({TOTAL, YEAR, CHAIN})
+    name = "stability"
+    scopes = frozenset({TOTAL, YEAR, CHAIN})
     lower_is_better = True
     INTERVALS = ("swap_ratio", "isolated_share")
 
