@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -324,6 +325,98 @@ def _ensemble(members: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([mean, std[:, None], disagree[:, None]], dim=1)
 
 
+def _run_windows(windows: Sequence[Window], skip: frozenset, ensemble: str,
+                 members: int) -> list[Window]:
+    """The windows to run; ValueError for a request that cannot run."""
+    if not windows:
+        raise ValueError("no windows to predict")
+    run_windows = [w for w in windows if w not in skip]
+    if not run_windows:
+        raise ValueError("every window is skipped: nothing to predict")
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
+    if ensemble == "tta" and not 2 <= members <= len(TTA_FLIPS):
+        raise ValueError(f"tta has 2 to {len(TTA_FLIPS)} members (flips), got {members}")
+    if ensemble == "mc_dropout" and members < 2:
+        raise ValueError(f"mc_dropout needs at least 2 members, got {members}")
+    return run_windows
+
+
+def _forward(model, x: torch.Tensor, h: int, w: int, *, dtype: torch.dtype | None,
+             flips: Sequence[tuple[int, ...]], ensemble: str) -> np.ndarray:
+    """(B, h, w, C) blended-member probabilities of one input batch."""
+    with torch.inference_mode():  # thread-local, like autocast
+        probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
+        out = probs[0] if ensemble == "none" else _ensemble(probs)
+        return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def _passes_in_order(pool: ThreadPoolExecutor, forward: Callable, items: Iterator[tuple],
+                     streams: int) -> Iterator[tuple[list[Window], np.ndarray]]:
+    """``(windows, outputs)`` of each input item, in order, run ``streams`` at a time."""
+    pending: collections.deque = collections.deque()  # in window order
+
+    def top_up() -> None:
+        """Start passes while fewer than `streams` run (a stream that finished early,
+        e.g. on a row's shorter last batch, takes the next one at once); at most
+        streams + 1 wait for their turn to be blended (each holds an input buffer)."""
+        while (len(pending) <= streams
+               and sum(not future.done() for _, future in pending) < streams):
+            item = next(items, None)
+            if item is None:
+                return
+            group, x, h, w = item
+            pending.append((group, pool.submit(forward, x, h, w)))
+
+    top_up()
+    while pending:
+        oldest = pending[0][1]
+        while not oldest.done():
+            wait([f for _, f in pending if not f.done()], return_when=FIRST_COMPLETED)
+            top_up()
+        group, future = pending.popleft()
+        values = future.result()
+        top_up()
+        yield group, values
+
+
+class _Blender:
+    """Adds window outputs to a :class:`BandAccumulator` in the plan's order (a skipped
+    window adds its blending weight only) and hands out each row band they complete."""
+
+    def __init__(self, windows: Sequence[Window], shape: tuple[int, int], *,
+                 skip: frozenset, on_added: Callable[[], object]):
+        self.shape, self.skip, self.on_added = shape, skip, on_added
+        self.tile_shape = (max(w.height for w in windows), max(w.width for w in windows))
+        rows = tile_rows(windows)
+        self.last_of_row = {row[-1]: (rows[i + 1][0].row if i + 1 < len(rows) else shape[0])
+                            for i, row in enumerate(rows)}
+        self.accumulator: BandAccumulator | None = None
+        self.outputs: dict[Window, np.ndarray] = {}
+        self.order = iter(windows)  # the blend's order: every window, skipped ones included
+        self.next_window = next(self.order)
+
+    def add(self, group: Sequence[Window], values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Take the outputs of ``group``; yield ``(row, band)`` for each band of rows the
+        windows now in (or skipped) complete, top to bottom."""
+        self.outputs.update(zip(group, values, strict=True))
+        if self.accumulator is None:
+            self.accumulator = BandAccumulator(self.shape, values.shape[-1], self.tile_shape)
+        accumulator = self.accumulator
+        while self.next_window is not None and (self.next_window in self.skip
+                                                or self.next_window in self.outputs):
+            window = self.next_window
+            if window in self.skip:
+                accumulator.add_weight(window)
+            else:
+                accumulator.add(window, self.outputs.pop(window))
+                self.on_added()
+            if window in self.last_of_row:
+                top = accumulator.top
+                yield top, accumulator.pop(self.last_of_row[window])
+            self.next_window = next(self.order, None)
+
+
 def stream_probabilities(
     model: torch.nn.Module,
     *,
@@ -362,27 +455,13 @@ def stream_probabilities(
     """
     from tqdm.auto import tqdm
 
-    if not windows:
-        raise ValueError("no windows to predict")
     skip = frozenset(skip)
-    run_windows = [w for w in windows if w not in skip]
-    if not run_windows:
-        raise ValueError("every window is skipped: nothing to predict")
-    if ensemble not in ENSEMBLES:
-        raise ValueError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
-    if ensemble == "tta" and not 2 <= members <= len(TTA_FLIPS):
-        raise ValueError(f"tta has 2 to {len(TTA_FLIPS)} members (flips), got {members}")
-    if ensemble == "mc_dropout" and members < 2:
-        raise ValueError(f"mc_dropout needs at least 2 members, got {members}")
+    run_windows = _run_windows(windows, skip, ensemble, members)
     device = resolve_device(device)
     dtype = autocast_dtype(device, amp)
     flips = TTA_FLIPS[:members] if ensemble == "tta" else ((),) * max(members, 1)
     if pad_multiple is None:
         pad_multiple = 2 ** int(getattr(model, "depth", 4))
-    tile_shape = (max(w.height for w in windows), max(w.width for w in windows))
-    rows = tile_rows(windows)
-    last_of_row = {row[-1]: (rows[i + 1][0].row if i + 1 < len(rows) else shape[0])
-                   for i, row in enumerate(rows)}
 
     # On a CPU, ``streams`` single-threaded model passes run side by side, each on its
     # share of the batch: no thread waits at the barriers of a multi-threaded operator
@@ -395,35 +474,7 @@ def stream_probabilities(
     batches = plan_batches(run_windows, stream_batch)
     bar = tqdm(total=len(run_windows), desc=description, unit="tile",
                disable=None if progress is None else not progress, leave=False)
-    rng = torch.random.fork_rng(devices=[]) if ensemble == "mc_dropout" else contextlib.nullcontext()
-
-    def forward(x: torch.Tensor, h: int, w: int) -> np.ndarray:
-        """(B, h, w, C) blended-member probabilities of one input batch."""
-        with torch.inference_mode():  # thread-local, like autocast
-            probs = [_softmax(model, x, h=h, w=w, dtype=dtype, flip=f) for f in flips]
-            out = probs[0] if ensemble == "none" else _ensemble(probs)
-            return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-    accumulator: BandAccumulator | None = None
-    outputs: dict[Window, np.ndarray] = {}
-    order = iter(windows)  # the blend's order: every window, skipped ones included
-    next_window = next(order)
-
-    def blend_ready() -> Iterator[tuple[int, np.ndarray]]:
-        """Add the windows, in order, whose outputs are in (or that are skipped); yield
-        each row band they complete."""
-        nonlocal next_window
-        while next_window is not None and (next_window in skip or next_window in outputs):
-            window = next_window
-            if window in skip:
-                accumulator.add_weight(window)
-            else:
-                accumulator.add(window, outputs.pop(window))
-                bar.update(1)
-            if window in last_of_row:
-                top = accumulator.top
-                yield top, accumulator.pop(last_of_row[window])
-            next_window = next(order, None)
+    blender = _Blender(windows, shape, skip=skip, on_added=lambda: bar.update(1))
 
     with contextlib.ExitStack() as stack:
         # inputs are built (reading the cube) in their own thread, ahead of the model
@@ -434,41 +485,15 @@ def stream_probabilities(
         model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
         if ensemble == "mc_dropout":
             enable_mc_dropout(model)
-        stack.enter_context(rng)
-        if ensemble == "mc_dropout":
+            stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)
         if streams > 1:
             stack.enter_context(_intra_op_threads(1))
         pool = ThreadPoolExecutor(streams, thread_name_prefix="ai4land-model")
         stack.callback(pool.shutdown, cancel_futures=True)
-        items = iter(inputs)
-        pending: collections.deque = collections.deque()  # in window order
-
-        def top_up() -> None:
-            """Start passes while fewer than `streams` run (a stream that finished early,
-            e.g. on a row's shorter last batch, takes the next one at once); at most
-            streams + 1 wait for their turn to be blended (each holds an input buffer)."""
-            while (len(pending) <= streams
-                   and sum(not future.done() for _, future in pending) < streams):
-                item = next(items, None)
-                if item is None:
-                    return
-                group, x, h, w = item
-                pending.append((group, pool.submit(forward, x, h, w)))
-
-        top_up()
-        while pending:
-            oldest = pending[0][1]
-            while not oldest.done():
-                wait([f for _, f in pending if not f.done()], return_when=FIRST_COMPLETED)
-                top_up()
-            group, future = pending.popleft()
-            values = future.result()
-            top_up()
-            outputs.update(zip(group, values, strict=True))
-            if accumulator is None:
-                accumulator = BandAccumulator(shape, values.shape[-1], tile_shape)
-            yield from blend_ready()  # row-major, so rows of tiles complete in turn
+        forward = functools.partial(_forward, model, dtype=dtype, flips=flips, ensemble=ensemble)
+        for group, values in _passes_in_order(pool, forward, iter(inputs), streams):
+            yield from blender.add(group, values)  # row-major: rows of tiles complete in turn
     bar.close()
 
 
