@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,141 @@ def job_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+@dataclass(frozen=True)
+class _JobPlan:
+    """Where a (scenario, year) job's chain starts and what its prior is."""
+
+    scenario: str
+    year: int
+    direction: int
+    anchor: int
+    anchor_scenario: str
+    weight: float  # the harmonisation offset's weight at this distance from the anchor
+    prior_year: int | None  # observed map used as prior (no --prior), None for none
+    prior_source: str  # as the tags and the report name it
+
+
+def _plan_job(config, cube: Cube, *, scenario: str, year: int,
+              prior_path: Path | None) -> _JobPlan:
+    # an observed year (years.observed) is predicted on its own, as evaluation predicts a
+    # test year: forward, the previous observed map as prior (none before the first), and
+    # harmonised to its own observed map (the delta target's anchor is the year itself)
+    observed = scenario == "historical" and year in config.observed_product_years
+    direction = 1 if observed else chain_direction(scenario)
+    anchor = year if observed else anchor_year(cube, direction)
+    anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
+    weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
+    prior_year = (year - 1 if year - 1 in cube.target_years else None) if observed else anchor
+    prior_source = (Path(prior_path).name if prior_path is not None
+                    else "none" if prior_year is None else f"observed {prior_year}")
+    return _JobPlan(scenario=scenario, year=year, direction=direction, anchor=anchor,
+                    anchor_scenario=anchor_scenario, weight=weight, prior_year=prior_year,
+                    prior_source=prior_source)
+
+
+def _checked_model(config, cube: Cube, model_dir: Path):
+    """The model and its classes; ModelCardError (one line) when it does not fit the
+    cube, the config's classes or the ensemble."""
+    from ai4land.models.card import CARD, check_inputs, load_model
+
+    model, card = load_model(model_dir)
+    predicted = list(config.classes.predicted)
+    try:
+        check_inputs(card, input_channel_names(cube, predicted))
+    except ModelCardError as exc:
+        raise ModelCardError(f"{model_dir / CARD}: {exc}; train a model on this cube or pass "
+                             "a matching --model") from None
+    classes = [int(c) for c in card.classes]
+    if classes != predicted:
+        raise ModelCardError(f"{model_dir / CARD}: classes {classes} differ from "
+                             f"classes.predicted {predicted} of the config")
+    if config.predict.ensemble.kind == "mc_dropout" and not model.config.get("dropout"):
+        raise ModelCardError(f"{model_dir / CARD}: predict.ensemble.kind mc_dropout needs a "
+                             "model with dropout; train with train.dropout > 0 or use tta")
+    return model, classes
+
+
+def _priors(stack: ExitStack, cube: Cube, plan: _JobPlan, prior_path: Path | None, grid):
+    """(the model's prior reader, the finalising workers' own): the --prior COG, the
+    observed map of ``plan.prior_year``, or None."""
+    if prior_path is None and plan.prior_year is None:
+        return None, None
+    if prior_path is None:
+        def prior(window: Window) -> np.ndarray:
+            return cube.target_window(plan.prior_year, window)
+        return prior, prior
+    return (stack.enter_context(open_prior(prior_path, grid)),
+            stack.enter_context(open_prior(prior_path, grid)))  # the workers'
+
+
+def _open_cogs(stack: ExitStack, config, output: Path, grid, layers: list[str],
+               tags: dict) -> dict[str, CogLayer]:
+    """The job's COG layers, staged beside ``output`` (removed with the stack)."""
+    workdir = stack.enter_context(staging_dir(output))
+    cogs = {}
+    for name in layers:
+        spec = (class_layer(config.classes.legend, tags=tags,
+                            level=config.predict.compress_level) if name == "lulc"
+                else quantised_layer(name, tags=tags,
+                                     level=config.predict.uncertainty_compress_level))
+        cogs[name] = stack.enter_context(
+            CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
+    return cogs
+
+
+def _pools(stack: ExitStack, workers: int, layers: int):
+    """The finalising workers, and the threads converting the COG layers (they start
+    while the workers still write the last Zarr blocks); shut down with the stack."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
+    stack.callback(pool.shutdown, cancel_futures=True)
+    converter = ThreadPoolExecutor(layers, thread_name_prefix="ai4land-cog")
+    stack.callback(converter.shutdown, cancel_futures=True)
+    return pool, converter
+
+
+def _collected(futures, finalise: Finaliser, timings: dict) -> Iterator[tuple[int, np.ndarray]]:
+    """The finalised rows in row order; the time spent waiting for them in ``timings``."""
+    results = iter(futures)
+    while True:  # the wait: for the model, then for the band's worker
+        t0 = time.perf_counter()
+        future = next(results, None)
+        result = None if future is None else future.result()
+        timings["wait"] += time.perf_counter() - t0
+        if result is None:
+            return
+        yield finalise.collect(result)
+
+
+def _write_products(rows: Iterator[tuple[int, np.ndarray]], *, cogs: dict[str, CogLayer],
+                    writer: StoreWriter, layers: list[str], height: int,
+                    pool: ThreadPoolExecutor, converter: ThreadPoolExecutor, workers: int,
+                    timings: dict) -> None:
+    """Write the finalised rows to the COG layers and the Zarr region, then convert and
+    publish the COGs (the class map last: it marks the job's products complete)."""
+    # Zarr blocks are written by the workers (chunk files, any order), so the last
+    # ones overlap the COG conversions; at most `workers` blocks wait at a time.
+    store_writes: collections.deque = collections.deque()
+    for row, block in rebands(rows, multiple=STORE_TILE, height=height):
+        t0 = time.perf_counter()
+        values = {name: np.ascontiguousarray(block[..., i]) for i, name in enumerate(layers)}
+        for name, cog in cogs.items():
+            cog.write(row, values[name])
+        store_writes.append(pool.submit(writer.write, row, values))
+        while len(store_writes) > workers:
+            store_writes.popleft().result()
+        timings["write"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # converted side by side; the class map is renamed into place last, after the
+    # Zarr region: it marks the job's products complete
+    conversions = [converter.submit(cog.convert) for cog in cogs.values()]
+    wait([*conversions, *store_writes])  # all done (or failed) before any clean-up
+    for future in [*store_writes, *conversions]:
+        future.result()
+    for name in [*layers[1:], layers[0]]:
+        cogs[name].publish()
+    timings["convert"] = time.perf_counter() - t0
+
+
 @_garbage_collection_paused()
 def run_predict(
     config,
@@ -187,74 +323,35 @@ def run_predict(
 
     Returns the report (also written as JSON beside ``output``, less ``timings_s``).
     """
-    from ai4land.models.card import CARD, check_inputs, code_version, load_model
-
     t_start = time.perf_counter()
     share_one_heap()  # before the job's threads start
     output, store, model_dir = Path(output), Path(store), Path(model_dir)
     require_writable(output.parent)
     require_writable(store.parent)
-    # an observed year (years.observed) is predicted on its own, as evaluation predicts a
-    # test year: forward, the previous observed map as prior (none before the first), and
-    # harmonised to its own observed map (the delta target's anchor is the year itself)
-    observed = scenario == "historical" and year in config.observed_product_years
-    direction = 1 if observed else chain_direction(scenario)
     cube = Cube.from_config(config)
     grid = cube.fine_grid
     _check_year(cube, scenario, year)
     _check_product_year(config, scenario, year)
-
-    model, card = load_model(model_dir)
-    predicted = list(config.classes.predicted)
-    try:
-        check_inputs(card, input_channel_names(cube, predicted))
-    except ModelCardError as exc:
-        raise ModelCardError(f"{model_dir / CARD}: {exc}; train a model on this cube or pass "
-                             "a matching --model") from None
-    classes = [int(c) for c in card.classes]
-    if classes != predicted:
-        raise ModelCardError(f"{model_dir / CARD}: classes {classes} differ from "
-                             f"classes.predicted {predicted} of the config")
-    groups = class_groups(config.datasets.coarse.groups, classes)
-    if config.predict.ensemble.kind == "mc_dropout" and not model.config.get("dropout"):
-        raise ModelCardError(f"{model_dir / CARD}: predict.ensemble.kind mc_dropout needs a "
-                             "model with dropout; train with train.dropout > 0 or use tta")
-
-    anchor = year if observed else anchor_year(cube, direction)
-    anchor_scenario = cube.scenario_for_year(anchor, preferred=scenario)
-    weight = offset_weight(year, anchor, decay_years=config.predict.harmonize_decay_years)
+    model, classes = _checked_model(config, cube, model_dir)
+    plan = _plan_job(config, cube, scenario=scenario, year=year, prior_path=prior_path)
     layers = product_layers(spread=config.predict.ensemble.write_layer)
-    whole = Window(0, 0, *grid.shape)
-    cells = cube.coarse_cells(scenario, year, whole)
+    cells = cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
     device = resolve_device(config.predict.device, key="predict.device")
     workers = job_threads()
     timings = {"load": 0.0, "wait": 0.0, "write": 0.0}  # load: set once the setup is done
 
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
-        prior_year = (year - 1 if year - 1 in cube.target_years else None) if observed else anchor
-        if prior_path is None and prior_year is None:
-            prior = own_prior = None
-        elif prior_path is None:
-            def prior(window: Window) -> np.ndarray:
-                return cube.target_window(prior_year, window)
-            own_prior = prior
-        else:
-            prior = stack.enter_context(open_prior(prior_path, grid))
-            own_prior = stack.enter_context(open_prior(prior_path, grid))  # the workers'
-        finalise = Finaliser(config, cube=cube, anchor=anchor, classes=classes, groups=groups,
-                             weight=weight, layers=layers, cells=cells,
-                             anchor_cells=cube.coarse_cells(anchor_scenario, anchor, whole),
-                             prior=own_prior)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="ai4land-finalise")
-        stack.callback(pool.shutdown, cancel_futures=True)
-        # the COG layers convert in their own threads: they start while the workers
-        # still write the last Zarr blocks
-        converter = ThreadPoolExecutor(len(layers), thread_name_prefix="ai4land-cog")
-        stack.callback(converter.shutdown, cancel_futures=True)
+        prior, own_prior = _priors(stack, cube, plan, prior_path, grid)
+        finalise = Finaliser(config, cube=cube, anchor=plan.anchor, classes=classes,
+                             groups=class_groups(config.datasets.coarse.groups, classes),
+                             weight=plan.weight, layers=layers, cells=cells, prior=own_prior,
+                             anchor_cells=cube.coarse_cells(plan.anchor_scenario, plan.anchor,
+                                                            Window(0, 0, *grid.shape)))
+        pool, converter = _pools(stack, workers, len(layers))
         stream, n_windows, n_skipped = probability_bands(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
-            direction=direction, device=device, progress=progress, coarse_cells=cells,
+            direction=plan.direction, device=device, progress=progress, coarse_cells=cells,
             streams=workers, skip_nodata=True)
         stack.callback(stream.close)  # its threads stop with the job, however it ends
         # The model's thread cuts each row band into whole coarse-cell rows for the
@@ -267,84 +364,62 @@ def run_predict(
             (pool.submit(finalise, row, band) for row, band in bands), depth=workers))
 
         model_hash = weights_digest(model)
-        prior_source = (Path(prior_path).name if prior_path is not None
-                        else "none" if prior_year is None else f"observed {prior_year}")
-        tags = {
-            "AI4LAND_SCENARIO": scenario,
-            "AI4LAND_YEAR": int(year),
-            "AI4LAND_DIRECTION": direction,
-            "AI4LAND_PRIOR": prior_source,
-            "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
-            "AI4LAND_CONFIG_HASH": config.hash(),
-            "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
-            "AI4LAND_CODE_VERSION": code_version(),
-        }
         init_store(store, grid=grid, scenarios=config.product_scenarios,
                    years=config.product_years, tile=STORE_TILE, legend=config.classes.legend,
                    layers=layers)
         writer = StoreWriter(store, scenario=scenario, year=year)
-        workdir = stack.enter_context(staging_dir(output))
-        cogs = {}
-        for name in layers:
-            spec = (class_layer(config.classes.legend, tags=tags,
-                                level=config.predict.compress_level) if name == "lulc"
-                    else quantised_layer(name, tags=tags,
-                                         level=config.predict.uncertainty_compress_level))
-            cogs[name] = stack.enter_context(
-                CogLayer(layer_path(output, name), grid, workdir=workdir, **spec))
-
+        cogs = _open_cogs(stack, config, output, grid, layers, _tags(config, plan, model_hash))
         timings["load"] = time.perf_counter() - t_start
-
-        def finalised() -> Iterator[tuple[int, np.ndarray]]:
-            results = iter(futures)
-            while True:  # the wait: for the model, then for the band's worker
-                t0 = time.perf_counter()
-                future = next(results, None)
-                result = None if future is None else future.result()
-                timings["wait"] += time.perf_counter() - t0
-                if result is None:
-                    return
-                yield finalise.collect(result)
-
-        # Zarr blocks are written by the workers (chunk files, any order), so the last
-        # ones overlap the COG conversions; at most `workers` blocks wait at a time.
-        store_writes: collections.deque = collections.deque()
-        for row, block in rebands(finalised(), multiple=STORE_TILE, height=grid.height):
-            t0 = time.perf_counter()
-            values = {name: np.ascontiguousarray(block[..., i]) for i, name in enumerate(layers)}
-            for name, cog in cogs.items():
-                cog.write(row, values[name])
-            store_writes.append(pool.submit(writer.write, row, values))
-            while len(store_writes) > workers:
-                store_writes.popleft().result()
-            timings["write"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        # converted side by side; the class map is renamed into place last, after the
-        # Zarr region: it marks the job's products complete
-        conversions = [converter.submit(cog.convert) for cog in cogs.values()]
-        wait([*conversions, *store_writes])  # all done (or failed) before any clean-up
-        for future in [*store_writes, *conversions]:
-            future.result()
-        for name in [*layers[1:], layers[0]]:
-            cogs[name].publish()
-        timings["convert"] = time.perf_counter() - t0
+        _write_products(_collected(futures, finalise, timings), cogs=cogs, writer=writer,
+                        layers=layers, height=grid.height, pool=pool, converter=converter,
+                        workers=workers, timings=timings)
     timings["finalise_thread_s"] = finalise.total.seconds
     timings["total"] = time.perf_counter() - t_start
 
+    report = _report(config, plan, finalise=finalise, windows=(n_windows, n_skipped),
+                     device=device, timings=timings, output=output, layers=layers, store=store,
+                     model_hash=model_hash)
+    # The written report is a published product: without the timings, which differ run
+    # to run, it hashes the same when the product is regenerated.
+    published = {key: value for key, value in report.items() if key != "timings_s"}
+    with atomic_path(output.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(published, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+def _tags(config, plan: _JobPlan, model_hash: str) -> dict:
+    """The provenance tags of the job's COGs."""
+    from ai4land.models.card import code_version
+
+    return {
+        "AI4LAND_SCENARIO": plan.scenario,
+        "AI4LAND_YEAR": int(plan.year),
+        "AI4LAND_DIRECTION": plan.direction,
+        "AI4LAND_PRIOR": plan.prior_source,
+        "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
+        "AI4LAND_CONFIG_HASH": config.hash(),
+        "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
+        "AI4LAND_CODE_VERSION": code_version(),
+    }
+
+
+def _report(config, plan: _JobPlan, *, finalise: Finaliser, windows: tuple[int, int], device,
+            timings: dict, output: Path, layers: list[str], store: Path,
+            model_hash: str) -> dict:
     dtype = autocast_dtype(device)
-    report = {
-        "scenario": scenario,
-        "year": int(year),
-        "direction": direction,
-        "prior": prior_source,
-        "anchor_year": anchor,
-        "anchor_scenario": anchor_scenario,
+    return {
+        "scenario": plan.scenario,
+        "year": int(plan.year),
+        "direction": plan.direction,
+        "prior": plan.prior_source,
+        "anchor_year": plan.anchor,
+        "anchor_scenario": plan.anchor_scenario,
         "harmonized": bool(config.predict.harmonize),
-        "harmonize_offset_weight": weight,
+        "harmonize_offset_weight": plan.weight,
         "harmonize_decay_years": config.predict.harmonize_decay_years,
         **finalise.report(),
-        "windows": n_windows,
-        "windows_skipped": n_skipped,
+        "windows": windows[0],
+        "windows_skipped": windows[1],
         "device": device.type,  # "cuda", not "cuda:0": the published report stays the same
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -352,9 +427,3 @@ def run_predict(
         "config_hash": config.hash(),
         "model_weights_sha256": model_hash,
     }
-    # The written report is a published product: without the timings, which differ run
-    # to run, it hashes the same when the product is regenerated.
-    published = {key: value for key, value in report.items() if key != "timings_s"}
-    with atomic_path(output.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(published, indent=1, sort_keys=True) + "\n")
-    return report
