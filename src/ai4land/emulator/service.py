@@ -60,7 +60,7 @@ class Limits:
 class Request:
     """One validated request (what :func:`run_request` computes)."""
 
-    scenario: Path
+    scenario: Path | None  # None until an uploaded scenario is saved
     bbox: tuple[float, float, float, float] | None
     years: list[int]
     output: str
@@ -172,23 +172,127 @@ def run_request(emulator, request: Request, workdir: Path) -> Path:
     return archive
 
 
+class _Service:
+    """The state behind the routes: the warm emulator, the admission and run slots, the
+    async jobs and the scratch directory of request files."""
+
+    def __init__(self, emulator, limits: Limits, scenario_dirs):
+        self.emulator, self.limits = emulator, limits
+        self.roots = [Path(d).resolve() for d in scenario_dirs]
+        self.admission = threading.BoundedSemaphore(limits.max_concurrent + limits.max_queue)
+        self.running = threading.Semaphore(limits.max_concurrent)
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.pool = ThreadPoolExecutor(limits.max_concurrent + limits.max_queue,
+                                       thread_name_prefix="ai4land-job")
+        self.scratch = Path(tempfile.mkdtemp(prefix="ai4land-serve-"))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def compute(self, request: Request, workdir: Path) -> Path:
+        with self.running:
+            return run_request(self.emulator, request, workdir)
+
+    def run_job(self, job: Job, request: Request) -> None:
+        job.status = "running"
+        try:
+            job.result = self.compute(request, job.workdir)
+            job.status = "done"
+        except Ai4landError as exc:
+            job.status, job.error = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: reported to the client and logged
+            job.status, job.error = "failed", f"internal error ({type(exc).__name__}: {exc})"
+            log.exception("job %s failed", job.id)
+        finally:
+            self.admission.release()
+            _prune(self.jobs, self.limits.max_jobs)
+
+    def check(self, *, years: str, bbox: str | None, output: str, format: str,
+              grid_res: float | None, grid_extent: str | None, scenario_path: str | None,
+              upload: bool) -> tuple[Request, int]:
+        """The request (its scenario None for an upload) and its pixel-years; 4xx for a
+        request the service does not take."""
+        box = _floats(bbox, 4, "bbox")
+        extent = _floats(grid_extent, 4, "grid_extent")
+        year_list = _years(years)
+        if output == "fractions" and not grid_res:
+            raise HTTPException(422, "output=fractions needs grid_res (degrees)")
+        if output == "fractions" and format != "netcdf":
+            raise HTTPException(422, "fractions are returned as NetCDF (format=netcdf)")
+        if (scenario_path is None) == (not upload):
+            raise HTTPException(422, "give exactly one of scenario_path (a file on the server) "
+                                     "and scenario (an uploaded NetCDF)")
+        region, _ = self.emulator.region(box or self.emulator.extent)
+        pixel_years = region.fine_grid.width * region.fine_grid.height * len(year_list)
+        if pixel_years > self.limits.max_pixel_years:
+            raise HTTPException(413, f"region of {pixel_years} pixel-years exceeds the service's "
+                                     f"limit of {self.limits.max_pixel_years}; split the request")
+        path = None
+        if scenario_path is not None:
+            path = Path(scenario_path).resolve()
+            if not any(path.is_relative_to(root) for root in self.roots):
+                raise HTTPException(403, f"{scenario_path}: not under a scenario directory of "
+                                         "this service; upload the file instead")
+        request = Request(scenario=path, bbox=box, years=year_list, output=output,
+                          format=format, grid_res=grid_res, grid_extent=extent)
+        return request, pixel_years
+
+    async def answer(self, request: Request, *, pixel_years: int, mode: str,
+                     upload: UploadFile | None):
+        """Run ``request`` (its file, or 202 and a job id), or 503 when the service is full."""
+        if not self.admission.acquire(blocking=False):
+            return JSONResponse({"detail": "busy: the service runs as many requests as it "
+                                           "may; retry later"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        workdir = Path(tempfile.mkdtemp(dir=self.scratch))
+        queued = False
+        try:
+            if upload is not None:
+                request.scenario = workdir / "scenario.nc"
+                with open(request.scenario, "wb") as handle:
+                    await run_in_threadpool(shutil.copyfileobj, upload.file, handle)
+            if mode == "async" or (mode == "auto" and pixel_years > self.limits.async_pixel_years):
+                response = self._queue(request, workdir)
+                queued = True
+                return response
+            result = await run_in_threadpool(self.compute, request, workdir)
+        except BaseException:
+            if not queued:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        finally:
+            if not queued:
+                self.admission.release()
+        return FileResponse(result, media_type=MEDIA[result.suffix], filename=result.name,
+                            background=BackgroundTask(shutil.rmtree, workdir, True))
+
+    def _queue(self, request: Request, workdir: Path) -> JSONResponse:
+        job = Job(id=uuid.uuid4().hex, workdir=workdir,
+                  info={"years": request.years, "bbox": request.bbox, "output": request.output})
+        self.jobs[job.id] = job
+        self.pool.submit(self.run_job, job, request)
+        return JSONResponse({"job": job.id, "status": job.status,
+                             "status_url": f"/jobs/{job.id}",
+                             "result_url": f"/jobs/{job.id}/result"}, status_code=202)
+
+    def job(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept "
+                                     f"{self.limits.max_jobs} at most)")
+        return self.jobs[job_id]
+
+
 def create_app(emulator, *, limits: Limits | None = None,
                scenario_dirs: list[str | Path] = ()) -> FastAPI:
     """The FastAPI application around a warm ``emulator``."""
-    limits = limits or Limits()
-    roots = [Path(d).resolve() for d in scenario_dirs]
-    admission = threading.BoundedSemaphore(limits.max_concurrent + limits.max_queue)
-    running = threading.Semaphore(limits.max_concurrent)
-    jobs: OrderedDict[str, Job] = OrderedDict()
-    pool = ThreadPoolExecutor(limits.max_concurrent + limits.max_queue,
-                              thread_name_prefix="ai4land-job")
-    scratch = Path(tempfile.mkdtemp(prefix="ai4land-serve-"))
+    service = _Service(emulator, limits or Limits(), scenario_dirs)
+    limits = service.limits
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        service.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -211,24 +315,6 @@ def create_app(emulator, *, limits: Limits | None = None,
     @app.get("/model", summary="what the model covers and needs")
     def model() -> dict:
         return emulator.describe() | {"limits": limits.__dict__}
-
-    def compute(request: Request, workdir: Path) -> Path:
-        with running:
-            return run_request(emulator, request, workdir)
-
-    def run_job(job: Job, request: Request) -> None:
-        job.status = "running"
-        try:
-            job.result = compute(request, job.workdir)
-            job.status = "done"
-        except Ai4landError as exc:
-            job.status, job.error = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug: reported to the client and logged
-            job.status, job.error = "failed", f"internal error ({type(exc).__name__}: {exc})"
-            log.exception("job %s failed", job.id)
-        finally:
-            admission.release()
-            _prune(jobs, limits.max_jobs)
 
     @app.post("/emulate", summary="maps or fractions for a scenario, region and years",
               responses={200: {"description": "the maps (NetCDF or zip of COGs) or fractions "
@@ -255,73 +341,20 @@ def create_app(emulator, *, limits: Limits | None = None,
         scenario: UploadFile | None = File(None, description="scenario upload (NetCDF, LUH "
                                                              "format)"),
     ):
-        box = _floats(bbox, 4, "bbox")
-        extent = _floats(grid_extent, 4, "grid_extent")
-        year_list = _years(years)
-        if output == "fractions" and not grid_res:
-            raise HTTPException(422, "output=fractions needs grid_res (degrees)")
-        if output == "fractions" and format != "netcdf":
-            raise HTTPException(422, "fractions are returned as NetCDF (format=netcdf)")
-        if (scenario_path is None) == (scenario is None):
-            raise HTTPException(422, "give exactly one of scenario_path (a file on the server) "
-                                     "and scenario (an uploaded NetCDF)")
-        region, _ = emulator.region(box or emulator.extent)
-        pixel_years = region.fine_grid.width * region.fine_grid.height * len(year_list)
-        if pixel_years > limits.max_pixel_years:
-            raise HTTPException(413, f"region of {pixel_years} pixel-years exceeds the service's "
-                                     f"limit of {limits.max_pixel_years}; split the request")
-        if scenario_path is not None:
-            path = Path(scenario_path).resolve()
-            if not any(path.is_relative_to(root) for root in roots):
-                raise HTTPException(403, f"{scenario_path}: not under a scenario directory of "
-                                         "this service; upload the file instead")
-        if not admission.acquire(blocking=False):
-            return JSONResponse({"detail": "busy: the service runs as many requests as it "
-                                           "may; retry later"}, status_code=503,
-                                headers={"Retry-After": "5"})
-        workdir = Path(tempfile.mkdtemp(dir=scratch))
-        queued = False
-        try:
-            if scenario is not None:
-                path = workdir / "scenario.nc"
-                with open(path, "wb") as handle:
-                    await run_in_threadpool(shutil.copyfileobj, scenario.file, handle)
-            request = Request(scenario=path, bbox=box, years=year_list, output=output,
-                              format=format, grid_res=grid_res, grid_extent=extent)
-            if mode == "async" or (mode == "auto" and pixel_years > limits.async_pixel_years):
-                job = Job(id=uuid.uuid4().hex, workdir=workdir,
-                          info={"years": year_list, "bbox": box, "output": output})
-                jobs[job.id] = job
-                pool.submit(run_job, job, request)
-                queued = True
-                return JSONResponse({"job": job.id, "status": job.status,
-                                     "status_url": f"/jobs/{job.id}",
-                                     "result_url": f"/jobs/{job.id}/result"}, status_code=202)
-            result = await run_in_threadpool(compute, request, workdir)
-        except BaseException:
-            if not queued:
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        finally:
-            if not queued:
-                admission.release()
-        return FileResponse(result, media_type=MEDIA[result.suffix], filename=result.name,
-                            background=BackgroundTask(shutil.rmtree, workdir, True))
-
-    def _job(job_id: str) -> Job:
-        if job_id not in jobs:
-            raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept "
-                                     f"{limits.max_jobs} at most)")
-        return jobs[job_id]
+        request, pixel_years = service.check(
+            years=years, bbox=bbox, output=output, format=format, grid_res=grid_res,
+            grid_extent=grid_extent, scenario_path=scenario_path, upload=scenario is not None)
+        return await service.answer(request, pixel_years=pixel_years, mode=mode,
+                                    upload=scenario)
 
     @app.get("/jobs/{job_id}", summary="how a job stands")
     def job_status(job_id: str) -> dict:
-        job = _job(job_id)
+        job = service.job(job_id)
         return {"job": job.id, "status": job.status, "error": job.error, **job.info}
 
     @app.get("/jobs/{job_id}/result", summary="a finished job's file")
     def job_result(job_id: str):
-        job = _job(job_id)
+        job = service.job(job_id)
         if job.status == "failed":
             raise HTTPException(400, job.error)
         if job.status != "done":
