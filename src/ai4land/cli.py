@@ -208,44 +208,36 @@ def cmd_verify_manifest(args) -> int:
     return 0 if result.ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ai4land", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"ai4land {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _stage(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A stage's sub-command: it takes the config files (``--config``, repeated)."""
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
+                   help="config file (repeat to merge; later files win)")
+    p.set_defaults(func=func)
+    return p
 
-    def stage(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
-                       help="config file (repeat to merge; later files win)")
-        p.set_defaults(func=func)
-        return p
 
-    config = sub.add_parser("config", help="inspect configuration")
-    config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate and print the resolved config")
-    check.add_argument("files", nargs="+", metavar="FILE")
-    check.set_defaults(func=cmd_config_check)
+def _add_input_stages(sub) -> None:
+    """demo-world, download, prepare, split, train."""
+    _stage(sub, "demo-world", cmd_demo_world, "write the synthetic demo inputs into paths.raw")
 
-    stage("demo-world", cmd_demo_world, "write the synthetic demo inputs into paths.raw")
-
-    p = stage("download", cmd_download, "download and verify the configured sources")
+    p = _stage(sub, "download", cmd_download, "download and verify the configured sources")
     p.add_argument("--dry-run", action="store_true", help="list what would be fetched")
     p.add_argument("--only", action="append", metavar="KEY", help="only this source key")
     p.add_argument("--repin", action="append", metavar="KEY",
                    help="forget this source's file and lock entry, download and record it "
                         "anew (only the re-pinned sources unless --only is given)")
 
-    p = stage("prepare", cmd_prepare, "build one part of the analysis-ready cube")
+    p = _stage(sub, "prepare", cmd_prepare, "build one part of the analysis-ready cube")
     p.add_argument("part", choices=["target", "static", "coarse"])
     p.add_argument("--scenario", help="coarse scenario (with part 'coarse')")
 
-    p = stage("split", cmd_split, "spatial blocks + stratified test blocks + temporal split")
+    p = _stage(sub, "split", cmd_split, "spatial blocks + stratified test blocks + temporal split")
     p.add_argument("--output", required=True, help="split JSON")
     p.add_argument("--figure", required=True, help="split map PNG")
 
-    p = stage("train", cmd_train, "train the U-Net (one process, or under `ai4land torchrun` "
-              "for DDP; `python -m ai4land.train` takes the same flags)")
+    p = _stage(sub, "train", cmd_train, "train the U-Net (one process, or under `ai4land "
+               "torchrun` for DDP; `python -m ai4land.train` takes the same flags)")
     p.add_argument("--split", help="split JSON (default: split/split.json under paths.results)")
     p.add_argument("--output", required=True, help="model directory")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -257,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many optimiser steps in all, writing a checkpoint "
                         "(a later run resumes there)")
 
-    p = stage("evaluate", cmd_evaluate, "score the harmonised chains of the model and the "
-              "baselines on test blocks and years")
+
+def _add_output_stages(sub) -> None:
+    """evaluate, score, init-store, predict, publish."""
+    p = _stage(sub, "evaluate", cmd_evaluate, "score the harmonised chains of the model and "
+               "the baselines on test blocks and years")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--split", required=True)
     p.add_argument("--output", required=True,
@@ -271,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", help="previous year's map: adds figure of merit on change")
     p.set_defaults(func=cmd_score)
 
-    p = stage("init-store", cmd_init_store,
-              "create (or grow) the product Zarr store for one scenario chain")
+    p = _stage(sub, "init-store", cmd_init_store,
+               "create (or grow) the product Zarr store for one scenario chain")
     p.add_argument("--store", required=True)
     p.add_argument("--scenario", required=True, help="the chain this marker is for")
 
-    p = stage("predict", cmd_predict, "predict one (scenario, year) map")
+    p = _stage(sub, "predict", cmd_predict, "predict one (scenario, year) map")
     p.add_argument("--scenario", required=True)
     p.add_argument("--year", required=True, type=int)
     p.add_argument("--model", required=True, help="model directory")
@@ -284,26 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="class map COG")
     p.add_argument("--store", required=True, help="product Zarr store")
 
-    p = stage("publish", cmd_publish, "write STAC catalog, checksums and provenance")
+    p = _stage(sub, "publish", cmd_publish, "write STAC catalog, checksums and provenance")
     p.add_argument("--maps", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--output", required=True)
 
-    def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="model directory (model.pt + model_card.json)")
-        p.add_argument("--config", "-c", action="append", metavar="FILE",
-                       help="config file (default: the one in the model card)")
-        p.add_argument("--cube", help="the model's prepared cube (default: paths.cube of the "
-                                      "config, beside the model)")
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (model.pt + model_card.json)")
+    p.add_argument("--config", "-c", action="append", metavar="FILE",
+                   help="config file (default: the one in the model card)")
+    p.add_argument("--cube", help="the model's prepared cube (default: paths.cube of the "
+                                  "config, beside the model)")
+
+
+def _add_emulator_commands(sub) -> None:
+    """emulate, serve, aggregate."""
     p = sub.add_parser("emulate", help="maps of any LUH-format scenario, region and years",
                        description="Predict the maps of a scenario (LUH-format coarse "
                                    "fractions) over a bbox for a range of years, harmonised "
                                    "as the product; written as NetCDF (.nc), Zarr (.zarr) or "
                                    "a COG per year (.tif: X_<year>.tif and its layers).")
-    model_options(p)
+    _model_options(p)
     p.add_argument("--scenario", required=True, help="LUH-format NetCDF file or Zarr store")
     p.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"),
                    help="region (default: the model's whole extent)")
@@ -317,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the emulator over HTTP (FastAPI + uvicorn)",
                        description="An HTTP service around a warm model: POST /emulate for "
                                    "maps or fractions, /docs for the OpenAPI description.")
-    model_options(p)
+    _model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--scenario-dir", action="append", metavar="DIR",
@@ -349,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output NetCDF (.nc)")
     p.set_defaults(func=cmd_aggregate)
 
+
+def _add_tool_commands(sub) -> None:
+    """torchrun, verify-manifest."""
     p = sub.add_parser("torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)")
     p.add_argument("--nproc", type=int, required=True, help="processes per node (train.nproc)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- SUB-COMMAND [ARGS...]")
@@ -359,6 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="published SHA256SUMS")
     p.add_argument("--root", required=True, help="directory the manifest paths are relative to")
     p.set_defaults(func=cmd_verify_manifest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai4land", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ai4land {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="inspect configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate and print the resolved config")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_config_check)
+
+    _add_input_stages(sub)
+    _add_output_stages(sub)
+    _add_emulator_commands(sub)
+    _add_tool_commands(sub)
     return parser
 
 
