@@ -9,6 +9,8 @@ fractions are checked before anything is written.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,38 +117,146 @@ def _check(values: np.ndarray, *, name: str, path, grid: Grid, years: list[int],
         )
 
 
+def _years_kept(config, scenario: str, file_years, *, time_dim: str,
+                path) -> tuple[list[int], list[int]]:
+    """(indices in the file, calendar years) of the years the cube needs; InputDataError
+    when the file lacks a year the scenario needs."""
+    wanted = used_years(config)
+    keep = [i for i, y in enumerate(file_years) if wanted[0] <= y <= wanted[-1]]
+    years = [int(file_years[i]) for i in keep]
+    missing = sorted(set(required_years(config, scenario)) - set(years))
+    if missing:
+        raise InputDataError(
+            f"{path}: variable {time_dim!r} lacks year(s) {missing[0]}..{missing[-1]} "
+            f"needed for scenario {scenario!r} (file holds {int(file_years.min())}-"
+            f"{int(file_years.max())}); fix years.backward/forward/observed or the file"
+        )
+    if not years:
+        raise InputDataError(
+            f"{path}: variable {time_dim!r} holds no year in {wanted[0]}-{wanted[-1]} "
+            f"(file holds {int(file_years.min())}-{int(file_years.max())})"
+        )
+    return keep, years
+
+
+def _read_water(stack: ExitStack, coarse_cfg, ds, *, path, grid: Grid, years: list[int],
+                land_cells: np.ndarray, tol: float) -> tuple[np.ndarray, dict]:
+    """The (lat, lon) water fraction, from the static file (or the states file itself),
+    checked and clipped to [0, 1]; and the variable's attributes."""
+    water_name = coarse_cfg.water_variable
+    water_path = coarse_cfg.static or path
+    source = ds
+    if coarse_cfg.static:
+        source = open_netcdf(water_path)
+        stack.callback(source.close)
+    var = require_variable(source, water_name, path=water_path)
+    water_axes = latlon_axes(source, path=water_path)
+    water_rows, water_cols = _cut(water_axes, grid, path=water_path)
+    extra = [d for d in var.dims if d not in (water_axes.lat_dim, water_axes.lon_dim)]
+    if any(var.sizes[d] != 1 for d in extra):
+        raise InputDataError(
+            f"{water_path}: variable {water_name!r} must be 2-D (lat, lon), has dims {var.dims}"
+        )
+    var = var.isel({d: 0 for d in extra})
+    water = mask_fill(_read(water_axes, var, water_rows, water_cols),
+                      fill_values(var, coarse_cfg.fill_attributes), coarse_cfg.fill_threshold)
+    _check(water, name=water_name, path=water_path, grid=grid, years=years,
+           land_cells=land_cells, tol=tol)
+    return np.clip(water, 0.0, 1.0), var.attrs
+
+
+def _layout(coarse_cfg, variables: dict, *, scenario: str, path, grid: Grid, years: list[int],
+            water_attrs: dict | None) -> tuple[dict, dict, dict]:
+    """The store's variables, coordinates and attributes."""
+    chunks = (1, TILE_CHUNK, TILE_CHUNK)
+    store_vars: dict = {}
+    for name, var in variables.items():
+        store_vars[name] = (("year", "lat", "lon"), (len(years), *grid.shape), "float32", chunks, {
+            "units": "1",
+            "long_name": str(var.attrs.get("long_name", name)),
+            "source_file": str(path),
+            "source_variable": name,
+        })
+    if water_attrs is not None:
+        water_name = coarse_cfg.water_variable
+        store_vars[water_name] = (("lat", "lon"), grid.shape, "float32", chunks[1:], {
+            "units": "1",
+            "long_name": str(water_attrs.get("long_name", water_name)),
+            "source_file": str(coarse_cfg.static or path),
+            "source_variable": water_name,
+        })
+    coords = {"year": ("year", np.asarray(years, dtype="int64"), {"long_name": "calendar year"}),
+              **latlon_coords(grid)}
+    attrs = {
+        "title": f"ai4land coarse land-use fractions ({scenario})",
+        "Conventions": "CF-1.8",
+        "scenario": scenario,
+        "source": str(path),
+        "crs": "EPSG:4326",
+    }
+    return store_vars, coords, attrs
+
+
+@dataclass
+class _Source:
+    """The states file as read: its variables, axes and cut to the cube's grid."""
+
+    path: object
+    variables: dict
+    fills: dict
+    axes: LatLonAxes
+    rows: slice
+    cols: slice
+    time_dim: str
+
+
+def _write_block(group, source: _Source, coarse_cfg, *, start: int, index, block_years: list[int],
+                 grid: Grid, land_cells: np.ndarray, water: np.ndarray | None,
+                 tol: float) -> None:
+    """Read, check and write the fractions of a block of years starting at ``start``;
+    InputDataError where the fractions (and water) sum to more than 1."""
+    total = np.zeros((len(block_years), *grid.shape), dtype="float64")
+    for name, var in source.variables.items():
+        values = mask_fill(
+            _read(source.axes, var, source.rows, source.cols, time_dim=source.time_dim,
+                  time_index=index),
+            source.fills[name], coarse_cfg.fill_threshold,
+        )
+        _check(values, name=name, path=source.path, grid=grid, years=block_years,
+               land_cells=land_cells[None], tol=tol)
+        values = np.clip(values, 0.0, 1.0)
+        total += np.nan_to_num(values)
+        group[name][start:start + len(block_years)] = values
+    if water is not None:
+        total += np.nan_to_num(water)[None]
+    over = total > 1 + tol
+    if over.any():
+        where = tuple(int(i) for i in np.argwhere(over)[0])
+        water_names = [coarse_cfg.water_variable] if water is not None else []
+        names = "+".join([*source.variables, *water_names])
+        raise InputDataError(
+            f"{source.path}: fractions {names} sum to {total[where]:.6f} > 1 at "
+            f"{_where(grid, block_years, where)} (tolerance {tol}); "
+            "check datasets.coarse.variables lists no overlapping states"
+        )
+
+
 def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
     """Write ``coarse/{scenario}.zarr`` (fractions per year + water); return its path."""
     coarse_cfg = config.datasets.coarse
     path = coarse_path(config, scenario)
-    paths = cube_paths(config)
     fine, grid, factor = read_grids(config)
     tol = coarse_cfg.fraction_tolerance
 
-    ds = open_netcdf(path, chunks={})
-    static_ds = None
-    try:
+    with ExitStack() as stack:
+        ds = open_netcdf(path, chunks={})
+        stack.callback(ds.close)
         time_dim, file_years = decode_years(ds, path=path,
                                              units=coarse_cfg.time_units_of(scenario))
         variables = {name: require_variable(ds, name, path=path) for name in coarse_cfg.variables}
         axes = latlon_axes(ds, path=path)
         rows, cols = _cut(axes, grid, path=path)
-
-        wanted = used_years(config)
-        keep = [i for i, y in enumerate(file_years) if wanted[0] <= y <= wanted[-1]]
-        years = [int(file_years[i]) for i in keep]
-        missing = sorted(set(required_years(config, scenario)) - set(years))
-        if missing:
-            raise InputDataError(
-                f"{path}: variable {time_dim!r} lacks year(s) {missing[0]}..{missing[-1]} "
-                f"needed for scenario {scenario!r} (file holds {int(file_years.min())}-"
-                f"{int(file_years.max())}); fix years.backward/forward/observed or the file"
-            )
-        if not years:
-            raise InputDataError(
-                f"{path}: variable {time_dim!r} holds no year in {wanted[0]}-{wanted[-1]} "
-                f"(file holds {int(file_years.min())}-{int(file_years.max())})"
-            )
+        keep, years = _years_kept(config, scenario, file_years, time_dim=time_dim, path=path)
 
         # Coarse cells that are mostly land-use pixels in the fine maps (ocean, inland water
         # and no-data pixels need no land-use data: all-water or all-ice cells pass).
@@ -155,98 +265,36 @@ def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
         land_cells = land_share(config, fine, factor, ignore=ignore,
                                 progress=progress) >= LAND_CELL_SHARE
 
-        # Water: a (lat, lon) fraction from the static file (or the states file itself).
-        water = None
-        water_name = coarse_cfg.water_variable
-        if water_name:
-            water_path = coarse_cfg.static or path
-            static_ds = open_netcdf(water_path) if coarse_cfg.static else None
-            source = static_ds if static_ds is not None else ds
-            var = require_variable(source, water_name, path=water_path)
-            water_axes = latlon_axes(source, path=water_path)
-            water_rows, water_cols = _cut(water_axes, grid, path=water_path)
-            extra = [d for d in var.dims if d not in (water_axes.lat_dim, water_axes.lon_dim)]
-            if any(var.sizes[d] != 1 for d in extra):
-                raise InputDataError(
-                    f"{water_path}: variable {water_name!r} must be 2-D (lat, lon), has dims {var.dims}"
-                )
-            var = var.isel({d: 0 for d in extra})
-            water = mask_fill(_read(water_axes, var, water_rows, water_cols),
-                              fill_values(var, coarse_cfg.fill_attributes), coarse_cfg.fill_threshold)
-            _check(water, name=water_name, path=water_path, grid=grid, years=years,
-                   land_cells=land_cells, tol=tol)
-            water = np.clip(water, 0.0, 1.0)
-            water_attrs = var.attrs
+        water = water_attrs = None
+        if coarse_cfg.water_variable:
+            water, water_attrs = _read_water(stack, coarse_cfg, ds, path=path, grid=grid,
+                                             years=years, land_cells=land_cells, tol=tol)
             # A cell the water fraction fills (LUH2's ice sheets and large lakes) has no
             # land use whatever the fine maps call its pixels (ice may be sparse there).
             land_cells = land_cells & ~(water >= 1 - tol)
 
-        chunks = (1, TILE_CHUNK, TILE_CHUNK)
-        store_vars: dict = {}
-        for name, var in variables.items():
-            store_vars[name] = (("year", "lat", "lon"), (len(years), *grid.shape), "float32", chunks, {
-                "units": "1",
-                "long_name": str(var.attrs.get("long_name", name)),
-                "source_file": str(path),
-                "source_variable": name,
-            })
-        if water is not None:
-            store_vars[water_name] = (("lat", "lon"), grid.shape, "float32", chunks[1:], {
-                "units": "1",
-                "long_name": str(water_attrs.get("long_name", water_name)),
-                "source_file": str(coarse_cfg.static or path),
-                "source_variable": water_name,
-            })
-        coords = {"year": ("year", np.asarray(years, dtype="int64"), {"long_name": "calendar year"}),
-                  **latlon_coords(grid)}
-        attrs = {
-            "title": f"ai4land coarse land-use fractions ({scenario})",
-            "Conventions": "CF-1.8",
-            "scenario": scenario,
-            "source": str(path),
-            "crs": "EPSG:4326",
-        }
-        fills = {name: fill_values(var, coarse_cfg.fill_attributes) for name, var in variables.items()}
+        store_vars, coords, attrs = _layout(coarse_cfg, variables, scenario=scenario, path=path,
+                                            grid=grid, years=years, water_attrs=water_attrs)
+        source = _Source(path=path, variables=variables, axes=axes, rows=rows, cols=cols,
+                         time_dim=time_dim,
+                         fills={name: fill_values(var, coarse_cfg.fill_attributes)
+                                for name, var in variables.items()})
         per_year = len(variables) * grid.height * grid.width * 4
         block = max(1, BLOCK_BYTES // max(per_year, 1))
 
-        out = paths.coarse(scenario)
+        out = cube_paths(config).coarse(scenario)
         with atomic_path(out) as tmp:
             group = create_store(tmp, store_vars, coords=coords, attrs=attrs)
             if water is not None:
-                group[water_name][:] = water
+                group[coarse_cfg.water_variable][:] = water
             starts = range(0, len(years), block)
             for start in progress_bar(starts, desc=f"coarse {scenario}", enabled=progress):
                 stop = min(start + block, len(years))
                 index = keep[start:stop]
                 if index == list(range(index[0], index[-1] + 1)):
                     index = slice(index[0], index[-1] + 1)
-                block_years = years[start:stop]
-                total = np.zeros((stop - start, *grid.shape), dtype="float64")
-                for name, var in variables.items():
-                    values = mask_fill(
-                        _read(axes, var, rows, cols, time_dim=time_dim, time_index=index),
-                        fills[name], coarse_cfg.fill_threshold,
-                    )
-                    _check(values, name=name, path=path, grid=grid, years=block_years,
-                           land_cells=land_cells[None], tol=tol)
-                    values = np.clip(values, 0.0, 1.0)
-                    total += np.nan_to_num(values)
-                    group[name][start:stop] = values
-                if water is not None:
-                    total += np.nan_to_num(water)[None]
-                over = total > 1 + tol
-                if over.any():
-                    where = tuple(int(i) for i in np.argwhere(over)[0])
-                    names = "+".join([*variables, *([water_name] if water is not None else [])])
-                    raise InputDataError(
-                        f"{path}: fractions {names} sum to {total[where]:.6f} > 1 at "
-                        f"{_where(grid, block_years, where)} (tolerance {tol}); "
-                        "check datasets.coarse.variables lists no overlapping states"
-                    )
+                _write_block(group, source, coarse_cfg, start=start, index=index,
+                             block_years=years[start:stop], grid=grid, land_cells=land_cells,
+                             water=water, tol=tol)
             finish_store(tmp)
-    finally:
-        ds.close()
-        if static_ds is not None:
-            static_ds.close()
     return out
