@@ -275,6 +275,48 @@ def water_codes(config) -> list[int]:
                    for c in g.classes})
 
 
+def _static_layout(sources: list[LayerSource], methods, *, fine,
+                   names: list[str]) -> tuple[dict, list[tuple[str, LayerSource, str]]]:
+    """The store's variables, and the layers to write: (variable, source, value or slope)."""
+    chunks = (TILE_CHUNK, TILE_CHUNK)
+    variables: dict = {}
+    outputs: list[tuple[str, LayerSource, str]] = []  # (variable, source, what)
+    for src, method in zip(sources, methods, strict=True):
+        layer = src.layer
+        variables[layer.name] = (("lat", "lon"), fine.shape, "float32", chunks, {
+            "long_name": layer.name, "units": src.units or "unknown", "source": src.path,
+            "source_variable": src.variable, "resampling": method.name,
+        })
+        outputs.append((layer.name, src, "value"))
+        if layer.derive_slope:
+            name = slope_name(layer.name)
+            if name in variables or name in names:
+                raise ConfigError(f"datasets.static: derived layer {name!r} clashes with another layer")
+            variables[name] = (("lat", "lon"), fine.shape, "float32", chunks, {
+                "long_name": f"slope of {layer.name}", "units": "degree", "source": src.path,
+            })
+            outputs.append((name, src, "slope"))
+    variables[LAND_MASK] = (("lat", "lon"), fine.shape, "uint8", chunks, {
+        "long_name": "land mask (1 = not ocean in any observed year)",
+        "flag_values": [0, 1], "flag_meanings": "ocean land",
+    })
+    return variables, outputs
+
+
+def _check_coverage(sources: list[LayerSource], stats: dict, fine) -> None:
+    """InputDataError for a layer with no data on more than COVERAGE_TOLERANCE of the
+    land-use pixels."""
+    for src in sources:
+        missing = stats[src.layer.name].missing
+        land_total = stats[src.layer.name].checked
+        if land_total and missing / land_total > COVERAGE_TOLERANCE:
+            raise InputDataError(
+                f"{src.path}: {src.variable} has no data on {missing} of {land_total} land "
+                f"pixels ({100 * missing / land_total:.1f}%) of the region "
+                f"{tuple(round(b, 4) for b in fine.bounds)}; use a source covering region.bbox"
+            )
+
+
 def prepare_static(config, *, progress: bool = True) -> Path:
     """Write ``static.zarr`` (one float32 variable per layer, slope, land_mask); return its path."""
     paths = cube_paths(config)
@@ -295,28 +337,7 @@ def prepare_static(config, *, progress: bool = True) -> Path:
             sources.append(LayerSource(layer))
         methods = [src.resampling(fine) for src in sources]
 
-        chunks = (TILE_CHUNK, TILE_CHUNK)
-        variables: dict = {}
-        outputs: list[tuple[str, LayerSource, str]] = []  # (variable, source, what)
-        for src, method in zip(sources, methods, strict=True):
-            layer = src.layer
-            variables[layer.name] = (("lat", "lon"), fine.shape, "float32", chunks, {
-                "long_name": layer.name, "units": src.units or "unknown", "source": src.path,
-                "source_variable": src.variable, "resampling": method.name,
-            })
-            outputs.append((layer.name, src, "value"))
-            if layer.derive_slope:
-                name = slope_name(layer.name)
-                if name in variables or name in names:
-                    raise ConfigError(f"datasets.static: derived layer {name!r} clashes with another layer")
-                variables[name] = (("lat", "lon"), fine.shape, "float32", chunks, {
-                    "long_name": f"slope of {layer.name}", "units": "degree", "source": src.path,
-                })
-                outputs.append((name, src, "slope"))
-        variables[LAND_MASK] = (("lat", "lon"), fine.shape, "uint8", chunks, {
-            "long_name": "land mask (1 = not ocean in any observed year)",
-            "flag_values": [0, 1], "flag_meanings": "ocean land",
-        })
+        variables, outputs = _static_layout(sources, methods, fine=fine, names=names)
         stats = {name: _Stats() for name, _, _ in outputs}
 
         with gdal_env(), atomic_path(paths.static) as tmp:
@@ -350,15 +371,7 @@ def prepare_static(config, *, progress: bool = True) -> Path:
                     group[src.layer.name][row0:row1, :] = values
                     stats[src.layer.name].add(values, land, checked)
 
-            for src in sources:
-                missing = stats[src.layer.name].missing
-                land_total = stats[src.layer.name].checked
-                if land_total and missing / land_total > COVERAGE_TOLERANCE:
-                    raise InputDataError(
-                        f"{src.path}: {src.variable} has no data on {missing} of {land_total} land "
-                        f"pixels ({100 * missing / land_total:.1f}%) of the region "
-                        f"{tuple(round(b, 4) for b in fine.bounds)}; use a source covering region.bbox"
-                    )
+            _check_coverage(sources, stats, fine)
             for name, _, _ in outputs:
                 mean, std = stats[name].mean_std()
                 group[name].attrs.update({"mean": mean, "std": std})
