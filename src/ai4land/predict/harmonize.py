@@ -398,21 +398,14 @@ def _sift_down(heap_pixel, heap_score, base, n, at, pixel, score):  # pragma: no
 
 
 @numba.njit(cache=True, nogil=True)
-def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
-    """McVitie-Wilson deferred acceptance: each pixel proposes in turn; a full (cell,
-    group) keeps a min-heap of its holders and evicts the worst for a better proposer,
-    who then proposes again. With strict preferences (ties broken as documented in
-    ``_deferred_acceptance``) the pixel-optimal stable matching is unique, whatever the
-    order of proposals, and for preferences from one shared score it is the greedy
-    "best (pixel, group) pair first" matching. Cells where every pixel's first choice
-    fits are settled without heaps; a (cell, group) becomes a heap only once full. Heaps
-    keep each holder's score beside it (no random reads of the score table). Returns -1
-    rejections if a pixel runs out of groups."""
+def _first_choices(scores, pixel_cell, quota):  # pragma: no cover - compiled
+    """Each pixel's first choice (the highest score, the lower group on ties) and the
+    cells where some group gets more first choices than its quota (contested)."""
     m, n_groups = scores.shape
     n_keys = quota.size
     held = np.full(m, -1, dtype=np.int64)
     count = np.zeros(n_keys, dtype=np.int64)
-    for pixel in range(m):  # first choices: the highest score, the lower group on ties
+    for pixel in range(m):
         group, best = 0, max(scores[pixel, 0], 0)
         for g in range(1, n_groups):
             s = max(scores[pixel, g], 0)
@@ -424,6 +417,25 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     for key in range(n_keys):
         if count[key] > quota[key]:
             contested[key // n_groups] = True
+    return held, contested
+
+
+@numba.njit(cache=True, nogil=True)
+def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
+    """McVitie-Wilson deferred acceptance: each pixel proposes in turn; a full (cell,
+    group) keeps a min-heap of its holders and evicts the worst for a better proposer,
+    who then proposes again. With strict preferences (ties broken as documented in
+    ``_deferred_acceptance``) the pixel-optimal stable matching is unique, whatever the
+    order of proposals, and for preferences from one shared score it is the greedy
+    "best (pixel, group) pair first" matching. Cells where every pixel's first choice
+    fits are settled without heaps; a (cell, group) becomes a heap only once full. Heaps
+    keep each holder's score beside it (no random reads of the score table). Returns -1
+    rejections if a pixel runs out of groups."""
+    # The proposal loop below is the kernel's hot path: it stays in one piece (no call
+    # per proposal); only the one-off first pass is a function of its own.
+    m, n_groups = scores.shape
+    n_keys = quota.size
+    held, contested = _first_choices(scores, pixel_cell, quota)
     first = np.zeros(n_keys + 1, dtype=np.int64)  # heap of key k: first[k]..first[k+1]
     for k in range(n_keys):
         first[k + 1] = first[k] + (max(quota[k], 0) if contested[k // n_groups] else 0)
