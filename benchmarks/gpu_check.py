@@ -79,42 +79,120 @@ def settings(dry_run: bool) -> dict:
             "max_calls": 10_000}
 
 
-def run(dry_run: bool) -> dict:
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader
-
-    from ai4land.io.cube import Cube
-    from ai4land.models.unet import UNet
-    from ai4land.device import autocast_dtype
-    from ai4land.predict.inference import fold_batchnorm
-    from ai4land.samples.arrays import TrainingArrays
-    from ai4land.samples.dataset import WindowDataset
-    from ai4land.samples.features import BatchInputs
-    from ai4land.samples.plan import SamplePlanner
-    from ai4land.train.loop import _batch_stats, resolve_precision
-
-    started = time.perf_counter()
-    s = settings(dry_run)
+def _device(dry_run: bool) -> tuple[torch.device, str]:
     if dry_run:
-        device, backend = torch.device("cpu"), "gloo"
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("gpu_check: no CUDA device; run with --dry-run on a CPU")
-        device, backend = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), "nccl"
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "cuda": torch.version.cuda, "backend": backend,
-                 "settings": s}
+        return torch.device("cpu"), "gloo"
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device; run with --dry-run on a CPU")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return device, "nccl"
 
-    # 1. DDP, one process
+
+def _check_ddp(device: torch.device, backend: str) -> dict:
+    """1. DDP, one process: the process group starts and all_reduce works."""
     tick = time.perf_counter()
     dist.init_process_group(backend=backend)
     probe = torch.ones(1, device=device)
     dist.all_reduce(probe)
-    out["ddp"] = {"world_size": dist.get_world_size(), "all_reduce_ok": float(probe) == 1.0,
-                  "init_s": round(time.perf_counter() - tick, 3)}
+    return {"world_size": dist.get_world_size(), "all_reduce_ok": float(probe) == 1.0,
+            "init_s": round(time.perf_counter() - tick, 3)}
 
+
+def _check_training(batch: dict, *, device, precision, n_classes: int, s: dict) -> dict:
+    """2. AMP training steps/s under DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ai4land.models.unet import UNet
+    from ai4land.train.loop import _batch_stats
+
+    channels = batch["inputs"].shape[1]
+    torch.manual_seed(0)
+    net = UNet(channels, n_classes, base_channels=s["base_channels"], depth=s["depth"]).to(device)
+    if precision.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
+
+    def step() -> None:
+        loss_sum, stats, _ = _batch_stats(model, batch, device=device, precision=precision,
+                                          num_classes=n_classes)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss_sum / stats[1].clamp(min=1)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    steps_per_s, n = _rate(step, device, warmup=3, budget_s=s["budget_s"],
+                           max_calls=s["max_calls"])
+    return {"precision": precision.describe(), "steps_per_s": steps_per_s,
+            "samples_per_s": steps_per_s * s["batch"], "steps_timed": n,
+            "batch": s["batch"], "tile": s["tile"], "in_channels": int(channels)}
+
+
+def _check_inference(channels: int, *, device, n_classes: int, s: dict) -> dict:
+    """3. bf16 inference Mpix/s (the predict job's model set-up)."""
+    from ai4land.device import autocast_dtype
+    from ai4land.models.unet import UNet
+    from ai4land.predict.inference import fold_batchnorm
+
+    predictor = fold_batchnorm(UNet(channels, n_classes, base_channels=s["base_channels"],
+                                    depth=s["depth"]).eval()).to(device)
+    predictor = predictor.to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device)
+    x = torch.randn(s["predict_batch"], channels, s["predict_tile"], s["predict_tile"],
+                    device=device).contiguous(memory_format=torch.channels_last)
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
+                                                    enabled=dtype is not None):
+            predictor(x)
+
+    passes, n = _rate(forward, device, warmup=2, budget_s=s["budget_s"],
+                      max_calls=s["max_calls"])
+    return {"autocast": str(dtype), "mpix_per_s":
+            passes * x.shape[0] * x.shape[2] * x.shape[3] / 1e6,
+            "passes_timed": n, "batch": x.shape[0], "tile": s["predict_tile"]}
+
+
+def _check_pipeline(loader, inputs, *, device, precision, consumption: float, s: dict) -> dict:
+    """4. the input pipeline against the GPU's consumption."""
+    n_batches = max(4, min(200, int(consumption * s["budget_s"] / s["batch"])))
+    rates = {}
+    for workers in sorted({0, s["workers"]}):
+        data = loader(n_batches * s["batch"], workers)
+        _sync(device)
+        tick = time.perf_counter()
+        for raw in data:
+            inputs(raw, device, channels_last=precision.channels_last)
+        _sync(device)
+        rates[workers] = n_batches * s["batch"] / (time.perf_counter() - tick)
+    pipeline = rates[s["workers"]]
+    return {"samples_per_s": pipeline, "workers": s["workers"],
+            "samples_per_s_in_process": rates[0],
+            "samples_per_s_per_worker": pipeline / max(1, s["workers"]),
+            "batches": n_batches, "over_consumption": pipeline / consumption}
+
+
+def run(dry_run: bool) -> dict:
+    from torch.utils.data import DataLoader
+
+    from ai4land.io.cube import Cube
+    from ai4land.samples.arrays import TrainingArrays
+    from ai4land.samples.dataset import WindowDataset
+    from ai4land.samples.features import BatchInputs
+    from ai4land.samples.plan import SamplePlanner
+    from ai4land.train.loop import resolve_precision
+
+    started = time.perf_counter()
+    s = settings(dry_run)
+    device, backend = _device(dry_run)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "cuda": torch.version.cuda, "backend": backend,
+                 "settings": s}
+    out["ddp"] = _check_ddp(device, backend)
     try:
         with tempfile.TemporaryDirectory(prefix="ai4land-gpu-check-") as tmp:
             root = Path(tmp)
@@ -142,74 +220,12 @@ def run(dry_run: bool) -> dict:
 
             batch = inputs(next(iter(loader(s["batch"], 0))), device,
                            channels_last=precision.channels_last)
-            channels = batch["inputs"].shape[1]
-
-            # 2. AMP training steps/s under DDP
-            torch.manual_seed(0)
-            net = UNet(channels, len(predicted), base_channels=s["base_channels"],
-                       depth=s["depth"]).to(device)
-            if precision.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            model = DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None)
-            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-            scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
-
-            def step() -> None:
-                loss_sum, stats, _ = _batch_stats(model, batch, device=device,
-                                                  precision=precision,
-                                                  num_classes=len(predicted))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss_sum / stats[1].clamp(min=1)).backward()
-                scaler.step(optimizer)
-                scaler.update()
-
-            steps_per_s, n = _rate(step, device, warmup=3, budget_s=s["budget_s"],
-                                   max_calls=s["max_calls"])
-            consumption = steps_per_s * s["batch"]
-            out["training"] = {"precision": precision.describe(), "steps_per_s": steps_per_s,
-                               "samples_per_s": consumption, "steps_timed": n,
-                               "batch": s["batch"], "tile": s["tile"],
-                               "in_channels": int(channels)}
-
-            # 3. bf16 inference Mpix/s (the predict job's model set-up)
-            predictor = fold_batchnorm(UNet(channels, len(predicted),
-                                            base_channels=s["base_channels"],
-                                            depth=s["depth"]).eval()).to(device)
-            predictor = predictor.to(memory_format=torch.channels_last)
-            dtype = autocast_dtype(device)
-            x = torch.randn(s["predict_batch"], channels, s["predict_tile"], s["predict_tile"],
-                            device=device).contiguous(memory_format=torch.channels_last)
-
-            def forward() -> None:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
-                                                            enabled=dtype is not None):
-                    predictor(x)
-
-            passes, n = _rate(forward, device, warmup=2, budget_s=s["budget_s"],
-                              max_calls=s["max_calls"])
-            out["inference"] = {"autocast": str(dtype), "mpix_per_s":
-                                passes * x.shape[0] * x.shape[2] * x.shape[3] / 1e6,
-                                "passes_timed": n, "batch": x.shape[0],
-                                "tile": s["predict_tile"]}
-
-            # 4. the input pipeline against the GPU's consumption
-            n_batches = max(4, min(200, int(consumption * s["budget_s"] / s["batch"])))
-            rates = {}
-            for workers in sorted({0, s["workers"]}):
-                data = loader(n_batches * s["batch"], workers)
-                _sync(device)
-                tick = time.perf_counter()
-                for raw in data:
-                    inputs(raw, device, channels_last=precision.channels_last)
-                _sync(device)
-                rates[workers] = n_batches * s["batch"] / (time.perf_counter() - tick)
-            pipeline = rates[s["workers"]]
-            out["pipeline"] = {"samples_per_s": pipeline, "workers": s["workers"],
-                               "samples_per_s_in_process": rates[0],
-                               "samples_per_s_per_worker": pipeline / max(1, s["workers"]),
-                               "batches": n_batches,
-                               "over_consumption": pipeline / consumption}
+            out["training"] = _check_training(batch, device=device, precision=precision,
+                                              n_classes=len(predicted), s=s)
+            out["inference"] = _check_inference(batch["inputs"].shape[1], device=device,
+                                                n_classes=len(predicted), s=s)
+            out["pipeline"] = _check_pipeline(loader, inputs, device=device, precision=precision,
+                                              consumption=out["training"]["samples_per_s"], s=s)
     finally:
         dist.destroy_process_group()
 
