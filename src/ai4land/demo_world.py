@@ -271,6 +271,43 @@ class _Landscape:
     abandon: np.ndarray  # [0, 1] strength of the abandonment regime
 
 
+def _lakes(rng: np.random.Generator, candidates: np.ndarray, n_lakes: int,
+           tiny: np.ndarray) -> np.ndarray:
+    """Up to ``n_lakes`` ragged round blobs centred on candidate pixels."""
+    shape = candidates.shape
+    lake = np.zeros(shape, dtype=bool)
+    flat_idx = np.flatnonzero(candidates)
+    if flat_idx.size:
+        rows_i, cols_i = np.indices(shape, dtype="float64")
+        for index in rng.choice(flat_idx, size=min(n_lakes, flat_idx.size), replace=False):
+            r0, c0 = divmod(int(index), shape[1])
+            radius = rng.uniform(3.0, 9.0)
+            dist = np.hypot(rows_i - r0, cols_i - c0) / radius
+            lake |= (dist + 0.35 * tiny) < 1.0
+    return lake
+
+
+def _towns(rng: np.random.Generator, weights: np.ndarray, *, n_towns: int, n_villages: int,
+           res: float, tiny: np.ndarray) -> np.ndarray:
+    """Towns, then villages, at pixels drawn by ``weights``: ragged discs (the first one
+    the largest)."""
+    shape = weights.shape
+    town_idx = rng.choice(weights.size, size=n_towns + n_villages, replace=False,
+                          p=(weights / weights.sum()).ravel())
+    urban = np.zeros(shape, dtype=bool)
+    rows_i, cols_i = np.indices(shape, dtype="float64")
+    for k, index in enumerate(town_idx):
+        r0, c0 = divmod(int(index), shape[1])
+        radius = (rng.uniform(6.0, 14.0) if k < n_towns else rng.uniform(1.2, 2.5)) * 0.01 / res
+        if k == 0:
+            radius = 18.0 * 0.01 / res
+        window = (slice(max(0, int(r0 - 2 * radius) - 2), int(r0 + 2 * radius) + 3),
+                  slice(max(0, int(c0 - 2 * radius) - 2), int(c0 + 2 * radius) + 3))
+        dist = np.hypot(rows_i[window] - r0, cols_i[window] - c0) / max(radius, 0.5)
+        urban[window] |= (dist + 0.3 * tiny[window]) < 1.0
+    return urban
+
+
 def _landscape(seed: int, grids: _Grids, terrain: _Terrain) -> tuple[_Landscape, np.ndarray]:
     m = grids.margin
     fine = grids.fine
@@ -295,17 +332,8 @@ def _landscape(seed: int, grids: _Grids, terrain: _Terrain) -> tuple[_Landscape,
     # Lakes: a few blobs in flat, mid-elevation land away from the sea.
     coast_px = ndimage.distance_transform_edt(not_ocean)
     candidates = not_ocean & (coast_px > 12) & (elev > 80) & (elev < 1500) & (slope_rank < 0.5)
-    lake = np.zeros(shape, dtype=bool)
     n_lakes = max(2, round(5 * (fine.width * fine.height * res * res) / 36.0))
-    flat_idx = np.flatnonzero(candidates)
-    if flat_idx.size:
-        rows_i, cols_i = np.indices(shape, dtype="float64")
-        for index in rng.choice(flat_idx, size=min(n_lakes, flat_idx.size), replace=False):
-            r0, c0 = divmod(int(index), shape[1])
-            radius = rng.uniform(3.0, 9.0)
-            dist = np.hypot(rows_i - r0, cols_i - c0) / radius
-            lake |= (dist + 0.35 * tiny) < 1.0
-    lake &= not_ocean
+    lake = _lakes(rng, candidates, n_lakes, tiny) & not_ocean
     land = not_ocean & ~lake
 
     # Potential natural vegetation.
@@ -338,19 +366,7 @@ def _landscape(seed: int, grids: _Grids, terrain: _Terrain) -> tuple[_Landscape,
     n_towns = max(2, round(7 * (fine.width * fine.height * res * res) / 36.0))
     n_villages = 6 * n_towns
     weights = np.where(land, urban_suit, 0.0) ** 4
-    town_idx = rng.choice(weights.size, size=n_towns + n_villages, replace=False,
-                          p=(weights / weights.sum()).ravel())
-    urban = np.zeros(shape, dtype=bool)
-    rows_i, cols_i = np.indices(shape, dtype="float64")
-    for k, index in enumerate(town_idx):
-        r0, c0 = divmod(int(index), shape[1])
-        radius = (rng.uniform(6.0, 14.0) if k < n_towns else rng.uniform(1.2, 2.5)) * 0.01 / res
-        if k == 0:
-            radius = 18.0 * 0.01 / res
-        window = (slice(max(0, int(r0 - 2 * radius) - 2), int(r0 + 2 * radius) + 3),
-                  slice(max(0, int(c0 - 2 * radius) - 2), int(c0 + 2 * radius) + 3))
-        dist = np.hypot(rows_i[window] - r0, cols_i[window] - c0) / max(radius, 0.5)
-        urban[window] |= (dist + 0.3 * tiny[window]) < 1.0
+    urban = _towns(rng, weights, n_towns=n_towns, n_villages=n_villages, res=res, tiny=tiny)
     state[urban & land] = URBAN
     state[lake] = WATER
     state[ocean] = OCEAN
@@ -703,6 +719,114 @@ def _check_config(config: Config) -> None:
         raise ConfigError(f"demo.future_years must not start before {min(h0, f0)}, got {u0}")
 
 
+def _simulate(seed: int, grids, terrain, sim_years: list[int], observed: set[int], bar):
+    """The fine maps of every simulated year: (coarse group fractions per year, the
+    observed years' GeoTIFF bytes, the land pixels per coarse cell, the landscape)."""
+    scape, state = _landscape(seed, grids, terrain)
+    dynamics = _rng(seed, "dynamics")
+    group_seq = []
+    tiffs: dict[int, bytes] = {}
+    land_count = None
+    for i, year in enumerate(sim_years):
+        if i > 0:
+            state = _step(state, year, scape, dynamics)
+        groups, land_count = _aggregate(state, grids.factor)
+        group_seq.append(groups)
+        if year in observed:
+            tiffs[year] = _geotiff_bytes(state, crs=CRS.from_epsg(4326),
+                                         transform=grids.fine.transform, nodata=NODATA,
+                                         colormap=HILDA_COLORS)
+        bar.update(1)
+    return np.stack(group_seq), tiffs, land_count, scape
+
+
+def _write_fine_maps(fine, tiffs: dict[int, bytes], written: list[Path], bar) -> None:
+    """The observed maps: one zip archive (HILDA+'s) or one GeoTIFF per year."""
+    archive = Path(fine.archive) if fine.archive else None
+    if archive is not None:
+        with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+            for year in sorted(tiffs):
+                info = zipfile.ZipInfo(fine.pattern.format(year=year), date_time=ZIP_DATE)
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, tiffs[year])
+        written.append(archive)
+    else:
+        for year in sorted(tiffs):
+            path = Path(fine.pattern.format(year=year))
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(tiffs[year])
+            written.append(path)
+    bar.update(1)
+
+
+def _write_scenario(name: str, path: Path, *, seed: int, grids, groups_all, splits, ocean_cells,
+                    first: int, last: int, future: tuple[int, int], names: list[str]) -> None:
+    """One scenario: the simulated (observed) sequence, then the scenario's trend."""
+    u0, u1 = future
+    extra = max(0, u1 - last)
+    family = _scenario_family(name)
+    mod_rng = _rng(seed, f"scenario:{name}")
+    modulation = np.stack([
+        (1.0 + 0.5 * _smooth_noise(mod_rng, grids.coarse.shape, 2.0)).clip(0.2, 1.8)
+        for _ in SCENARIO_FLOWS[family]
+    ])
+    tail = _extend(groups_all[-1], extra, family, modulation) if extra else groups_all[:0]
+    seq = np.concatenate([groups_all, tail])
+    seq_years = list(range(first, last + extra + 1))
+    variables = _luh_variables(seq, seq_years, splits, ocean_cells)
+    idx = [seq_years.index(y) for y in range(u0, u1 + 1)]
+    _write_luh_netcdf(path, grids.coarse, years=list(range(u0, u1 + 1)), time_origin=u0,
+                      variables={n: variables[n][idx] for n in names},
+                      title=f"ai4land demo world: LUH2-style future states, {name} ({family})")
+
+
+def _write_luh_static(path: Path, *, grids, scape, groups_all, land_count, ocean_cells) -> None:
+    """LUH2's static data: water/ice fraction, cell area, natural forest fraction."""
+    natural_forest = (scape.pnv == FOREST) & scape.land
+    forest_nat = _block_sum(natural_forest, grids.factor) / np.maximum(land_count, 1)
+    lat_n = grids.coarse.lat + grids.coarse.res / 2
+    lat_s = grids.coarse.lat - grids.coarse.res / 2
+    carea = (EARTH_RADIUS_KM**2 * math.radians(grids.coarse.res)
+             * (np.sin(np.radians(lat_n)) - np.sin(np.radians(lat_s))))
+    carea = np.repeat(carea[:, None], grids.coarse.width, axis=1)
+    static_vars = {
+        "icwtr": np.where(ocean_cells, FILL, groups_all[0, _G_WATER]).astype("float32"),
+        "carea": carea.astype("float32"),
+        "fstnf": np.where(ocean_cells, FILL, forest_nat).astype("float32"),
+    }
+    _write_luh_netcdf(path, grids.coarse, years=None, time_origin=None, variables=static_vars,
+                      title="ai4land demo world: LUH2-style static data")
+
+
+def _write_static_layer(layer, *, seed: int, grids, terrain) -> Path:
+    """One static raster on its own grid: NetCDF (ETOPO-like) or an IGH GeoTIFF."""
+    field = grids.field
+    path = Path(layer.path)
+    name = layer.name.lower()
+    if name.startswith(("elev", "topo", "dem", "height")):
+        source, long_name, units = terrain.elevation, "surface elevation", "m"
+    elif name.startswith("clay"):
+        source, long_name, units = terrain.clay, "clay content 0-5 cm", "g/kg"
+    else:
+        extra_rng = _rng(seed, f"static:{layer.name}")
+        source = 100.0 + 50.0 * _smooth_noise(extra_rng, field.shape, 0.2 / field.res)
+        long_name, units = layer.name, "1"
+
+    def values_fn(lon, lat, source=source):
+        return _sample(source, field, lon, lat, order=1)
+
+    if path.suffix.lower() in (".nc", ".nc4", ".netcdf"):
+        _write_etopo(path, layer.variable or "z", values_fn, grids, long_name=long_name,
+                     units=units)
+    else:
+        def ocean_fn(lon, lat):
+            return _sample(terrain.ocean.astype("uint8"), field, lon, lat, order=0) > 0
+
+        _write_igh_tiff(path, values_fn, grids, ocean_fn)
+    return path
+
+
 def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
     """Write the synthetic raw inputs described by ``config``; return the paths written.
 
@@ -715,10 +839,8 @@ def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
     datasets = config.datasets
     f0, f1 = datasets.fine.years
     h0, h1 = config.demo.historical_years
-    u0, u1 = config.demo.future_years
     first, last = min(h0, f0), max(h1, f1)
     sim_years = list(range(first, last + 1))
-    observed = set(range(f0, f1 + 1))
     scenarios = dict(datasets.coarse.scenarios)
     n_files = 2 + len(scenarios) + bool(datasets.coarse.static) + len(datasets.static)
     bar = tqdm(total=len(sim_years) + n_files, desc="demo world", unit="step",
@@ -731,42 +853,11 @@ def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
 
     try:
         terrain = _terrain(seed, grids)
-        scape, state = _landscape(seed, grids, terrain)
-        dynamics = _rng(seed, "dynamics")
-        group_seq = []
-        tiffs: dict[int, bytes] = {}
-        land_count = None
-        for i, year in enumerate(sim_years):
-            if i > 0:
-                state = _step(state, year, scape, dynamics)
-            groups, land_count = _aggregate(state, grids.factor)
-            group_seq.append(groups)
-            if year in observed:
-                tiffs[year] = _geotiff_bytes(state, crs=CRS.from_epsg(4326),
-                                             transform=grids.fine.transform, nodata=NODATA,
-                                             colormap=HILDA_COLORS)
-            bar.update(1)
-        groups_all = np.stack(group_seq)
+        groups_all, tiffs, land_count, scape = _simulate(seed, grids, terrain, sim_years,
+                                                         set(range(f0, f1 + 1)), bar)
         ocean_cells = land_count == 0
         splits = _splits(seed, grids, terrain)
-
-        # Fine maps.
-        archive = Path(datasets.fine.archive) if datasets.fine.archive else None
-        if archive is not None:
-            with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w") as zf:
-                for year in sorted(tiffs):
-                    info = zipfile.ZipInfo(datasets.fine.pattern.format(year=year), date_time=ZIP_DATE)
-                    info.compress_type = zipfile.ZIP_STORED
-                    info.external_attr = 0o644 << 16
-                    zf.writestr(info, tiffs[year])
-            done(archive)
-        else:
-            for year in sorted(tiffs):
-                path = Path(datasets.fine.pattern.format(year=year))
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(tiffs[year])
-                written.append(path)
-            bar.update(1)
+        _write_fine_maps(datasets.fine, tiffs, written, bar)
 
         # Historical coarse states.
         hist_idx = [sim_years.index(y) for y in range(h0, h1 + 1)]
@@ -779,71 +870,18 @@ def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
                           title="ai4land demo world: LUH2-style historical land-use states")
         done(path)
 
-        # Scenarios: the simulated (observed) sequence, then a scenario trend.
-        extra = max(0, u1 - last)
         for name, file in scenarios.items():
-            family = _scenario_family(name)
-            mod_rng = _rng(seed, f"scenario:{name}")
-            modulation = np.stack([
-                (1.0 + 0.5 * _smooth_noise(mod_rng, grids.coarse.shape, 2.0)).clip(0.2, 1.8)
-                for _ in SCENARIO_FLOWS[family]
-            ])
-            tail = _extend(groups_all[-1], extra, family, modulation) if extra else groups_all[:0]
-            seq = np.concatenate([groups_all, tail])
-            seq_years = list(range(first, last + extra + 1))
-            variables = _luh_variables(seq, seq_years, splits, ocean_cells)
-            idx = [seq_years.index(y) for y in range(u0, u1 + 1)]
-            path = Path(file)
-            _write_luh_netcdf(path, grids.coarse, years=list(range(u0, u1 + 1)), time_origin=u0,
-                              variables={n: variables[n][idx] for n in names},
-                              title=f"ai4land demo world: LUH2-style future states, {name} ({family})")
-            done(path)
-
-        # LUH2 static data.
+            _write_scenario(name, Path(file), seed=seed, grids=grids, groups_all=groups_all,
+                            splits=splits, ocean_cells=ocean_cells, first=first, last=last,
+                            future=tuple(config.demo.future_years), names=names)
+            done(Path(file))
         if datasets.coarse.static:
-            natural_forest = (scape.pnv == FOREST) & scape.land
-            forest_nat = _block_sum(natural_forest, grids.factor) / np.maximum(land_count, 1)
-            lat_n = grids.coarse.lat + grids.coarse.res / 2
-            lat_s = grids.coarse.lat - grids.coarse.res / 2
-            carea = (EARTH_RADIUS_KM**2 * math.radians(grids.coarse.res)
-                     * (np.sin(np.radians(lat_n)) - np.sin(np.radians(lat_s))))
-            carea = np.repeat(carea[:, None], grids.coarse.width, axis=1)
-            static_vars = {
-                "icwtr": np.where(ocean_cells, FILL, groups_all[0, _G_WATER]).astype("float32"),
-                "carea": carea.astype("float32"),
-                "fstnf": np.where(ocean_cells, FILL, forest_nat).astype("float32"),
-            }
             path = Path(datasets.coarse.static)
-            _write_luh_netcdf(path, grids.coarse, years=None, time_origin=None, variables=static_vars,
-                              title="ai4land demo world: LUH2-style static data")
+            _write_luh_static(path, grids=grids, scape=scape, groups_all=groups_all,
+                              land_count=land_count, ocean_cells=ocean_cells)
             done(path)
-
-        # Static rasters on their own grids.
-        field = grids.field
         for layer in datasets.static:
-            path = Path(layer.path)
-            name = layer.name.lower()
-            if name.startswith(("elev", "topo", "dem", "height")):
-                source, long_name, units = terrain.elevation, "surface elevation", "m"
-            elif name.startswith("clay"):
-                source, long_name, units = terrain.clay, "clay content 0-5 cm", "g/kg"
-            else:
-                extra_rng = _rng(seed, f"static:{layer.name}")
-                source = 100.0 + 50.0 * _smooth_noise(extra_rng, field.shape, 0.2 / field.res)
-                long_name, units = layer.name, "1"
-
-            def values_fn(lon, lat, source=source):
-                return _sample(source, field, lon, lat, order=1)
-
-            if path.suffix.lower() in (".nc", ".nc4", ".netcdf"):
-                _write_etopo(path, layer.variable or "z", values_fn, grids, long_name=long_name,
-                             units=units)
-            else:
-                def ocean_fn(lon, lat):
-                    return _sample(terrain.ocean.astype("uint8"), field, lon, lat, order=0) > 0
-
-                _write_igh_tiff(path, values_fn, grids, ocean_fn)
-            done(path)
+            done(_write_static_layer(layer, seed=seed, grids=grids, terrain=terrain))
     finally:
         bar.close()
     return written
