@@ -182,6 +182,48 @@ def block_composition(codes: np.ndarray, land_mask: np.ndarray, *, block_size: i
     return out
 
 
+def _block_land(land_mask: np.ndarray, block_size: int) -> np.ndarray:
+    """(n_rows, n_cols) land share of each block (edge blocks: of their pixels)."""
+    height, width = land_mask.shape
+    n_rows = -(-height // block_size)
+    n_cols = -(-width // block_size)
+    land = np.zeros((n_rows, n_cols))
+    for r in range(n_rows):
+        for c in range(n_cols):
+            rows = slice(r * block_size, (r + 1) * block_size)
+            land[r, c] = land_mask[rows, c * block_size : (c + 1) * block_size].mean()
+    return land
+
+
+def _dominant_classes(composition: np.ndarray | None, classes: list[int] | None,
+                      shape: tuple[int, int]) -> np.ndarray:
+    """The most common class of each block (-1: none, or no composition given)."""
+    dominant = np.full(shape, -1, dtype="int64")
+    if composition is not None:
+        if classes is None or composition.shape != (*shape, len(classes)):
+            raise ValueError(f"block composition needs shape {shape} + (classes,), "
+                             f"got {composition.shape}")
+        has_class = composition.sum(axis=-1) > 0
+        dominant[has_class] = np.asarray(classes)[composition.argmax(axis=-1)[has_class]]
+    return dominant
+
+
+def _test_roles(land: np.ndarray, test_cells: np.ndarray, buffer: int) -> np.ndarray:
+    """Roles with the test blocks set: test, a ring of ``buffer`` blocks around each,
+    ocean (no land), train elsewhere."""
+    n_rows, n_cols = land.shape
+    roles = np.full((n_rows, n_cols), "train", dtype=object)
+    roles[land == 0] = "ocean"
+    for r, c in test_cells:
+        r0, r1 = max(r - buffer, 0), min(r + buffer + 1, n_rows)
+        c0, c1 = max(c - buffer, 0), min(c + buffer + 1, n_cols)
+        region = roles[r0:r1, c0:c1]
+        region[region == "train"] = "buffer"
+    for r, c in test_cells:
+        roles[r, c] = "test"
+    return roles
+
+
 def make_split(
     land_mask: np.ndarray,
     *,
@@ -207,20 +249,9 @@ def make_split(
     ``min_land_fraction``.
     """
     height, width = land_mask.shape
-    n_rows = -(-height // block_size)
-    n_cols = -(-width // block_size)
-    land = np.zeros((n_rows, n_cols))
-    for r in range(n_rows):
-        for c in range(n_cols):
-            tile = land_mask[r * block_size : (r + 1) * block_size, c * block_size : (c + 1) * block_size]
-            land[r, c] = tile.mean()
-    dominant = np.full((n_rows, n_cols), -1, dtype="int64")
-    if composition is not None:
-        if classes is None or composition.shape != (n_rows, n_cols, len(classes)):
-            raise ValueError(f"block composition needs shape {(n_rows, n_cols)} + (classes,), "
-                             f"got {composition.shape}")
-        has_class = composition.sum(axis=-1) > 0
-        dominant[has_class] = np.asarray(classes)[composition.argmax(axis=-1)[has_class]]
+    land = _block_land(land_mask, block_size)
+    n_rows, n_cols = land.shape
+    dominant = _dominant_classes(composition, classes, (n_rows, n_cols))
     candidates = np.argwhere(land >= min_land_fraction)
     test_candidates = np.argwhere(land >= max(min_test_land_fraction, min_land_fraction))
     if n_test > len(test_candidates):
@@ -232,15 +263,7 @@ def make_split(
     test_idx = stratified_sampling(test_candidates.astype(float),
                                    dominant[tuple(test_candidates.T)], n_test, rng=rng)
     test_cells = test_candidates[test_idx]
-    roles = np.full((n_rows, n_cols), "train", dtype=object)
-    roles[land == 0] = "ocean"
-    for r, c in test_cells:
-        r0, r1 = max(r - buffer, 0), min(r + buffer + 1, n_rows)
-        c0, c1 = max(c - buffer, 0), min(c + buffer + 1, n_cols)
-        region = roles[r0:r1, c0:c1]
-        region[region == "train"] = "buffer"
-    for r, c in test_cells:
-        roles[r, c] = "test"
+    roles = _test_roles(land, test_cells, buffer)
     remaining = np.array([(r, c) for r, c in candidates if roles[r, c] == "train"], dtype=float)
     val_idx = farthest_point_sampling(
         remaining, min(n_val, max(len(remaining) - 1, 0)), rng=rng, exclude=test_cells.astype(float)
