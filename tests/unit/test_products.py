@@ -14,7 +14,7 @@ from ai4land.config import ClassesConfig
 from ai4land.encoding import dequantise, quantise
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
-from ai4land.io.cog import validate_cog, write_cog, write_probability_cogs
+from ai4land.io.cog import codes_present, validate_cog, write_cog, write_probability_cogs
 from ai4land.io.zarr_store import init_store, read_year, write_year
 
 LEGEND = ClassesConfig().legend
@@ -68,6 +68,13 @@ def test_cog_rejects_unknown_codes(tmp_path):
     with pytest.raises(ValueError, match="42"):
         write_cog(tmp_path / "bad.tif", codes, GRID, legend=LEGEND)
     assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="300"):  # not uint8: named as it is
+        write_cog(tmp_path / "bad.tif", codes.astype("int64") + 258, GRID, legend=LEGEND)
+
+
+def test_codes_present_marks_each_code_that_occurs():
+    codes = np.array([[0, 11, 11], [99, 255, 11]], dtype="uint8")[:, ::2]  # a strided view
+    assert np.flatnonzero(codes_present(codes)).tolist() == [0, 11, 99]
 
 
 def test_validate_cog_flags_plain_geotiff(tmp_path):

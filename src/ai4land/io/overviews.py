@@ -50,6 +50,28 @@ def source_windows(n_source: int, n_target: int) -> tuple[np.ndarray, ...]:
     return start, stop, first_weight, last_weight
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mode4(a, b, c, d, nodata):  # pragma: no cover - compiled
+    """MODE of four pixels in scan order, as :func:`_mode_rows` counts them (the first
+    value to reach the highest count wins; nodata left out, all nodata gives nodata)."""
+    best, best_count = nodata, 0
+    if a != nodata:
+        best, best_count = a, 1
+    if b != nodata:
+        n = 1 + (b == a)
+        if n > best_count:
+            best, best_count = b, n
+    if c != nodata:
+        n = 1 + (c == a) + (c == b)
+        if n > best_count:
+            best, best_count = c, n
+    if d != nodata:
+        n = 1 + (d == a) + (d == b) + (d == c)
+        if n > best_count:
+            best = d
+    return best
+
+
 @numba.njit(cache=True, nogil=True)
 def _mode_rows(source, rows, cols, nodata, out):  # pragma: no cover - compiled
     """MODE: ``out[i, j]`` from ``source[rows[0][i]:rows[1][i], cols[0][j]:cols[1][j]]``."""
@@ -58,6 +80,11 @@ def _mode_rows(source, rows, cols, nodata, out):  # pragma: no cover - compiled
     col_start, col_stop = cols[0], cols[1]
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
+            y0, x0 = row_start[i], col_start[j]
+            if row_stop[i] - y0 == 2 and col_stop[j] - x0 == 2:  # most windows: 2 x 2
+                out[i, j] = _mode4(source[y0, x0], source[y0, x0 + 1], source[y0 + 1, x0],
+                                   source[y0 + 1, x0 + 1], nodata)
+                continue
             best, best_count = -1, 0
             for y in range(row_start[i], row_stop[i]):
                 for x in range(col_start[j], col_stop[j]):
