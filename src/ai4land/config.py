@@ -243,6 +243,13 @@ class TrainConfig(_Section):
     change_balanced: Fraction = 0.0
     # false: no sample has a prior (single-year data, or a model without the prior).
     prior: bool = True
+    # Demand channels (issue 19): per coarse group, the cell's harmonisation target minus
+    # the prior map's group fractions (the change the allocation will make), upsampled
+    # like the coarse channels (ai4land.predict.demand). Needs the prior; the model card
+    # lists them (demand:<group>), so models without them still load.
+    demand: bool = False
+    # Loss weight of the pixels whose class differs from the prior's (1: plain mean).
+    change_weight: PositiveFloat = 1.0
     # Input groups zeroed inside the model (ablation); the channel layout is unchanged.
     drop_inputs: list[InputGroup] = []
     # Input group -> probability that a training sample (not validation) has that group's
@@ -273,6 +280,9 @@ class TrainConfig(_Section):
         if both:
             raise ValueError(f"input_dropout lists {both}, which drop_inputs (or prior: false) "
                              "already zeroes; list a group in one of them only")
+        if self.demand and not self.uses_prior:
+            raise ValueError("demand channels are the change against the prior; they need "
+                             "the prior (prior true, 'prior' not in drop_inputs)")
         if self.change_balanced > 0 and not self.uses_prior:
             raise ValueError("change_balanced weights samples by prior -> target change; "
                              "it needs the prior (prior true, 'prior' not in drop_inputs)")

@@ -205,6 +205,50 @@ def test_model_with_other_inputs_is_refused(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_model_with_demand_channels_sees_the_years_demand(world, tmp_path, monkeypatch):
+    """A model trained with train.demand gets, in a chain year, the finaliser's demand
+    against the chain's previous map (here the observed anchor map); one without gets
+    none; a demand model on a config whose groups differ is refused by name."""
+    import ai4land.predict.run as predict_run
+    from ai4land.predict.finalise import Finaliser
+    from ai4land.predict.harmonize import class_groups, offset_weight
+
+    root, config = world
+    cube = Cube.from_config(config)
+    predicted = list(config.classes.predicted)
+    groups = class_groups(config.datasets.coarse.groups, predicted)
+    names = input_channel_names(cube, predicted, demand=groups.names)
+    model = UNet(len(names), len(predicted), base_channels=4, depth=2)
+    save_model(tmp_path / "m", model, ModelCard(input_channels=names, classes=predicted,
+                                                architecture=model.config, tile_size=32))
+    seen = []
+    original = predict_run.probability_bands
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("demand"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_run, "probability_bands", spy)
+    run_predict(config, scenario="ssp126", year=1966, model_dir=tmp_path / "m",
+                prior_path=None, output=tmp_path / "a" / "x.tif", store=tmp_path / "s.zarr")
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    finaliser = Finaliser(
+        config, cube=cube, anchor=1965, classes=predicted, groups=groups, layers=["lulc"],
+        weight=offset_weight(1966, 1965, decay_years=config.predict.harmonize_decay_years),
+        cells=cube.coarse_cells("ssp126", 1966, whole),
+        anchor_cells=cube.coarse_cells("historical", 1965, whole))
+    np.testing.assert_array_equal(seen[0], finaliser.demand(cube.target_window(1965, whole)))
+    _job(root, config, "ssp126", 1966)
+    assert seen[1] is None  # the plain model
+    other = config.model_copy(update={"datasets": config.datasets.model_copy(update={
+        "coarse": config.datasets.coarse.model_copy(update={
+            "groups": dict(list(config.datasets.coarse.groups.items())[1:])})})})
+    with pytest.raises(ModelCardError, match="input channel"):
+        run_predict(other, scenario="ssp126", year=1966, model_dir=tmp_path / "m",
+                    prior_path=None, output=tmp_path / "b" / "x.tif",
+                    store=tmp_path / "s2.zarr")
+
+
 def _outputs(out: Path) -> list[Path]:
     return sorted(p for p in out.parent.iterdir() if p.name.startswith(out.stem))
 

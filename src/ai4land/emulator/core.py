@@ -342,13 +342,16 @@ class Emulator:
         from ai4land.models.card import CARD, check_inputs
         from ai4land.device import resolve_device
         from ai4land.predict.inference import weights_digest
-        from ai4land.samples.features import input_channel_names
+        from ai4land.samples.features import demand_groups_of, input_channel_names
 
         self.model, self.card, self.config, self.cube = model, card, config, cube
         self.model_dir = Path(model_dir)
         predicted = list(config.classes.predicted)
+        groups = class_groups(config.datasets.coarse.groups, predicted)
+        self.uses_demand = bool(demand_groups_of(card.input_channels))
         try:
-            check_inputs(card, input_channel_names(cube, predicted))
+            check_inputs(card, input_channel_names(
+                cube, predicted, demand=groups.names if self.uses_demand else ()))
         except ModelCardError as exc:
             raise ModelCardError(f"{self.model_dir / CARD}: {exc} (cube {cube.paths.root}); "
                                  "pass the cube the model was trained on") from None
@@ -550,7 +553,8 @@ class Emulator:
                 config, cube=region, model=self.model, scenario=name, year=year,
                 prior=None if prior is None else (lambda window: prior[window.slices]),
                 direction=direction, device=self.device, progress=progress,
-                coarse_cells=cells, streams=workers, skip_nodata=True)
+                coarse_cells=cells, streams=workers, skip_nodata=True,
+                demand=finalise.demand(prior) if self.uses_demand else None)
             stack.callback(stream.close)
             bands = rebands(stream, multiple=region.factor, height=grid.height,
                             max_rows=band_rows(region.factor, grid.width, workers), parts=workers)

@@ -99,14 +99,34 @@ def plan_sites(config, *, shape: tuple[int, int], factor: int, split: Split) -> 
     return sites
 
 
+def site_demand(finaliser, site: Site, prior: np.ndarray | None, *, factor: int,
+                shape: tuple[int, int]) -> np.ndarray:
+    """(G, cells_y, cells_x) the demand channels of the region's cells
+    (:meth:`~ai4land.predict.finalise.Finaliser.demand`) from ``prior``, the (h, w) class
+    codes of ``site.outer``: exact on the cells of ``site.area`` (whole cells, as predict
+    computes them), from the covered part on the outer ring's cells (context only, as
+    the prior there), 0 elsewhere and without a prior."""
+    hc, wc = -(-shape[0] // factor), -(-shape[1] // factor)
+    out = np.zeros((len(finaliser.groups), hc, wc), dtype="float32")
+    if prior is None:
+        return out
+    cells = _aligned(site.outer, factor, shape, outward=True)
+    codes = np.full((cells.height, cells.width), finaliser.config.classes.nodata, dtype="uint8")
+    codes[site.inside(site.outer, cells)] = prior  # outside the prior: in no group, not counted
+    rows, cols = cells.coarse_slices(factor)
+    out[:, rows, cols] = finaliser.window_demand(cells, codes)
+    return out
+
+
 def site_probabilities(config, *, cube: Cube, model, site: Site, scenario: str, year: int,
                        prior: np.ndarray | None, direction: int, coarse_cells: np.ndarray,
-                       device, seed: int) -> np.ndarray:
+                       device, seed: int, demand: np.ndarray | None = None) -> np.ndarray:
     """(h, w, C) blended probabilities of ``site.outer`` as predict blends them: predict's
-    windows, batches and ensemble; ``prior`` the (h, w) class codes of ``outer``."""
+    windows, batches and ensemble; ``prior`` the (h, w) class codes of ``outer``;
+    ``demand`` the demand channels (:func:`site_demand`) for a model with them."""
     inputs = build_inputs(cube, scenario=scenario, year=year, window=site.outer,
                           predicted=list(config.classes.predicted), prior=prior,
-                          direction=direction, coarse_cells=coarse_cells)
+                          direction=direction, coarse_cells=coarse_cells, demand=demand)
 
     def load_window(window: Window, out: np.ndarray | None = None) -> np.ndarray:
         return inputs[(slice(None), *window.slices)]

@@ -53,7 +53,7 @@ from ai4land.evaluate.baselines import (
     smooth_scores,
 )
 from ai4land.evaluate.bootstrap import BlockBootstrap
-from ai4land.evaluate.chains import Site, plan_sites, site_probabilities
+from ai4land.evaluate.chains import Site, plan_sites, site_demand, site_probabilities
 from ai4land.evaluate.models import (
     ALLOCATION_BASELINES,
     CHAINED,
@@ -75,7 +75,12 @@ from ai4land.predict.harmonize import (
     offset_weight,
 )
 from ai4land.predict.probabilities import ensemble_seed
-from ai4land.samples.features import build_inputs, codes_to_index, input_channel_names
+from ai4land.samples.features import (
+    build_inputs,
+    codes_to_index,
+    demand_groups_of,
+    input_channel_names,
+)
 from ai4land.samples.split import Block, Split, load_split
 
 log = logging.getLogger(__name__)
@@ -93,7 +98,8 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     setup = _Setup.load(config, model_dir=model_dir, split_path=split_path)
     gbm, train_pixels = _fit_gradient_boosting(config, setup)
     runner = _Runner(config, cube=setup.cube, model=setup.model, gbm=gbm, sites=setup.sites,
-                     names=setup.names, classes=setup.classes, blocks=setup.blocks)
+                     names=setup.names, classes=setup.classes, blocks=setup.blocks,
+                     uses_demand=setup.uses_demand)
     tiles: list[dict] = []
     for chain in setup.chains:
         chain_tiles = runner.run(chain)
@@ -133,6 +139,7 @@ class _Setup:
     years: list[int]
     chains: list[Chain]
     sites: list[Site]
+    uses_demand: bool = False  # the model has demand channels (train.demand)
 
     @classmethod
     def load(cls, config, *, model_dir: Path, split_path: Path) -> _Setup:
@@ -146,7 +153,10 @@ class _Setup:
             raise GridError(f"{split_path}: split is for a {split.height}x{split.width} grid, "
                             f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
         model, card = load_model(model_dir)
-        check_inputs(card, input_channel_names(cube, classes))
+        uses_demand = bool(demand_groups_of(card.input_channels))
+        demand = (class_groups(config.datasets.coarse.groups, classes).names if uses_demand
+                  else ())
+        check_inputs(card, input_channel_names(cube, classes, demand=demand))
         observed = cube.target_years
         years = [y for y in split.test_years if y in observed]
         if not years:
@@ -159,7 +169,7 @@ class _Setup:
                      "scores)")
         sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
         return cls(cube=cube, split=split, classes=classes, model=model, years=years,
-                   chains=chains, sites=sites)
+                   chains=chains, sites=sites, uses_demand=uses_demand)
 
     @property
     def single_year(self) -> bool:
@@ -235,8 +245,9 @@ class _Runner:
     """Runs chains over the sites and scores every model's maps."""
 
     def __init__(self, config, *, cube: Cube, model, gbm, sites: list[Site], names,
-                 classes: list[int], blocks: list[dict]):
+                 classes: list[int], blocks: list[dict], uses_demand: bool = False):
         self.config, self.cube, self.model, self.gbm = config, cube, model, gbm
+        self.uses_demand = uses_demand  # the model has demand channels (train.demand)
         self.sites, self.names, self.classes, self.blocks = sites, names, classes, blocks
         self.groups = class_groups(config.datasets.coarse.groups, classes)
         self.code_of = np.asarray(classes, dtype="uint8")
@@ -346,10 +357,12 @@ class _Runner:
             if name not in self.names:
                 continue
             prior = at.prior(name)
+            demand = (site_demand(at.finaliser, site, prior, factor=self.cube.factor,
+                                  shape=self.cube.fine_grid.shape) if self.uses_demand else None)
             probs = site_probabilities(config, cube=self.cube, model=self.model, site=site,
                                        scenario=at.scenario, year=at.year, prior=prior,
                                        direction=at.chain.direction, coarse_cells=at.cells,
-                                       device=self.device, seed=seed)
+                                       device=self.device, seed=seed, demand=demand)
             layers = self._finalise(at, name, probs[at.area], prior)
             if name == "unet":
                 at.maps["unet_raw"] = (layers[..., 2], probs[at.area][..., :k].max(axis=-1))

@@ -32,9 +32,13 @@ from ai4land.predict.harmonize import (
     luh_group_fractions,
     map_group_fractions,
 )
+from ai4land.predict.demand import cell_demand
 from ai4land.predict.layers import map_layers, summarise
 from ai4land.predict.probabilities import PriorReader, nodata_cells
 from ai4land.samples.features import codes_to_index
+
+
+DEMAND_BAND_CELLS = 64  # coarse-cell rows of the prior map read at a time for the demand
 
 
 def chain_direction(scenario: str) -> int:
@@ -206,6 +210,33 @@ class Finaliser:
                                                   factor=self.cube.factor, valid=valid)
         target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
         return target, luh_t
+
+    def window_demand(self, window: Window, prior: np.ndarray) -> np.ndarray:
+        """(G, hc, wc) float32: the demand channels of the cells of ``window`` (whole
+        cells from a cell boundary): the year's target minus the group fractions of the
+        ``prior`` codes (:func:`~ai4land.predict.demand.cell_demand`)."""
+        land = self.cube.land_mask_window(window)
+        valid, _, anchor_codes = self._masks(window, land=land)
+        target, _ = self._targets(window, valid=valid, anchor_codes=anchor_codes)
+        return cell_demand(prior, valid=valid, target=target, groups=self.groups,
+                           factor=self.cube.factor)
+
+    def demand(self, prior: PriorReader | np.ndarray | None) -> np.ndarray:
+        """(G, hc, wc) float32: the demand channels of the region's cells, with the
+        ``prior`` map (a window reader or the region's codes) as the chain's previous
+        map; zeros without a prior. Computed a band of cell rows at a time."""
+        factor = self.cube.factor
+        height, width = self.cube.fine_grid.shape
+        hc, wc = self.cells.shape[1:]
+        out = np.zeros((len(self.groups), hc, wc), dtype="float32")
+        if prior is None:
+            return out
+        for top in range(0, hc, DEMAND_BAND_CELLS):
+            window = Window(top * factor, 0,
+                            min((top + DEMAND_BAND_CELLS) * factor, height) - top * factor, width)
+            codes = prior[window.slices] if isinstance(prior, np.ndarray) else prior(window)
+            out[:, top : top + DEMAND_BAND_CELLS] = self.window_demand(window, codes)
+        return out
 
     def valid(self, window: Window, *, land: np.ndarray) -> np.ndarray:
         """(h, w) bool: the pixels of ``window`` that harmonisation allocates."""

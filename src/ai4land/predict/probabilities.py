@@ -82,12 +82,15 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
                       progress: bool | None = None, coarse_cells: np.ndarray | None = None,
                       streams: int = 1, skip_nodata: bool = False,
+                      demand: np.ndarray | None = None,
                       ) -> tuple[Iterator[tuple[int, np.ndarray]], int, int]:
     """Blended (h, W, C) probability bands of the region, top to bottom; the window count;
     and how many of the windows were skipped.
 
     C is the number of classes, plus the two spread channels of an ensemble.
     ``coarse_cells``: the year's coarse cells of the whole region, if already read.
+    ``demand``: the region's demand channels for a model with them
+    (:meth:`~ai4land.predict.finalise.Finaliser.demand`), ``None`` for one without.
     ``skip_nodata``: windows that touch only no-data coarse cells are not run (see
     :func:`plan_prediction`); their pixels' probabilities are then meaningless, which
     is fine for products that mask them out (:func:`run_predict`).
@@ -106,7 +109,8 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
         return build_inputs(inputs_cube, scenario=scenario, year=year, window=window,
                             predicted=predicted,
                             prior=None if prior_band is None else prior_band(window),
-                            direction=direction, coarse_cells=cells, out=out)
+                            direction=direction, coarse_cells=cells, demand=demand,
+                            out=out)
 
     ensemble = config.predict.ensemble
     stream = stream_probabilities(
@@ -122,12 +126,13 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
 
 def year_probabilities(config, *, cube: Cube, model, scenario: str, year: int,
                        prior: np.ndarray | None, direction: int, device=None,
-                       progress: bool | None = None) -> tuple[np.ndarray, int]:
+                       progress: bool | None = None,
+                       demand: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Blended class probabilities (H, W, K) of the whole region for one year (in memory)."""
     stream, n_windows, _ = probability_bands(
         config, cube=cube, model=model, scenario=scenario, year=year,
         prior=None if prior is None else (lambda window: prior[window.slices]),
-        direction=direction, device=device, progress=progress)
+        direction=direction, device=device, progress=progress, demand=demand)
     k = len(config.classes.predicted)
     return np.concatenate([band[..., :k] for _, band in stream]), n_windows
 

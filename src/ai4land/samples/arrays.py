@@ -53,9 +53,18 @@ class TrainingArrays:
     static_mean: np.ndarray
     static_std: np.ndarray
     cells: np.ndarray
+    # (len(years), 2, G, H / factor, W / factor) float32: the demand channels of each
+    # year with the prior of the year before (0) or after (1), when the model has them
+    # (:func:`ai4land.predict.demand.training_demand`; set by the training loop)
+    demand: np.ndarray | None = None
 
     def __post_init__(self):
         self._year_index = {y: i for i, y in enumerate(self.years)}
+
+    @property
+    def n_demand(self) -> int:
+        """How many demand channels follow the coarse channels (0: none)."""
+        return 0 if self.demand is None else self.demand.shape[2]
 
     def year_index(self, year: int) -> int:
         try:
@@ -69,12 +78,19 @@ class TrainingArrays:
     def static_window(self, window: Window) -> np.ndarray:
         return self.static[(slice(None), *window.slices)]
 
-    def cells_window(self, year: int, window: Window, out: np.ndarray) -> tuple[int, int]:
-        """Fill ``out`` (V, m, n) with the cells under ``window`` from the one holding its
-        first pixel (0 past the grid's last cell); returns the window's pixel offset
-        (row, col) inside that first cell."""
+    def cells_window(self, year: int, window: Window, out: np.ndarray,
+                     direction: int | None = None) -> tuple[int, int]:
+        """Fill ``out`` (V [+ G], m, n) with the cells under ``window`` from the one
+        holding its first pixel (0 past the grid's last cell), then the demand channels
+        of ``direction`` when the arrays have them (0 for ``None``: no prior); returns
+        the window's pixel offset (row, col) inside that first cell."""
         rows, cols = window.coarse_slices(self.factor)
-        cells = self.cells[self.year_index(year), :, rows, cols]
+        i = self.year_index(year)
+        cells = self.cells[i, :, rows, cols]
+        if self.demand is not None:
+            demand = (np.zeros_like(self.demand[i, 0, :, rows, cols]) if direction is None
+                      else self.demand[i, 0 if direction > 0 else 1, :, rows, cols])
+            cells = np.concatenate([cells, demand])
         out[:, : cells.shape[1], : cells.shape[2]] = cells
         out[:, cells.shape[1]:] = 0.0
         out[:, :, cells.shape[2]:] = 0.0

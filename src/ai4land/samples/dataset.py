@@ -86,7 +86,8 @@ class WindowDataset(Dataset):
     Each item: ``target`` and ``prior`` uint8 (h, w) class codes (the prior all 0 when
     the sample has none); ``static`` float32 (S, h, w) as stored; ``cells`` float32
     (V, m, n) the coarse cells from the one holding the window's first pixel (0 past
-    the last), ``cell_offset`` int64 (2,) the window's offset in that cell;
+    the last; then the demand channels when the arrays have them, 0 without a prior),
+    ``cell_offset`` int64 (2,) the window's offset in that cell;
     ``has_prior`` bool; ``prior_hidden`` (pixels hidden from the prior, ``NO_MASK`` to
     show it whole), ``mask_blocks`` int64 (K, 2) hidden blocks' corners (-1 past the
     drawn ones), ``mask_key``; ``inputs_zeroed`` bool (len(INPUT_GROUPS),) the groups
@@ -174,9 +175,11 @@ class WindowDataset(Dataset):
         else:
             prior = np.zeros(shape, dtype="uint8")
         factor = self.arrays.factor
-        cells = np.empty((self.arrays.cells.shape[1], cells_per_window(shape[0], factor),
+        cells = np.empty((self.arrays.cells.shape[1] + self.arrays.n_demand,
+                          cells_per_window(shape[0], factor),
                           cells_per_window(shape[1], factor)), dtype="float32")
-        offset = self.arrays.cells_window(spec.year, window, cells)
+        offset = self.arrays.cells_window(spec.year, window, cells,
+                                          direction=spec.direction if has_prior else None)
         turns, flip = self.symmetry(spec)
         return {
             "target": np.ascontiguousarray(self.arrays.target_window(spec.year, window)),

@@ -3,7 +3,10 @@
 Channel order (recorded in the model card, checked at predict time):
 
 1. coarse variables, then the coarse water fraction, upsampled from their cells
-   (NaN, i.e. ocean or missing, read as 0);
+   (NaN, i.e. ocean or missing, read as 0); then, for a model trained with
+   ``train.demand``, one demand channel per coarse group (``demand:<group>``: the
+   harmonisation target minus the prior's group fractions of the cell,
+   :mod:`ai4land.predict.demand`), upsampled the same way;
 2. static features, normalised;
 3. the prior: one-hot over the predicted classes, then a "prior known" channel;
 4. the chain direction: +1 forward (prior from the previous year), -1 backward.
@@ -15,9 +18,13 @@ on the training device, the same channels batched as tensor operations.
 Channels form three input groups (``input_groups``): ``coarse``, ``static`` and
 ``prior`` (the prior channels and the direction). A model trained without a group
 zeroes its channels itself (``UNet(zero_channels=...)``), so the layout never changes.
+The demand channels count as ``coarse`` and are zeroed with ``prior`` too (the demand
+is defined against the prior).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -29,6 +36,7 @@ from ai4land.io.cube import Cube, cell_indices, upsample_cells
 
 IGNORE_INDEX = -1
 INPUT_GROUPS = ("coarse", "static", "prior")
+DEMAND_PREFIX = "demand:"
 
 
 def class_lookup(predicted: list[int]) -> np.ndarray:
@@ -42,9 +50,12 @@ def codes_to_index(codes: np.ndarray, predicted: list[int]) -> np.ndarray:
     return class_lookup(predicted)[codes]
 
 
-def input_channel_names(cube: Cube, predicted: list[int]) -> list[str]:
+def input_channel_names(cube: Cube, predicted: list[int], demand: Sequence[str] = ()) -> list[str]:
+    """The input channels' names; ``demand``: the coarse groups of the demand channels
+    (none for a model without them)."""
     return (
         [f"coarse:{name}" for name in cube.coarse_channel_names]
+        + [f"{DEMAND_PREFIX}{name}" for name in demand]
         + [f"static:{name}" for name in cube.static_names]
         + [f"prior:{code}" for code in predicted]
         + ["prior:known", "direction"]
@@ -68,16 +79,28 @@ def input_normalisation(cube: Cube) -> dict:
 
 
 def channel_group(name: str) -> str:
-    """The input group of a channel name from ``input_channel_names``."""
+    """The input group of a channel name from ``input_channel_names`` (demand channels:
+    ``coarse``; :func:`group_channels` zeroes them with ``prior`` too)."""
+    if name.startswith(DEMAND_PREFIX):
+        return "coarse"
     return "prior" if name == "direction" else name.split(":", 1)[0]
 
 
+def demand_groups_of(channel_names: Sequence[str]) -> list[str]:
+    """The coarse groups of the demand channels among ``channel_names`` (a model card's)."""
+    return [n[len(DEMAND_PREFIX):] for n in channel_names if n.startswith(DEMAND_PREFIX)]
+
+
 def group_channels(channel_names: list[str], groups) -> list[int]:
-    """Indices of the channels that belong to ``groups`` (names from ``INPUT_GROUPS``)."""
+    """Indices of the channels that belong to ``groups`` (names from ``INPUT_GROUPS``);
+    the demand channels belong to ``coarse`` and to ``prior``."""
     unknown = sorted(set(groups) - set(INPUT_GROUPS))
     if unknown:
         raise ValueError(f"unknown input group(s) {unknown}; use {list(INPUT_GROUPS)}")
-    return [i for i, name in enumerate(channel_names) if channel_group(name) in set(groups)]
+    groups = set(groups)
+    return [i for i, name in enumerate(channel_names)
+            if channel_group(name) in groups
+            or (name.startswith(DEMAND_PREFIX) and "prior" in groups)]
 
 
 def prior_channels(
@@ -110,9 +133,14 @@ def build_inputs(
     direction: int,
     prior_keep: np.ndarray | None = None,
     coarse_cells: np.ndarray | None = None,
+    demand: np.ndarray | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``.
+
+    ``demand``: (G, cells_y, cells_x) the demand of the *whole* region's cells
+    (:mod:`ai4land.predict.demand`; zeros without a prior) for a model with demand
+    channels, ``None`` for a model without them.
 
     ``coarse_cells``: the cube's coarse cells of the *whole* region for (scenario, year)
     (``cube.coarse_cells(scenario, year, whole)``) when the caller holds them; saves
@@ -125,6 +153,9 @@ def build_inputs(
     else:
         rows, cols = window.coarse_slices(cube.factor)
         cells = coarse_cells[:, rows, cols]
+    if demand is not None:
+        rows, cols = window.coarse_slices(cube.factor)
+        cells = np.concatenate([cells, demand[:, rows, cols].astype("float32", copy=False)])
     static = cube.static_window(window)
     n_coarse, n_static = len(cells), len(static)
     shape = (n_coarse + n_static + len(predicted) + 2, window.height, window.width)
@@ -259,7 +290,8 @@ class BatchInputs:
     read as 0; static features normalised; the prior one-hot with hidden pixels
     unknown; the direction), then the drawn input groups zeroed and each sample turned
     by its drawn symmetry (``augment``). Returns ``inputs`` float32 (B, C, h, w),
-    ``target`` int64 (B, h, w) class indices (-1 ignored), ``prior_keep_fraction`` (B,)
+    ``target`` int64 (B, h, w) class indices (-1 ignored), ``changed`` bool (B, h, w)
+    where the target's class differs from the prior's, ``prior_keep_fraction`` (B,)
     (0 without a prior), ``inputs_zeroed`` (B, len(INPUT_GROUPS)) and the items'
     ``year``, ``direction``, ``row``, ``col``, ``index``.
     """
@@ -282,7 +314,8 @@ class BatchInputs:
            augment: bool = False) -> BatchInputs:
         """For batches of :class:`~ai4land.samples.arrays.TrainingArrays` windows."""
         return cls(predicted=predicted, factor=arrays.factor, static_mean=arrays.static_mean,
-                   static_std=arrays.static_std, n_coarse=arrays.cells.shape[1],
+                   static_std=arrays.static_std,
+                   n_coarse=arrays.cells.shape[1] + arrays.n_demand,
                    prior_mask=prior_mask, augment=augment)
 
     def _on(self, device) -> dict:
@@ -321,8 +354,11 @@ class BatchInputs:
                           shape=(height, width), block_size=self.prior_mask.block_size,
                           order=self._orders[height * width, device])
         keep &= has_prior[:, None, None]
-        prior = k["lookup"][prior_codes.long()].masked_fill_(~keep, IGNORE_INDEX)
+        prior = k["lookup"][prior_codes.long()]
         target = k["lookup"][codes.long()]
+        # pixels whose class differs from the prior's (hidden or not): train.change_weight
+        changed = (prior != target) & (prior >= 0) & has_prior[:, None, None]
+        prior.masked_fill_(~keep, IGNORE_INDEX)
         static = get("static")
         if self.augment:
             if height != width:
@@ -330,7 +366,8 @@ class BatchInputs:
             if (height, device) not in self._sources:
                 self._sources[height, device] = _symmetry_sources(height, device)
             source = self._sources[height, device][get("symmetry")]
-            prior, target, static = (_take(x, source) for x in (prior, target, static))
+            prior, target, static, changed = (_take(x, source)
+                                              for x in (prior, target, static, changed))
             cell_index = cell_index.gather(1, source)
         n_static, n_classes = static.shape[1], len(self.predicted)
         first_prior = self.n_coarse + n_static
@@ -352,6 +389,7 @@ class BatchInputs:
         return {
             "inputs": inputs,
             "target": target,
+            "changed": changed,
             "prior_keep_fraction": torch.where(has_prior, fraction, 0.0),
             "inputs_zeroed": zeroed,
             **{key: batch[key] for key in ("year", "direction", "row", "col", "index")},

@@ -65,6 +65,8 @@ from ai4land.io.cube import Cube
 from ai4land.io.prefetch import Prefetch
 from ai4land.models.card import ModelCard, code_version, save_model
 from ai4land.models.unet import UNet
+from ai4land.predict.demand import training_demand
+from ai4land.predict.harmonize import class_groups
 from ai4land.samples.arrays import TrainingArrays
 from ai4land.samples.dataset import WindowDataset
 from ai4land.samples.features import (
@@ -316,7 +318,10 @@ def _built(loader, inputs: BatchInputs, device: torch.device, precision: Precisi
         yield inputs(raw, device, channels_last=precision.channels_last)
 
 
-def _batch_stats(model, batch, *, device, precision, num_classes, confusion=False):
+def _batch_stats(model, batch, *, device, precision, num_classes, confusion=False,
+                 change_weight: float = 1.0):
+    """The batch's summed loss (pixels whose class differs from the prior's weighted by
+    ``change_weight``), [loss, valid pixels, correct pixels] and the confusion matrix."""
     inputs = batch["inputs"].to(device, non_blocking=True)
     if precision.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -326,7 +331,12 @@ def _batch_stats(model, batch, *, device, precision, num_classes, confusion=Fals
     with context:
         logits = model(inputs)
     logits = logits.float()
-    loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    if change_weight == 1.0:
+        loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        losses = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+        changed = batch["changed"].to(device, non_blocking=True)
+        loss_sum = (losses * (1.0 + (change_weight - 1.0) * changed.float())).sum()
     valid = target != IGNORE_INDEX
     pred = logits.detach().argmax(1)
     stats = torch.stack([
@@ -520,10 +530,18 @@ def _load_data(config, *, info: DistInfo, device, split_path, per_rank: int) -> 
             f"{cube.fine_grid.height}x{cube.fine_grid.width}; run `ai4land split` again"
         )
     predicted = list(config.classes.predicted)
-    channels = input_channel_names(cube, predicted)
+    groups = class_groups(config.datasets.coarse.groups, predicted)
+    channels = input_channel_names(cube, predicted,
+                                   demand=groups.names if train_cfg.demand else ())
     years = [y for y in split.train_years if y in cube.target_years]
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
     arrays = _training_arrays(cube, years, train_cfg.cache_dir, info)
+    if train_cfg.demand:  # the change each cell makes, as a chain's allocation sees it
+        arrays.demand = training_demand(
+            arrays.target, arrays.cells, arrays.years, land=land_mask, groups=groups,
+            channel_names=cube.coarse_channel_names, n_variables=len(cube.coarse_variables),
+            factor=cube.factor, nodata=config.classes.nodata,
+            decay_years=config.predict.harmonize_decay_years)
     planner = _train_planner(config, cube, split.role_mask("train"), years=years,
                              predicted=predicted, land_mask=land_mask)
     val_mask = split.role_mask("val")
@@ -802,7 +820,8 @@ class _Trainer:
         state, world = self.state, self.info.world_size
         loss_sum, stats, _ = _batch_stats(self.model, batch, device=self.device,
                                           precision=self.precision,
-                                          num_classes=self.data.num_classes)
+                                          num_classes=self.data.num_classes,
+                                          change_weight=self.cfg.change_weight)
         _all_reduce(stats, self.info)
         global_valid = max(float(stats[1]), 1.0)
         # DDP averages gradients over ranks: scale so the result is the global mean.
