@@ -485,3 +485,49 @@ def test_cube_reads_windows_past_xarray_only_when_values_are_unchanged(world, tm
     packed.to_zarr(tmp_path / "packed.zarr", zarr_format=2, consolidated=False)
     opened = xr.open_zarr(tmp_path / "packed.zarr", chunks=None, consolidated=False)
     assert _direct_array(tmp_path / "packed.zarr", opened["v"]) is None
+
+
+def test_predict_inputs_built_on_the_device_equal_the_per_window_inputs(world):
+    """What a GPU job builds on the device from raw arrays (``DeviceInputs``, here on the
+    CPU) equals ``build_inputs`` window by window: windows not aligned to coarse cells,
+    ocean (NaN) cells, both directions, with and without a prior; and a stream built that
+    way blends to the same probabilities as one built window by window."""
+    from ai4land.grid import Window
+    from ai4land.predict.inference import plan_windows, predict_probabilities
+    from ai4land.predict.probabilities import DeviceInputs
+    from ai4land.samples.features import build_inputs
+
+    config, cube, _, _ = world
+    predicted = list(config.classes.predicted)
+    year = cube.target_years[0]
+    scenario = cube.scenario_for_year(year)
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    cells = cube.coarse_cells(scenario, year, whole)
+    prior_map = cube.target_window(year, whole)
+    windows = plan_windows(cube.fine_grid.shape, tile_size=28, overlap=5)
+    assert len({w.row % cube.factor for w in windows}) > 1
+    for prior, direction in ((None, 1), (lambda w: prior_map[w.slices], -1)):
+        device_inputs = DeviceInputs(cube, cells=cells, predicted=predicted, prior=prior,
+                                     direction=direction, device="cpu")
+
+        def per_window(w, out=None, prior=prior, direction=direction):
+            return build_inputs(cube, scenario=scenario, year=year, window=w,
+                                predicted=predicted, prior=None if prior is None else prior(w),
+                                direction=direction, coarse_cells=cells, out=out)
+
+        for start in range(0, len(windows), 3):
+            group = windows[start : start + 3]
+            built = device_inputs(group)
+            assert built.is_contiguous(memory_format=torch.channels_last)
+            np.testing.assert_array_equal(built.numpy(), np.stack([per_window(w) for w in group]))
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(built.shape[1], len(predicted), 3, padding=1)
+        kwargs = {"shape": cube.fine_grid.shape, "windows": windows, "batch_size": 2,
+                  "device": "cpu", "load_window": per_window, "pad_multiple": 4}
+        calls = []
+        np.testing.assert_array_equal(
+            predict_probabilities(model, **kwargs,
+                                  load_batch=lambda g: calls.append(g) or device_inputs(g)),
+            predict_probabilities(model, **kwargs))
+        assert sum(map(len, calls)) == len(windows)
+    assert np.isnan(cells).any()

@@ -41,6 +41,9 @@ from ai4land.io.prefetch import Prefetch
 
 # load_window(window, out=None) -> (C_in, h, w) float32 input, ``out`` filled if given
 WindowLoader = Callable[..., np.ndarray]
+# load_batch(windows) -> (B, C_in, h, w) float32 input of same-shaped windows, built on the
+# device (:class:`ai4land.predict.probabilities.DeviceInputs`)
+BatchLoader = Callable[[Sequence[Window]], torch.Tensor]
 
 
 # --- planning -----------------------------------------------------------------------
@@ -273,16 +276,21 @@ class _InputBuffers:
 
 def _batch_inputs(batches: Sequence[Sequence[Window]], load_window: WindowLoader, *,
                   batch_size: int, device: torch.device, pad_multiple: int,
-                  buffers: int) -> Iterator[tuple]:
+                  buffers: int, load_batch: BatchLoader | None = None) -> Iterator[tuple]:
     """``(windows, x, h, w)`` per group of same-shaped windows of each batch, built in
     ``buffers`` input buffers taken in turn. The consumer must be done with an item
     before the one ``buffers`` items on is built: under :class:`Prefetch` (depth d)
-    with at most s items in flight, that takes s + d + 1."""
+    with at most s items in flight, that takes s + d + 1. With ``load_batch`` each
+    group is built by it instead, in a new tensor on the device."""
     ring = [_InputBuffers(batch_size, device) for _ in range(buffers)]
     item = 0
     for batch_windows in batches:
         for group_shape in sorted({(w.height, w.width) for w in batch_windows}):
             group = [w for w in batch_windows if (w.height, w.width) == group_shape]
+            if load_batch is not None:
+                x, h, w = _pad_to_multiple(load_batch(group), pad_multiple)
+                yield group, x.contiguous(memory_format=torch.channels_last), h, w
+                continue
             x, h, w = ring[item % buffers].batch(group, load_window, pad_multiple)
             item += 1
             yield group, x, h, w
@@ -434,12 +442,15 @@ def stream_probabilities(
     description: str = "inference",
     streams: int = 1,
     skip: Collection[Window] = (),
+    load_batch: BatchLoader | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, band)``: blended (h, W, C) float32 rows, top to bottom, covering the grid.
 
     ``load_window(window, out=None)`` returns the (C_in, h, w) float32 input of one
     window (built with :func:`ai4land.samples.features.build_inputs`); given ``out``, a
     slot of the batch buffer, it may fill and return that instead of a new array.
+    ``load_batch(windows)``, if given, builds the input of a group of same-shaped windows
+    at once on the device instead (the raw arrays cross to a GPU, not the inputs).
     Windows whose size is not a multiple of ``pad_multiple`` (default ``2**model.depth``,
     else 16) are padded (reflect) and the logits cropped back. ``amp=None`` picks bf16
     autocast where the hardware has it. C is K, plus :data:`SPREAD_CHANNELS` with an
@@ -479,8 +490,9 @@ def stream_probabilities(
     with contextlib.ExitStack() as stack:
         # inputs are built (reading the cube) in their own thread, ahead of the model
         inputs = stack.enter_context(Prefetch(
-            _batch_inputs(batches, load_window, batch_size=stream_batch,
-                          device=device, pad_multiple=pad_multiple, buffers=streams + 3),
+            _batch_inputs(batches, load_window, batch_size=stream_batch, device=device,
+                          pad_multiple=pad_multiple, buffers=streams + 3,
+                          load_batch=load_batch),
             depth=1, name="ai4land-inputs"))
         model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
         if ensemble == "mc_dropout":
