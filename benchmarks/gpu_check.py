@@ -12,7 +12,11 @@ Run by ``benchmarks/gpu_check.sh`` under ``torchrun`` with one process. It measu
 4. the training input pipeline against that consumption: raw windows of a generated
    cube read by ``train.num_workers``-style loader processes (pinned memory), each batch
    built on the device by ``BatchInputs``; samples/s, and per loader process;
-5. peak GPU memory (``torch.cuda.max_memory_allocated``).
+5. peak GPU memory (``torch.cuda.max_memory_allocated``);
+6. predict's inputs built on the device from raw arrays (``DeviceInputs``, as a predict
+   job on a GPU builds them: prior codes, static layers and coarse cells read on the
+   host, one-hot/upsampling/normalisation on the device) in Mpix/s, against the bf16
+   inference of part 3 (``over_inference`` > 1: the inputs keep up with the model).
 
 ``--dry-run`` runs every part on the CPU with gloo and small sizes (CI keeps the script
 working where no GPU is lent); its numbers mean nothing. Writes one JSON result in the
@@ -157,6 +161,29 @@ def _check_inference(channels: int, *, device, n_classes: int, s: dict) -> dict:
             "passes_timed": n, "batch": x.shape[0], "tile": s["predict_tile"]}
 
 
+def _check_predict_inputs(cube, predicted, *, device, inference_mpix: float, s: dict) -> dict:
+    """6. predict's inputs built on the device, against the model's inference."""
+    from ai4land.grid import Window
+    from ai4land.predict.inference import plan_windows
+    from ai4land.predict.probabilities import DeviceInputs
+
+    year = cube.target_years[0]
+    whole = Window(0, 0, *cube.fine_grid.shape)
+    prior_map = cube.target_window(year, whole)
+    inputs = DeviceInputs(cube, cells=cube.coarse_cells(cube.scenario_for_year(year), year,
+                                                         whole),
+                          predicted=list(predicted), prior=lambda w: prior_map[w.slices],
+                          direction=-1, device=device)
+    tile = s["predict_tile"]
+    windows = plan_windows(cube.fine_grid.shape, tile_size=tile, overlap=tile // 8)
+    group = (windows * s["predict_batch"])[: s["predict_batch"]]
+    calls, n = _rate(lambda: inputs(group), device, warmup=1, budget_s=s["budget_s"],
+                     max_calls=s["max_calls"])
+    mpix = calls * len(group) * tile * tile / 1e6
+    return {"mpix_per_s": mpix, "batches_timed": n, "batch": len(group), "tile": tile,
+            "over_inference": mpix / inference_mpix}
+
+
 def _check_pipeline(loader, inputs, *, device, precision, consumption: float, s: dict) -> dict:
     """4. the input pipeline against the GPU's consumption."""
     n_batches = max(4, min(200, int(consumption * s["budget_s"] / s["batch"])))
@@ -224,6 +251,9 @@ def run(dry_run: bool) -> dict:
                                               n_classes=len(predicted), s=s)
             out["inference"] = _check_inference(batch["inputs"].shape[1], device=device,
                                                 n_classes=len(predicted), s=s)
+            out["predict_inputs"] = _check_predict_inputs(
+                cube, predicted, device=device, inference_mpix=out["inference"]["mpix_per_s"],
+                s=s)
             out["pipeline"] = _check_pipeline(loader, inputs, device=device, precision=precision,
                                               consumption=out["training"]["samples_per_s"], s=s)
     finally:

@@ -29,6 +29,7 @@ def test_gpu_check_dry_run_writes_its_result(tmp_path):
                              "init_s": params["ddp"]["init_s"]}
     assert params["training"]["steps_per_s"] > 0 and params["training"]["steps_timed"] >= 1
     assert params["inference"]["mpix_per_s"] > 0
+    assert params["predict_inputs"]["mpix_per_s"] > 0 and params["predict_inputs"]["batch"] == 1
     assert params["pipeline"]["samples_per_s"] > 0 and params["pipeline"]["workers"] == 1
     assert result["ours"] == round(params["pipeline"]["samples_per_s"], 2)
     assert result["reference"] == round(params["training"]["samples_per_s"], 2)
