@@ -323,8 +323,9 @@ def test_change_swaps_only_beyond_the_margin():
     np.testing.assert_array_equal(swapped, [[3, 0], [3, 0]])
 
 
+@pytest.mark.parametrize("bonus", [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0)])
 @pytest.mark.parametrize("seed", range(4))
-def test_change_is_exact_and_minimal_on_random_cells(seed):
+def test_change_is_exact_and_minimal_on_random_cells(seed, bonus):
     from ai4land.predict.harmonize import allocate_change
 
     rng = np.random.default_rng(seed)
@@ -338,7 +339,8 @@ def test_change_is_exact_and_minimal_on_random_cells(seed):
     targets = rng.dirichlet(np.ones(len(groups)), size=(hc, wc)).transpose(2, 0, 1)
     targets[:, 0, 0] = 0  # an unconstrained cell keeps the prior
     result = allocate_change(probs, PREDICTED, factor=factor, valid=valid, targets=targets,
-                             groups=groups, prior=prior, margin=1.0)
+                             groups=groups, prior=prior, margin=1.0, patch_bonus=bonus[0],
+                             changed_bonus=bonus[1])
     codes = _codes(result)
     assert (result.index[~valid] == -1).all()
     fractions, n = map_group_fractions(codes, groups, factor=factor, valid=valid)
@@ -360,8 +362,17 @@ def test_change_is_exact_and_minimal_on_random_cells(seed):
         gains = np.maximum(after - before, 0).sum()
         assert (result.index[inside] != prior[inside]).sum() == gains
     again = allocate_change(probs, PREDICTED, factor=factor, valid=valid, targets=targets,
-                            groups=groups, prior=prior, margin=1.0)
+                            groups=groups, prior=prior, margin=1.0, patch_bonus=bonus[0],
+                            changed_bonus=bonus[1])
     np.testing.assert_array_equal(again.index, result.index)
+    # a band of whole cell rows (or columns) alone allocates its pixels the same way
+    for band, cells in (((slice(10, 23), slice(None)), (slice(2, 5), slice(None))),
+                        ((slice(None), slice(0, 15)), (slice(None), slice(0, 3)))):
+        part = allocate_change(probs[band], PREDICTED, factor=factor, valid=valid[band],
+                               targets=targets[(slice(None), *cells)], groups=groups,
+                               prior=prior[band], margin=1.0, patch_bonus=bonus[0],
+                               changed_bonus=bonus[1])
+        np.testing.assert_array_equal(part.index, result.index[band])
 
 
 def test_change_smoothing_prefers_a_patch_to_a_lone_pixel():
@@ -385,6 +396,91 @@ def test_change_smoothing_prefers_a_patch_to_a_lone_pixel():
 
     assert (0, 0) in moved(1)
     assert moved(3) <= {(2, 2), (2, 3), (3, 2), (3, 3)} and len(moved(3)) == 2
+
+
+def _patch_moved(probs, prior, n_new, bonus):
+    from ai4land.predict.harmonize import allocate_change
+
+    size = prior.shape[0]
+    targets = np.array([(size * size - n_new) / size**2, 0, n_new / size**2])[:, None, None]
+    index = allocate_change(probs, CHANGE_PREDICTED, factor=size, valid=np.ones(prior.shape, bool),
+                            targets=targets, groups=CHANGE_GROUPS, prior=prior, margin=1.0,
+                            patch_bonus=bonus).index
+    return set(zip(*np.nonzero((index == 3) & (prior != 3)), strict=True))
+
+
+def test_patch_bonus_grows_an_existing_patch():
+    # One 4x4 cell of 11 with one pixel of 22 at (0, 0); 3 more pixels must become 22.
+    # Every pixel scores the same but (3, 3), 0.05 ahead: by score alone it converts
+    # first, then the lowest pixels (0, 1), (0, 2); with the bonus (0.5 / 8 = 0.0625
+    # per neighbour of 22) the 22 grows into a 2 x 2 block: (0, 1) (one neighbour, the
+    # lowest pixel of three tied), then (1, 0) and (1, 1) (two neighbours, then three).
+    prior = np.zeros((4, 4), dtype="int64")
+    prior[0, 0] = 3
+    probs = np.full((4, 4, 4), 0.1, dtype="float32")
+    probs[..., 0], probs[..., 3] = 0.4, 0.4
+    probs[3, 3, 3] = 0.45
+    assert _patch_moved(probs, prior, 4, 0.0) == {(3, 3), (0, 1), (0, 2)}
+    assert _patch_moved(probs, prior, 4, 0.5) == {(0, 1), (1, 0), (1, 1)}
+
+
+def test_patch_bonus_grows_a_new_patch_from_its_best_pixel():
+    # One 4x4 cell of 11, 4 pixels must become 22 (new to the cell). The most likely
+    # pixel (1, 1) converts first either way; by score alone the lone runner-up (3, 3)
+    # follows, with the bonus the neighbours of (1, 1) do: (0, 0), (0, 1), (1, 0).
+    prior = np.zeros((4, 4), dtype="int64")
+    probs = np.full((4, 4, 4), 0.1, dtype="float32")
+    probs[..., 0], probs[..., 3] = 0.4, 0.4
+    probs[1, 1, 3], probs[3, 3, 3] = 0.6, 0.45
+    assert _patch_moved(probs, prior, 4, 0.0) == {(1, 1), (3, 3), (0, 0), (0, 1)}
+    assert _patch_moved(probs, prior, 4, 0.5) == {(1, 1), (0, 0), (0, 1), (1, 0)}
+    # a large score gap outweighs the bonus: a pixel far ahead still converts
+    probs[3, 3, 3] = 0.55
+    assert (3, 3) in _patch_moved(probs, prior, 4, 0.5)
+
+
+def test_cluster_bonus_puts_a_cells_changes_of_the_year_together():
+    # One 4x4 cell of 11: one pixel goes to 22 (group c), one to 55 (group b, new to
+    # the cell; 55 likelier than 66 everywhere). 22 is likeliest at (0, 0); 55 at (3, 3),
+    # then at (1, 1) a little less. By score alone 55 takes the lone (3, 3); with the
+    # cluster bonus (1 / 8 per neighbour converted this year) it takes (1, 1), next to
+    # the new 22.
+    from ai4land.predict.harmonize import allocate_change
+
+    prior = np.zeros((4, 4), dtype="int64")
+    probs = np.full((4, 4, 4), 0.1, dtype="float32")
+    probs[..., 0], probs[..., 1], probs[..., 2], probs[..., 3] = 0.5, 0.2, 0.1, 0.2
+    probs[0, 0, 3], probs[0, 0, 0] = 0.6, 0.1
+    probs[3, 3, 1], probs[1, 1, 1] = 0.3, 0.25
+    targets = np.array([14 / 16, 1 / 16, 1 / 16])[:, None, None]
+
+    def changed(cluster):
+        index = allocate_change(probs, CHANGE_PREDICTED, factor=4, valid=np.ones((4, 4), bool),
+                                targets=targets, groups=CHANGE_GROUPS, prior=prior, margin=1.0,
+                                changed_bonus=cluster).index
+        return {pixel: int(index[pixel]) for pixel in zip(*np.nonzero(index != 0), strict=True)}
+
+    assert changed(0.0) == {(0, 0): 3, (3, 3): 1}
+    assert changed(1.0) == {(0, 0): 3, (1, 1): 1}
+
+
+def test_patch_bonus_near_zero_ranks_as_the_scores_alone():
+    # The greedy one-pixel-at-a-time transfer with a negligible bonus converts the
+    # pixels the sorted pairs of patch_bonus 0 convert (random scores: no ties).
+    from ai4land.predict.harmonize import allocate_change
+
+    rng = np.random.default_rng(3)
+    groups = _groups()
+    shape, factor = (20, 20), 5
+    probs = rng.dirichlet(np.ones(7), size=shape).astype("float32")
+    prior = rng.integers(0, 7, size=shape)
+    targets = rng.dirichlet(np.ones(len(groups)), size=(4, 4)).transpose(2, 0, 1)
+    results = [allocate_change(probs, PREDICTED, factor=factor, valid=np.ones(shape, bool),
+                               targets=targets, groups=groups, prior=prior, margin=1.0,
+                               patch_bonus=bonus, changed_bonus=bonus).index
+               for bonus in (0.0, 1e-12)]
+    np.testing.assert_array_equal(results[0], results[1])
+    assert (results[0] != prior).any()
 
 
 def test_cell_smoothing_stays_inside_each_cell_and_valid_pixels():

@@ -38,7 +38,7 @@ rule evaluate:
                                 "predict.overlap", "predict.harmonize",
                                 "predict.harmonize_decay_years", "predict.allocation",
                                 "predict.swap_margin", "predict.change_smoothing",
-                                "predict.ensemble",
+                                "predict.change_patch_bonus", "predict.ensemble",
                                 "evaluate", "seed"),
         # the models scored (the report's captions name only these)
         models=evaluated_models(CFG),

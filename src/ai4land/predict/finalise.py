@@ -153,7 +153,9 @@ class Finaliser:
                                      targets=target, groups=self.groups,
                                      prior=codes_to_index(prior, self.classes),
                                      margin=config.predict.swap_margin, argmax=best,
-                                     smoothing=config.predict.change_smoothing)
+                                     smoothing=config.predict.change_smoothing,
+                                     patch_bonus=config.predict.change_patch_bonus,
+                                     changed_bonus=config.predict.change_cluster_bonus)
             index = result.index
             tally.reassigned = result.changed
         elif config.predict.harmonize:

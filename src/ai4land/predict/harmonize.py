@@ -499,6 +499,8 @@ def allocate_change(
     margin: float,
     argmax: np.ndarray | None = None,
     smoothing: int = 1,
+    patch_bonus: float = 0.0,
+    changed_bonus: float = 0.0,
 ) -> HarmonizeResult:
     """Class indices (H, W) that change ``prior`` only as much as ``targets`` ask.
 
@@ -521,6 +523,17 @@ def allocate_change(
     pixel's ``smoothing`` x ``smoothing`` neighbourhood of valid pixels inside its coarse
     cell (:func:`cell_smoothed`), so evidence shared by neighbours outranks a lone pixel's
     and changes come in patches rather than scattered pixels.
+
+    ``patch_bonus`` or ``changed_bonus`` > 0: the net change is allocated greedily one
+    pixel at a time (as the "expander"/"patcher" allocators of CLUE and Dinamica EGO
+    grow patches), the score of a pixel for class h raised by ``patch_bonus`` x (its 8
+    neighbours inside the coarse cell that hold h, in the prior or converted to h) / 8
+    plus ``changed_bonus`` x (its neighbours inside the cell converted this year, to any
+    class) / 8 (:func:`_transfer_patches`): a pixel next to an existing patch of h, or
+    next to the year's other changes, outranks a lone one of the same score, so changes
+    grow patches from their edges and new ones from their best pixel. Both 0 rank by the
+    scores alone (the pairs sorted once). Either way the counts are the same exact net
+    change; neighbours count only inside the cell, so each cell is allocated on its own.
     """
     probs = np.asarray(probs)
     height, width, k = probs.shape
@@ -567,7 +580,20 @@ def allocate_change(
     demand = np.maximum(net, 0)
     pool = np.flatnonzero(in_constrained & (supply[cell, source] > 0))
     moved = np.zeros(len(pixels), dtype=bool)
-    if len(pool):
+    bonus = (patch_bonus, changed_bonus)
+    if len(pool) and (patch_bonus > 0 or changed_bonus > 0):
+        # pool pixels cell by cell (raster order inside a cell), and each valid pixel's
+        # position among ``pixels`` (-1: not valid) for the neighbour look-ups
+        pool = pool[np.argsort(cell[pool], kind="stable")]
+        bounds = np.flatnonzero(np.diff(cell[pool])) + 1
+        starts = np.concatenate(([0], bounds, [len(pool)]))
+        position = np.full(height * width, -1, dtype="int64")
+        position[pixels] = np.arange(len(pixels))
+        current = np.where(known, before, -1)
+        _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
+                          supply, demand, index, moved, width, factor,
+                          np.asarray(bonus, dtype="float64"))
+    elif len(pool):
         # every (pool pixel, gaining class of its cell) pair, best score first; ties go
         # to the lower pixel, then the lower class
         pair_pixel, pair_class = np.nonzero(demand[cell[pool]] > 0)
@@ -686,6 +712,133 @@ def _transfer(pair_pixel, pair_class, cell, source, supply, demand, index,
             demand[c, h] -= 1
             index[x] = h
             moved[x] = True
+
+
+@numba.njit(cache=True, inline="always")
+def _before(s1, x1, h1, s2, x2, h2):  # pragma: no cover - compiled
+    """Entry 1 is taken before entry 2: higher score, then lower pixel, then lower class."""
+    return s1 > s2 or (s1 == s2 and (x1 < x2 or (x1 == x2 and h1 < h2)))
+
+
+@numba.njit(cache=True)
+def _push(score, pix, cls, size, s, x, h):  # pragma: no cover - compiled
+    """Push (s, x, h) on the max-heap held in the first ``size`` entries; the new size."""
+    at = size
+    while at > 0:
+        up = (at - 1) // 2
+        if not _before(s, x, h, score[up], pix[up], cls[up]):
+            break
+        score[at], pix[at], cls[at] = score[up], pix[up], cls[up]
+        at = up
+    score[at], pix[at], cls[at] = s, x, h
+    return size + 1
+
+
+@numba.njit(cache=True)
+def _pop(score, pix, cls, size):  # pragma: no cover - compiled
+    """Remove the top of the heap (read it first); the new size."""
+    size -= 1
+    s, x, h = score[size], pix[size], cls[size]
+    at = 0
+    while True:
+        child = 2 * at + 1
+        if child >= size:
+            break
+        if child + 1 < size and _before(score[child + 1], pix[child + 1], cls[child + 1],
+                                        score[child], pix[child], cls[child]):
+            child += 1
+        if not _before(score[child], pix[child], cls[child], s, x, h):
+            break
+        score[at], pix[at], cls[at] = score[child], pix[child], cls[child]
+        at = child
+    if size > 0:
+        score[at], pix[at], cls[at] = s, x, h
+    return size
+
+
+@numba.njit(cache=True)
+def _cell_neighbours(flat, width, height, factor, out):  # pragma: no cover - compiled
+    """Write the flat indices of pixel ``flat``'s 8 neighbours inside its coarse cell to
+    ``out``; return how many."""
+    r, q = flat // width, flat % width
+    found = 0
+    for rr in range(max(r - 1, r // factor * factor),
+                    min(r + 2, height, (r // factor + 1) * factor)):
+        for qq in range(max(q - 1, q // factor * factor),
+                        min(q + 2, width, (q // factor + 1) * factor)):
+            if rr != r or qq != q:
+                out[found] = rr * width + qq
+                found += 1
+    return found
+
+
+@numba.njit(cache=True)
+def _pair_score(p, x, h, source, known, bonus, n_class, n_changed):  # pragma: no cover
+    old = p[x, source[x]] if known[x] else 0.0
+    return p[x, h] - old + (bonus[0] * n_class + bonus[1] * n_changed) / 8.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
+                      supply, demand, index, moved, width, factor,
+                      bonus):  # pragma: no cover - compiled
+    """Greedy transfer of each cell's net change, one pixel at a time: the (pool pixel x,
+    gaining class h) pair of highest ``p(h) - p(old) + (bonus[0] * n_h(x) + bonus[1] *
+    n_changed(x)) / 8`` converts while the source class has pixels to give and h room,
+    where ``n_h(x)`` counts x's 8 neighbours in its coarse cell whose class (the prior's,
+    or the one just converted to) is h and ``n_changed(x)`` those converted so far; a
+    conversion raises its neighbours' counts. Ties go to the lower pixel, then the lower
+    class (as :func:`_transfer`'s sorted pairs). ``pool``: the pixels that may convert,
+    cell by cell (``starts``), ascending inside a cell."""
+    n_classes = demand.shape[1]
+    height = position.size // width
+    near = np.empty(8, dtype=np.int64)
+    for block in range(starts.size - 1):
+        local = pool[starts[block]:starts[block + 1]]  # ascending: searchsorted finds them
+        n, c = local.size, cell[local[0]]
+        capacity = n * n_classes * 9 + 1
+        score = np.empty(capacity, dtype=np.float64)
+        pix = np.empty(capacity, dtype=np.int64)
+        cls = np.empty(capacity, dtype=np.int64)
+        count = np.zeros((n, n_classes), dtype=np.int64)  # n_h of the cell's pool pixels
+        changed = np.zeros(n, dtype=np.int64)  # n_changed of the cell's pool pixels
+        size = 0
+        for m in range(n):  # the neighbours' classes, then every pair
+            x = local[m]
+            for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
+                y = position[near[j]]
+                if y >= 0 and current[y] >= 0:
+                    count[m, current[y]] += 1
+            for h in range(n_classes):
+                if demand[c, h] > 0:
+                    s = _pair_score(p, x, h, source, known, bonus, count[m, h], 0)
+                    size = _push(score, pix, cls, size, s, x, h)
+        while size > 0:
+            x, h, s = pix[0], cls[0], score[0]
+            size = _pop(score, pix, cls, size)
+            if moved[x] or demand[c, h] == 0 or supply[c, source[x]] == 0:
+                continue
+            m = np.searchsorted(local, x)
+            if s != _pair_score(p, x, h, source, known, bonus, count[m, h], changed[m]):
+                continue  # stale: a neighbour converted since; its newer entry ranks higher
+            supply[c, source[x]] -= 1
+            demand[c, h] -= 1
+            index[x] = current[x] = h
+            moved[x] = True
+            for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
+                y = position[near[j]]
+                at = np.searchsorted(local, y)
+                if y < 0 or at >= n or local[at] != y or moved[y]:
+                    continue  # not valid, not in the pool (keeps its class) or converted
+                count[at, h] += 1
+                changed[at] += 1
+                if supply[c, source[y]] == 0:
+                    continue
+                for g in range(n_classes):
+                    if demand[c, g] > 0 and (g == h or bonus[1] > 0):
+                        s = _pair_score(p, y, g, source, known, bonus, count[at, g],
+                                        changed[at])
+                        size = _push(score, pix, cls, size, s, y, g)
 
 
 class ErrorTally:
