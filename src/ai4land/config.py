@@ -250,6 +250,11 @@ class TrainConfig(_Section):
     demand: bool = False
     # Loss weight of the pixels whose class differs from the prior's (1: plain mean).
     change_weight: PositiveFloat = 1.0
+    # Smooth coarse channels (issue 19, single-year data): per coarse group, its fractions
+    # interpolated bilinearly between the centres of the pixel's cell and its neighbours
+    # (ai4land.samples.smooth), so the model sees where inside a cell a group lies. The
+    # model card lists them (smooth:<group>), so models without them still load.
+    smooth_coarse: bool = False
     # Input groups zeroed inside the model (ablation); the channel layout is unchanged.
     drop_inputs: list[InputGroup] = []
     # Input group -> probability that a training sample (not validation) has that group's

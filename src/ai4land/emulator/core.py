@@ -342,16 +342,18 @@ class Emulator:
         from ai4land.models.card import CARD, check_inputs
         from ai4land.device import resolve_device
         from ai4land.predict.inference import weights_digest
-        from ai4land.samples.features import demand_groups_of, input_channel_names
+        from ai4land.samples.features import demand_groups_of, input_channel_names, smooth_of
 
         self.model, self.card, self.config, self.cube = model, card, config, cube
         self.model_dir = Path(model_dir)
         predicted = list(config.classes.predicted)
         groups = class_groups(config.datasets.coarse.groups, predicted)
         self.uses_demand = bool(demand_groups_of(card.input_channels))
+        self.smooth = smooth_of(card.input_channels, groups)  # train.smooth_coarse
         try:
             check_inputs(card, input_channel_names(
-                cube, predicted, demand=groups.names if self.uses_demand else ()))
+                cube, predicted, demand=groups.names if self.uses_demand else (),
+                smooth=self.smooth))
         except ModelCardError as exc:
             raise ModelCardError(f"{self.model_dir / CARD}: {exc} (cube {cube.paths.root}); "
                                  "pass the cube the model was trained on") from None
@@ -554,7 +556,8 @@ class Emulator:
                 prior=None if prior is None else (lambda window: prior[window.slices]),
                 direction=direction, device=self.device, progress=progress,
                 coarse_cells=cells, streams=workers, skip_nodata=True,
-                demand=finalise.demand(prior) if self.uses_demand else None)
+                demand=finalise.demand(prior) if self.uses_demand else None,
+                smooth=self.smooth)
             stack.callback(stream.close)
             bands = rebands(stream, multiple=region.factor, height=grid.height,
                             max_rows=band_rows(region.factor, grid.width, workers), parts=workers)

@@ -120,13 +120,15 @@ def site_demand(finaliser, site: Site, prior: np.ndarray | None, *, factor: int,
 
 def site_probabilities(config, *, cube: Cube, model, site: Site, scenario: str, year: int,
                        prior: np.ndarray | None, direction: int, coarse_cells: np.ndarray,
-                       device, seed: int, demand: np.ndarray | None = None) -> np.ndarray:
+                       device, seed: int, demand: np.ndarray | None = None,
+                       smooth=None) -> np.ndarray:
     """(h, w, C) blended probabilities of ``site.outer`` as predict blends them: predict's
     windows, batches and ensemble; ``prior`` the (h, w) class codes of ``outer``;
     ``demand`` the demand channels (:func:`site_demand`) for a model with them."""
     inputs = build_inputs(cube, scenario=scenario, year=year, window=site.outer,
                           predicted=list(config.classes.predicted), prior=prior,
-                          direction=direction, coarse_cells=coarse_cells, demand=demand)
+                          direction=direction, coarse_cells=coarse_cells, demand=demand,
+                          smooth=smooth)
 
     def load_window(window: Window, out: np.ndarray | None = None) -> np.ndarray:
         return inputs[(slice(None), *window.slices)]

@@ -69,6 +69,7 @@ from ai4land.grid import Window
 from ai4land.io.cube import Cube
 from ai4land.predict.finalise import Finaliser
 from ai4land.predict.harmonize import (
+    Groups,
     class_groups,
     conservation_error,
     map_group_fractions,
@@ -80,6 +81,7 @@ from ai4land.samples.features import (
     codes_to_index,
     demand_groups_of,
     input_channel_names,
+    smooth_of,
 )
 from ai4land.samples.split import Block, Split, load_split
 
@@ -99,7 +101,7 @@ def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
     gbm, train_pixels = _fit_gradient_boosting(config, setup)
     runner = _Runner(config, cube=setup.cube, model=setup.model, gbm=gbm, sites=setup.sites,
                      names=setup.names, classes=setup.classes, blocks=setup.blocks,
-                     uses_demand=setup.uses_demand)
+                     uses_demand=setup.uses_demand, smooth=setup.smooth)
     tiles: list[dict] = []
     for chain in setup.chains:
         chain_tiles = runner.run(chain)
@@ -140,6 +142,7 @@ class _Setup:
     chains: list[Chain]
     sites: list[Site]
     uses_demand: bool = False  # the model has demand channels (train.demand)
+    smooth: Groups | None = None  # the groups of its smooth channels (train.smooth_coarse)
 
     @classmethod
     def load(cls, config, *, model_dir: Path, split_path: Path) -> _Setup:
@@ -154,9 +157,10 @@ class _Setup:
                             f"cube is {cube.fine_grid.shape}; rerun `ai4land split`")
         model, card = load_model(model_dir)
         uses_demand = bool(demand_groups_of(card.input_channels))
-        demand = (class_groups(config.datasets.coarse.groups, classes).names if uses_demand
-                  else ())
-        check_inputs(card, input_channel_names(cube, classes, demand=demand))
+        groups = class_groups(config.datasets.coarse.groups, classes)
+        demand = groups.names if uses_demand else ()
+        smooth = smooth_of(card.input_channels, groups)
+        check_inputs(card, input_channel_names(cube, classes, demand=demand, smooth=smooth))
         observed = cube.target_years
         years = [y for y in split.test_years if y in observed]
         if not years:
@@ -169,7 +173,7 @@ class _Setup:
                      "scores)")
         sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
         return cls(cube=cube, split=split, classes=classes, model=model, years=years,
-                   chains=chains, sites=sites, uses_demand=uses_demand)
+                   chains=chains, sites=sites, uses_demand=uses_demand, smooth=smooth)
 
     @property
     def single_year(self) -> bool:
@@ -245,9 +249,11 @@ class _Runner:
     """Runs chains over the sites and scores every model's maps."""
 
     def __init__(self, config, *, cube: Cube, model, gbm, sites: list[Site], names,
-                 classes: list[int], blocks: list[dict], uses_demand: bool = False):
+                 classes: list[int], blocks: list[dict], uses_demand: bool = False,
+                 smooth: Groups | None = None):
         self.config, self.cube, self.model, self.gbm = config, cube, model, gbm
         self.uses_demand = uses_demand  # the model has demand channels (train.demand)
+        self.smooth = smooth  # the groups of its smooth coarse channels (or None)
         self.sites, self.names, self.classes, self.blocks = sites, names, classes, blocks
         self.groups = class_groups(config.datasets.coarse.groups, classes)
         self.code_of = np.asarray(classes, dtype="uint8")
@@ -362,7 +368,8 @@ class _Runner:
             probs = site_probabilities(config, cube=self.cube, model=self.model, site=site,
                                        scenario=at.scenario, year=at.year, prior=prior,
                                        direction=at.chain.direction, coarse_cells=at.cells,
-                                       device=self.device, seed=seed, demand=demand)
+                                       device=self.device, seed=seed, demand=demand,
+                                       smooth=self.smooth)
             layers = self._finalise(at, name, probs[at.area], prior)
             if name == "unet":
                 at.maps["unet_raw"] = (layers[..., 2], probs[at.area][..., :k].max(axis=-1))

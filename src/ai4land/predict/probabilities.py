@@ -146,7 +146,7 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
                       progress: bool | None = None, coarse_cells: np.ndarray | None = None,
                       streams: int = 1, skip_nodata: bool = False,
-                      demand: np.ndarray | None = None,
+                      demand: np.ndarray | None = None, smooth=None,
                       ) -> tuple[Iterator[tuple[int, np.ndarray]], int, int]:
     """Blended (h, W, C) probability bands of the region, top to bottom; the window count;
     and how many of the windows were skipped.
@@ -155,6 +155,8 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
     ``coarse_cells``: the year's coarse cells of the whole region, if already read.
     ``demand``: the region's demand channels for a model with them
     (:meth:`~ai4land.predict.finalise.Finaliser.demand`), ``None`` for one without.
+    ``smooth``: the coarse groups for a model with smooth coarse channels (``build_inputs``;
+    their inputs are built on the host, also on a GPU).
     ``skip_nodata``: windows that touch only no-data coarse cells are not run (see
     :func:`plan_prediction`); their pixels' probabilities are then meaningless, which
     is fine for products that mask them out (:func:`run_predict`).
@@ -174,13 +176,13 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                             predicted=predicted,
                             prior=None if prior_band is None else prior_band(window),
                             direction=direction, coarse_cells=cells, demand=demand,
-                            out=out)
+                            smooth=smooth, out=out)
 
     device = resolve_device(device if device is not None else config.predict.device,
                             key="predict.device")
     # on a GPU the inputs are built there from the raw arrays; a CPU builds each window
     # straight into its batch slot in one compiled pass (faster there)
-    load_batch = (None if device.type == "cpu" else DeviceInputs(
+    load_batch = (None if device.type == "cpu" or smooth is not None else DeviceInputs(
         cube, cells=cells, predicted=predicted, prior=prior_band, direction=direction,
         device=device))
     ensemble = config.predict.ensemble

@@ -74,7 +74,7 @@ from ai4land.predict.harmonize import (
 from ai4land.predict.heap import share_one_heap
 from ai4land.predict.inference import weights_digest
 from ai4land.predict.probabilities import probability_bands, rebands
-from ai4land.samples.features import demand_groups_of, input_channel_names
+from ai4land.samples.features import demand_groups_of, input_channel_names, smooth_of
 
 STORE_TILE = 256
 
@@ -205,8 +205,9 @@ def _plan_job(config, cube: Cube, *, scenario: str, year: int,
 
 
 def _checked_model(config, cube: Cube, model_dir: Path):
-    """The model, its classes and whether it has demand channels (``train.demand``);
-    ModelCardError (one line) when it does not fit the cube, the config's classes or
+    """The model, its classes, whether it has demand channels (``train.demand``) and
+    the coarse groups of its smooth coarse channels (``train.smooth_coarse``; None
+    without); ModelCardError (one line) when it does not fit the cube, the config's classes or
     the ensemble."""
     from ai4land.models.card import CARD, check_inputs, load_model
 
@@ -214,9 +215,11 @@ def _checked_model(config, cube: Cube, model_dir: Path):
     predicted = list(config.classes.predicted)
     groups = class_groups(config.datasets.coarse.groups, predicted)
     uses_demand = bool(demand_groups_of(card.input_channels))
+    smooth = smooth_of(card.input_channels, groups)
     try:
         check_inputs(card, input_channel_names(cube, predicted,
-                                               demand=groups.names if uses_demand else ()))
+                                               demand=groups.names if uses_demand else (),
+                                               smooth=smooth))
     except ModelCardError as exc:
         raise ModelCardError(f"{model_dir / CARD}: {exc}; train a model on this cube or pass "
                              "a matching --model") from None
@@ -227,7 +230,7 @@ def _checked_model(config, cube: Cube, model_dir: Path):
     if config.predict.ensemble.kind == "mc_dropout" and not model.config.get("dropout"):
         raise ModelCardError(f"{model_dir / CARD}: predict.ensemble.kind mc_dropout needs a "
                              "model with dropout; train with train.dropout > 0 or use tta")
-    return model, classes, uses_demand
+    return model, classes, uses_demand, smooth
 
 
 def _priors(stack: ExitStack, cube: Cube, plan: _JobPlan, prior_path: Path | None, grid):
@@ -336,7 +339,7 @@ def run_predict(
     grid = cube.fine_grid
     _check_year(cube, scenario, year)
     _check_product_year(config, scenario, year)
-    model, classes, uses_demand = _checked_model(config, cube, model_dir)
+    model, classes, uses_demand, smooth = _checked_model(config, cube, model_dir)
     plan = _plan_job(config, cube, scenario=scenario, year=year, prior_path=prior_path)
     layers = product_layers(spread=config.predict.ensemble.write_layer)
     cells = cube.coarse_cells(scenario, year, Window(0, 0, *grid.shape))
@@ -358,7 +361,7 @@ def run_predict(
             config, cube=cube, model=model, scenario=scenario, year=year, prior=prior,
             direction=plan.direction, device=device, progress=progress, coarse_cells=cells,
             streams=workers, skip_nodata=True,
-            demand=finalise.demand(prior) if uses_demand else None)
+            demand=finalise.demand(prior) if uses_demand else None, smooth=smooth)
         stack.callback(stream.close)  # its threads stop with the job, however it ends
         # The model's thread cuts each row band into whole coarse-cell rows for the
         # workers, which finalise them while the model runs the next row of windows; this

@@ -78,6 +78,18 @@ class TrainingArrays:
     def static_window(self, window: Window) -> np.ndarray:
         return self.static[(slice(None), *window.slices)]
 
+    def ring_window(self, year: int, window: Window, out: np.ndarray) -> None:
+        """Fill ``out`` (V, m + 2, n + 2) with the coarse variables of the cells of
+        :meth:`cells_window` and a ring of their neighbours (past the grid: its nearest
+        cell), for the smooth coarse channels."""
+        rows, cols = window.coarse_slices(self.factor)
+        cells = self.cells[self.year_index(year)]
+        r = np.clip(np.arange(rows.start - 1, rows.start - 1 + out.shape[1]), 0,
+                    cells.shape[1] - 1)
+        c = np.clip(np.arange(cols.start - 1, cols.start - 1 + out.shape[2]), 0,
+                    cells.shape[2] - 1)
+        out[...] = cells[:, r[:, None], c[None, :]]
+
     def cells_window(self, year: int, window: Window, out: np.ndarray,
                      direction: int | None = None) -> tuple[int, int]:
         """Fill ``out`` (V [+ G], m, n) with the cells under ``window`` from the one

@@ -100,6 +100,9 @@ class WindowDataset(Dataset):
     (for 'prior': the prior and the direction) in about that share of the samples.
     ``augment`` (training only) turns each square sample by one of the 8 symmetries of
     the square (rotations by 90 degrees, with or without a flip), drawn per sample.
+    ``smooth``: items also hold ``ring`` float32 (V, m + 2, n + 2), ``cells`` with a
+    ring of neighbouring cells (past the grid: its nearest cell), for the smooth coarse
+    channels.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class WindowDataset(Dataset):
         with_prior: bool = True,
         input_dropout: Mapping[str, float] | None = None,
         augment: bool = False,
+        smooth: bool = False,
     ):
         self.arrays = arrays
         self.plan = list(plan)
@@ -130,6 +134,7 @@ class WindowDataset(Dataset):
         if bad:
             raise ValueError(f"input_dropout probabilities must be in [0, 1), got {bad}")
         self.augment = augment
+        self.smooth = smooth
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -181,7 +186,14 @@ class WindowDataset(Dataset):
         offset = self.arrays.cells_window(spec.year, window, cells,
                                           direction=spec.direction if has_prior else None)
         turns, flip = self.symmetry(spec)
+        extra = {}
+        if self.smooth:  # the cells with a ring of neighbours (smooth coarse channels)
+            ring = np.empty((self.arrays.cells.shape[1], cells.shape[1] + 2, cells.shape[2] + 2),
+                            dtype="float32")
+            self.arrays.ring_window(spec.year, window, ring)
+            extra["ring"] = ring
         return {
+            **extra,
             "target": np.ascontiguousarray(self.arrays.target_window(spec.year, window)),
             "prior": np.ascontiguousarray(prior),
             "static": np.ascontiguousarray(self.arrays.static_window(window)),

@@ -6,7 +6,10 @@ Channel order (recorded in the model card, checked at predict time):
    (NaN, i.e. ocean or missing, read as 0); then, for a model trained with
    ``train.demand``, one demand channel per coarse group (``demand:<group>``: the
    harmonisation target minus the prior's group fractions of the cell,
-   :mod:`ai4land.predict.demand`), upsampled the same way;
+   :mod:`ai4land.predict.demand`), upsampled the same way; then, for a model trained
+   with ``train.smooth_coarse``, one channel per coarse group with variables
+   (``smooth:<group>``: the group fractions interpolated bilinearly between the centres
+   of the pixel's cell and its neighbours, :mod:`ai4land.samples.smooth`);
 2. static features, normalised;
 3. the prior: one-hot over the predicted classes, then a "prior known" channel;
 4. the chain direction: +1 forward (prior from the previous year), -1 backward.
@@ -18,7 +21,8 @@ on the training device, the same channels batched as tensor operations.
 Channels form three input groups (``input_groups``): ``coarse``, ``static`` and
 ``prior`` (the prior channels and the direction). A model trained without a group
 zeroes its channels itself (``UNet(zero_channels=...)``), so the layout never changes.
-The demand channels count as ``coarse`` and are zeroed with ``prior`` too (the demand
+The smooth channels count as ``coarse``. The demand channels count as ``coarse`` and
+are zeroed with ``prior`` too (the demand
 is defined against the prior).
 """
 
@@ -33,6 +37,8 @@ import torch
 from ai4land.config import PriorMaskConfig
 from ai4land.grid import Window
 from ai4land.io.cube import Cube, cell_indices, upsample_cells
+from ai4land.predict.harmonize import Groups
+from ai4land.samples import smooth as smooth_coarse
 
 IGNORE_INDEX = -1
 INPUT_GROUPS = ("coarse", "static", "prior")
@@ -50,12 +56,16 @@ def codes_to_index(codes: np.ndarray, predicted: list[int]) -> np.ndarray:
     return class_lookup(predicted)[codes]
 
 
-def input_channel_names(cube: Cube, predicted: list[int], demand: Sequence[str] = ()) -> list[str]:
+def input_channel_names(cube: Cube, predicted: list[int], demand: Sequence[str] = (), *,
+                        smooth: Groups | None = None) -> list[str]:
     """The input channels' names; ``demand``: the coarse groups of the demand channels
-    (none for a model without them)."""
+    (none for a model without them); ``smooth``: the coarse groups of a model with smooth
+    coarse channels (None: a model without them)."""
     return (
         [f"coarse:{name}" for name in cube.coarse_channel_names]
         + [f"{DEMAND_PREFIX}{name}" for name in demand]
+        + ([] if smooth is None else [f"{smooth_coarse.SMOOTH_PREFIX}{name}"
+                                      for name in smooth_coarse.smooth_groups(smooth)])
         + [f"static:{name}" for name in cube.static_names]
         + [f"prior:{code}" for code in predicted]
         + ["prior:known", "direction"]
@@ -78,10 +88,15 @@ def input_normalisation(cube: Cube) -> dict:
     }
 
 
+def smooth_of(channel_names, groups: Groups) -> Groups | None:
+    """``groups`` if ``channel_names`` (a model card's) have smooth coarse channels."""
+    return groups if smooth_coarse.smooth_groups_of(channel_names) else None
+
+
 def channel_group(name: str) -> str:
     """The input group of a channel name from ``input_channel_names`` (demand channels:
     ``coarse``; :func:`group_channels` zeroes them with ``prior`` too)."""
-    if name.startswith(DEMAND_PREFIX):
+    if name.startswith((DEMAND_PREFIX, smooth_coarse.SMOOTH_PREFIX)):
         return "coarse"
     return "prior" if name == "direction" else name.split(":", 1)[0]
 
@@ -134,9 +149,12 @@ def build_inputs(
     prior_keep: np.ndarray | None = None,
     coarse_cells: np.ndarray | None = None,
     demand: np.ndarray | None = None,
+    smooth: Groups | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The (C, h, w) float32 input of ``window`` for ``year`` under ``scenario``.
+
+    ``smooth``: the coarse groups, for a model with smooth coarse channels (None: without).
 
     ``demand``: (G, cells_y, cells_x) the demand of the *whole* region's cells
     (:mod:`ai4land.predict.demand`; zeros without a prior) for a model with demand
@@ -157,6 +175,9 @@ def build_inputs(
         rows, cols = window.coarse_slices(cube.factor)
         cells = np.concatenate([cells, demand[:, rows, cols].astype("float32", copy=False)])
     static = cube.static_window(window)
+    if smooth is not None:  # per-pixel channels, written with the static ones
+        static = np.concatenate([_smooth_window(cube, scenario, year, window, coarse_cells,
+                                                smooth), static])
     n_coarse, n_static = len(cells), len(static)
     shape = (n_coarse + n_static + len(predicted) + 2, window.height, window.width)
     if out is None:
@@ -179,6 +200,27 @@ def build_inputs(
                    shape=(window.height, window.width), out=out[n_coarse + n_static : -1])
     out[-1] = float(direction)
     return out
+
+
+def _smooth_window(cube: Cube, scenario: str, year: int, window: Window,
+                   coarse_cells: np.ndarray | None, groups: Groups) -> np.ndarray:
+    """The (G, h, w) smooth coarse channels of ``window``, from its cells and a ring of
+    neighbours (those the grid has)."""
+    factor = cube.factor
+    height, width = cube.fine_grid.shape
+    rows, cols = window.coarse_slices(factor)
+    r0, c0 = max(rows.start - 1, 0), max(cols.start - 1, 0)
+    r1, c1 = min(rows.stop + 1, -(-height // factor)), min(cols.stop + 1, -(-width // factor))
+    if coarse_cells is None:
+        block = cube.coarse_cells(scenario, year, Window(
+            r0 * factor, c0 * factor, min(r1 * factor, height) - r0 * factor,
+            min(c1 * factor, width) - c0 * factor))
+    else:
+        block = coarse_cells[:, r0:r1, c0:c1]
+    return smooth_coarse.window_channels(
+        block, channel_names=cube.coarse_channel_names, groups=groups,
+        names=smooth_coarse.smooth_groups(groups), factor=factor, first_cell=(r0, c0),
+        row=window.row, col=window.col, height=window.height, width=window.width)
 
 
 def _prior_index(prior: np.ndarray, predicted: list[int], keep: np.ndarray | None) -> np.ndarray:
@@ -294,10 +336,15 @@ class BatchInputs:
     where the target's class differs from the prior's, ``prior_keep_fraction`` (B,)
     (0 without a prior), ``inputs_zeroed`` (B, len(INPUT_GROUPS)) and the items'
     ``year``, ``direction``, ``row``, ``col``, ``index``.
+
+    ``smooth_matrix`` (G, V): a model with smooth coarse channels (the batch then holds
+    ``ring``, each window's cells with a ring of neighbours); row g sums the coarse
+    variables of smooth group g (:func:`ai4land.samples.smooth.group_matrix`).
     """
 
     def __init__(self, *, predicted: list[int], factor: int, static_mean, static_std,
-                 n_coarse: int, prior_mask: PriorMaskConfig, augment: bool = False):
+                 n_coarse: int, prior_mask: PriorMaskConfig, augment: bool = False,
+                 smooth_matrix: np.ndarray | None = None):
         self.predicted = list(predicted)
         self.factor = int(factor)
         self.mean = torch.as_tensor(np.asarray(static_mean, dtype="float32"))
@@ -305,18 +352,20 @@ class BatchInputs:
         self.n_coarse = int(n_coarse)
         self.prior_mask = prior_mask
         self.augment = augment
+        self.smooth_matrix = (None if smooth_matrix is None
+                              else torch.as_tensor(np.asarray(smooth_matrix, dtype="float32")))
         self._constants: dict = {}
         self._sources: dict = {}
         self._orders: dict = {}
 
     @classmethod
     def of(cls, arrays, *, predicted: list[int], prior_mask: PriorMaskConfig,
-           augment: bool = False) -> BatchInputs:
+           augment: bool = False, smooth_matrix: np.ndarray | None = None) -> BatchInputs:
         """For batches of :class:`~ai4land.samples.arrays.TrainingArrays` windows."""
         return cls(predicted=predicted, factor=arrays.factor, static_mean=arrays.static_mean,
                    static_std=arrays.static_std,
                    n_coarse=arrays.cells.shape[1] + arrays.n_demand,
-                   prior_mask=prior_mask, augment=augment)
+                   prior_mask=prior_mask, augment=augment, smooth_matrix=smooth_matrix)
 
     def _on(self, device) -> dict:
         device = torch.device(device)
@@ -326,6 +375,8 @@ class BatchInputs:
                 "classes": torch.arange(len(self.predicted), device=device)[None, :, None, None],
                 "mean": self.mean.to(device)[:, None, None],
                 "std": self.std.to(device)[:, None, None],
+                "smooth": (None if self.smooth_matrix is None
+                           else self.smooth_matrix.to(device)),
             }
         return self._constants[device]
 
@@ -360,6 +411,9 @@ class BatchInputs:
         changed = (prior != target) & (prior >= 0) & has_prior[:, None, None]
         prior.masked_fill_(~keep, IGNORE_INDEX)
         static = get("static")
+        if k["smooth"] is not None:  # per-pixel channels, placed before the static ones
+            smooth = self._smooth(get("ring"), k["smooth"], offset, cell_index, (height, width))
+            static = torch.cat([smooth * kept[:, 0, None, None, None], static], 1)
         if self.augment:
             if height != width:
                 raise ValueError(f"augment turns square windows only, got {height}x{width}")
@@ -370,6 +424,7 @@ class BatchInputs:
                                               for x in (prior, target, static, changed))
             cell_index = cell_index.gather(1, source)
         n_static, n_classes = static.shape[1], len(self.predicted)
+        n_smooth = 0 if k["smooth"] is None else k["smooth"].shape[0]
         first_prior = self.n_coarse + n_static
         inputs = torch.empty((n, first_prior + n_classes + 2, height, width), device=device,
                              memory_format=torch.channels_last if channels_last
@@ -377,8 +432,9 @@ class BatchInputs:
         inputs[:, : self.n_coarse] = cells.flatten(2).gather(
             2, cell_index[:, None, :].expand(n, cells.shape[1], -1)).view(
             n, self.n_coarse, height, width)
-        normalised = inputs[:, self.n_coarse : first_prior]
-        torch.sub(static, k["mean"], out=normalised)
+        inputs[:, self.n_coarse : self.n_coarse + n_smooth] = static[:, :n_smooth]
+        normalised = inputs[:, self.n_coarse + n_smooth : first_prior]
+        torch.sub(static[:, n_smooth:], k["mean"], out=normalised)
         normalised.div_(k["std"]).nan_to_num_(nan=0.0).mul_(kept[:, 1, None, None, None])
         known = prior >= 0
         one_hot = inputs[:, first_prior : first_prior + n_classes]
@@ -394,3 +450,28 @@ class BatchInputs:
             "inputs_zeroed": zeroed,
             **{key: batch[key] for key in ("year", "direction", "row", "col", "index")},
         }
+
+    def _smooth(self, ring: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor,
+                cell_index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """(B, G, h, w) smooth coarse channels (:mod:`ai4land.samples.smooth`) from the
+        windows' cells with their ring (B, V, m + 2, n + 2), before any symmetry."""
+        height, width = shape
+        knot = smooth_coarse.knots_torch(ring, matrix)  # (B, 3, 3, G, m, n)
+        n, g = knot.shape[0], knot.shape[3]
+        flat = knot.reshape(n, 9 * g, -1)
+        at = flat.gather(2, cell_index[:, None, :].expand(n, 9 * g, -1)).view(
+            n, 3, 3, g, height, width)
+        factor, device = self.factor, ring.device
+        u = ((offset[:, :1] + torch.arange(height, device=device)) % factor + 0.5) / factor - 0.5
+        v = ((offset[:, 1:] + torch.arange(width, device=device)) % factor + 0.5) / factor - 0.5
+        down = (u > 0)[:, None, :, None]  # (B, 1, h, 1)
+        right = (v > 0)[:, None, None, :]  # (B, 1, 1, w)
+        wu = u.abs().float()[:, None, :, None]
+        wv = v.abs().float()[:, None, None, :]
+        own = at[:, 1, 1]
+        vertical = torch.where(down, at[:, 2, 1], at[:, 0, 1])
+        horizontal = torch.where(right, at[:, 1, 2], at[:, 1, 0])
+        diagonal = torch.where(down, torch.where(right, at[:, 2, 2], at[:, 2, 0]),
+                               torch.where(right, at[:, 0, 2], at[:, 0, 0]))
+        return ((1 - wu) * (1 - wv) * own + wu * (1 - wv) * vertical
+                + (1 - wu) * wv * horizontal + wu * wv * diagonal)

@@ -78,6 +78,7 @@ from ai4land.samples.features import (
     input_normalisation,
 )
 from ai4land.samples.plan import SamplePlanner, change_counts, largest_tile, shard
+from ai4land.samples.smooth import group_matrix, smooth_groups
 from ai4land.samples.split import load_split
 from ai4land.train.launch import AGENT_MARKERS, die_with_parent, in_torchrun_worker
 
@@ -513,6 +514,8 @@ class _Data:
     planner: SamplePlanner
     val_loader: DataLoader | None
     val_tile: int
+    # (G, V) coarse variables summed per smooth group (train.smooth_coarse), else None
+    smooth_matrix: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -531,8 +534,10 @@ def _load_data(config, *, info: DistInfo, device, split_path, per_rank: int) -> 
         )
     predicted = list(config.classes.predicted)
     groups = class_groups(config.datasets.coarse.groups, predicted)
+    smooth = groups if train_cfg.smooth_coarse else None
     channels = input_channel_names(cube, predicted,
-                                   demand=groups.names if train_cfg.demand else ())
+                                   demand=groups.names if train_cfg.demand else (),
+                                   smooth=smooth)
     years = [y for y in split.train_years if y in cube.target_years]
     land_mask = np.asarray(cube.static["land_mask"].values).astype(bool)
     arrays = _training_arrays(cube, years, train_cfg.cache_dir, info)
@@ -554,8 +559,11 @@ def _load_data(config, *, info: DistInfo, device, split_path, per_rank: int) -> 
                                  pin_memory=device.type == "cuda")
     elif info.is_main:
         log.warning("no validation window fits the val blocks: no validation or early stopping")
+    smooth_matrix = (None if smooth is None else group_matrix(
+        groups, cube.coarse_channel_names, smooth_groups(groups)))
     return _Data(cube=cube, predicted=predicted, channels=channels, years=years, arrays=arrays,
-                 planner=planner, val_loader=val_loader, val_tile=val_tile)
+                 planner=planner, val_loader=val_loader, val_tile=val_tile,
+                 smooth_matrix=smooth_matrix)
 
 
 def _train_planner(config, cube: Cube, train_mask, *, years, predicted, land_mask) -> SamplePlanner:
@@ -591,7 +599,7 @@ def _val_loader(config, cube: Cube, arrays: TrainingArrays, val_mask, *, val_til
     return _loader(
         WindowDataset(arrays, shard(val_plan, info.rank, info.world_size),
                       prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
-                      with_prior=train_cfg.uses_prior),
+                      with_prior=train_cfg.uses_prior, smooth=train_cfg.smooth_coarse),
         per_rank, num_workers=train_cfg.num_workers, pin_memory=pin_memory,
     )
 
@@ -635,9 +643,11 @@ class _Trainer:
         # built on the training device: training batches augmented, validation ones not
         self.train_inputs = BatchInputs.of(arrays, predicted=predicted,
                                            prior_mask=self.cfg.prior_mask,
-                                           augment=self.cfg.augment)
+                                           augment=self.cfg.augment,
+                                           smooth_matrix=data.smooth_matrix)
         self.val_inputs = BatchInputs.of(arrays, predicted=predicted,
-                                         prior_mask=self.cfg.prior_mask)
+                                         prior_mask=self.cfg.prior_mask,
+                                         smooth_matrix=data.smooth_matrix)
 
     def _build_model(self) -> None:
         """The U-Net (DDP-wrapped across ranks), AdamW, the warmup-cosine schedule and the
@@ -763,7 +773,8 @@ class _Trainer:
             self.state["step_in_epoch"] * self.per_rank :]
         loader = _loader(WindowDataset(data.arrays, mine, prior_mask=cfg.prior_mask,
                                        seed=self.config.seed, with_prior=cfg.uses_prior,
-                                       input_dropout=cfg.input_dropout, augment=cfg.augment),
+                                       input_dropout=cfg.input_dropout, augment=cfg.augment,
+                                       smooth=cfg.smooth_coarse),
                          self.per_rank, num_workers=cfg.num_workers,
                          pin_memory=self.device.type == "cuda")
         built = _built(loader, self.train_inputs, self.device, self.precision,
