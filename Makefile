@@ -37,8 +37,12 @@ test-fast: install
 bench: install
 	$(BIN)/python -m benchmarks
 
+LINT_PATHS := src tests benchmarks scripts
+
 lint: install
 	$(BIN)/snakemake --lint
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/python scripts/check_function_length.py $(LINT_PATHS)
 
 dag: install
 	$(BIN)/snakemake --dag --configfile config/demo.yaml | dot -Tsvg > dag.svg
