@@ -30,7 +30,9 @@ def fractions(index: int, years: list[int]) -> np.ndarray:
     """Smooth fields in [0, 0.08] per variable and year (12 of them sum to <= 0.96)."""
     coarse = FINE.coarsened(FACTOR)
     lat, lon = np.meshgrid(coarse.lat, coarse.lon, indexing="ij")
-    out = [0.04 + 0.04 * np.sin(lat * (index + 1) / 3 + lon / 5 + 0.1 * (y - years[0])) for y in years]
+    out = [
+        0.04 + 0.04 * np.sin(lat * (index + 1) / 3 + lon / 5 + 0.1 * (y - years[0])) for y in years
+    ]
     return np.stack(out).astype("float32")
 
 

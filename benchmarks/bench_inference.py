@@ -44,8 +44,8 @@ def reference(model, *, image, windows, batch_size: int) -> np.ndarray:
 
 def throughput(architecture: dict, predict: dict, shape: tuple[int, int]) -> dict:
     """Mpix/s of ours and of the fp32 reference for one model and region."""
-    from ai4land.models import UNet
     from ai4land.device import autocast_dtype
+    from ai4land.models import UNet
     from ai4land.predict.inference import plan_windows, predict_probabilities
 
     torch.manual_seed(0)

@@ -63,18 +63,26 @@ def main() -> None:
                 by_threads[n] = max(by_threads[n], consume(n))
         model = max(by_threads.values())  # the model's best rate on this CPU
     write_result(
-        "loader_vs_model", metric="samples_per_s", ours=loader, reference=model,
+        "loader_vs_model",
+        metric="samples_per_s",
+        ours=loader,
+        reference=model,
         reference_name=f"model consumption ({precision.describe()}, the faster of {threads} "
-                       "threads and 1)",
-        target="loader faster than the model (ratio > 1)", meets_target=loader > model,
-        params={"batch_size": size, "tile_size": train.tile_size,
-                "batches_loaded": LOADER_BATCHES,
-                "model_samples_per_s_by_threads": {str(n): round(v, 2)
-                                                   for n, v in by_threads.items()}, "augment": train.augment,
-                "input_dropout": train.input_dropout, "repeats": REPEATS,
-                "loader": "one thread: raw windows from in-memory training arrays, collated, "
-                          "built on the CPU by BatchInputs (channels_last as the model takes "
-                          "them); interleaved with the model, best of 3 each"},
+        "threads and 1)",
+        target="loader faster than the model (ratio > 1)",
+        meets_target=loader > model,
+        params={
+            "batch_size": size,
+            "tile_size": train.tile_size,
+            "batches_loaded": LOADER_BATCHES,
+            "model_samples_per_s_by_threads": {str(n): round(v, 2) for n, v in by_threads.items()},
+            "augment": train.augment,
+            "input_dropout": train.input_dropout,
+            "repeats": REPEATS,
+            "loader": "one thread: raw windows from in-memory training arrays, collated, "
+            "built on the CPU by BatchInputs (channels_last as the model takes "
+            "them); interleaved with the model, best of 3 each",
+        },
         higher_is_better=True,
     )
 

@@ -114,8 +114,12 @@ def untrained_model(config, root: Path) -> Path:
 
     names = input_channel_names(Cube.from_config(config), list(config.classes.predicted))
     torch.manual_seed(0)
-    model = UNet(len(names), len(config.classes.predicted), base_channels=config.train.base_channels,
-                 depth=config.train.depth)
+    model = UNet(
+        len(names),
+        len(config.classes.predicted),
+        base_channels=config.train.base_channels,
+        depth=config.train.depth,
+    )
     save_model(root / "untrained", model, ModelCard(
         input_channels=names, tile_size=config.train.tile_size,
         classes=list(config.classes.predicted), architecture=model.config))
@@ -135,8 +139,8 @@ def predict_job(config, root: Path, model_dir: Path, *, year: int = 1959) -> dic
 def model_forward(model_dir: Path):
     """One forward pass of the job's model (folded batch norm, channels_last, the job's
     autocast) as a callable on an input batch; nothing else."""
-    from ai4land.models.card import load_model
     from ai4land.device import autocast_dtype
+    from ai4land.models.card import load_model
     from ai4land.predict.inference import fold_batchnorm
 
     model = fold_batchnorm(load_model(model_dir)[0]).to(memory_format=torch.channels_last)

@@ -73,11 +73,22 @@ def main() -> dict:
     max_diff = float(np.nanmax(np.abs(mine - theirs)))
     ratio = ours_s / reference_s
     return write_result(
-        "reproject_static", metric="wall_s", ours=ours_s, reference=reference_s,
-        reference_name="gdalwarp -r average", target="ratio <= 1.5", meets_target=ratio <= 1.5,
-        params={"source": "30 arc-second float32 GeoTIFF 2400 x 2400", "target_grid": "0.01 deg 2000 x 2000",
-                "resampling": "average", "strip_rows": STATIC_ROWS, "threads": 1,
-                "max_abs_diff_m": round(max_diff, 4), "timing": "best of 3"},
+        "reproject_static",
+        metric="wall_s",
+        ours=ours_s,
+        reference=reference_s,
+        reference_name="gdalwarp -r average",
+        target="ratio <= 1.5",
+        meets_target=ratio <= 1.5,
+        params={
+            "source": "30 arc-second float32 GeoTIFF 2400 x 2400",
+            "target_grid": "0.01 deg 2000 x 2000",
+            "resampling": "average",
+            "strip_rows": STATIC_ROWS,
+            "threads": 1,
+            "max_abs_diff_m": round(max_diff, 4),
+            "timing": "best of 3",
+        },
     )
 
 

@@ -79,16 +79,26 @@ def write_coarse_file(path: Path, grid: Grid, *, years: list[int], values=None) 
 def bench_config(root: Path, *, years: list[int], archive: str | None, pattern: str,
                  coarse: Path, static: list | None = None):
     """A config for the generated inputs: no water variable, one train == test year range."""
-    return parse_config({
-        "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"), "results": str(root / "results")},
-        "datasets": {
-            "coarse": {"historical": str(coarse), "water_variable": None,
-                       "groups": {"all": {"variables": ["primf"], "classes": [44]}}},
-            "fine": {"archive": archive, "pattern": pattern, "years": [years[0], years[-1]]},
-            "static": static or [],
+    return parse_config(
+        {
+            "paths": {
+                "raw": str(root / "raw"),
+                "cube": str(root / "cube"),
+                "results": str(root / "results"),
+            },
+            "datasets": {
+                "coarse": {
+                    "historical": str(coarse),
+                    "water_variable": None,
+                    "groups": {"all": {"variables": ["primf"], "classes": [44]}},
+                },
+                "fine": {"archive": archive, "pattern": pattern, "years": [years[0], years[-1]]},
+                "static": static or [],
+            },
+            "years": {"train": [years[0], years[-1]], "test": [years[0], years[-1]]},
         },
-        "years": {"train": [years[0], years[-1]], "test": [years[0], years[-1]]},
-    }, source="benchmark")
+        source="benchmark",
+    )
 
 
 def reference_loop(archive: Path, years: list[int], grid: Grid, out: Path) -> None:
@@ -137,13 +147,24 @@ def main(n_years: int = 20, size: int = 2000) -> dict:
     mpix = n_years * size * size / 1e6
     ours_rate, ref_rate = mpix / ours, mpix / reference
     return write_result(
-        "target_cube_throughput", metric="mpix_per_s", ours=ours_rate, reference=ref_rate,
+        "target_cube_throughput",
+        metric="mpix_per_s",
+        ours=ours_rate,
+        reference=ref_rate,
         reference_name="rasterio read + zarr write loop",
         target="report the ratio (ours validates and maps codes; the loop does not)",
-        meets_target=None, higher_is_better=True,
-        params={"years": n_years, "size": [size, size], "input": "DEFLATE GeoTIFFs in a zip (/vsizip)",
-                "chunks": [1, TILE_CHUNK, TILE_CHUNK], "ours_s": round(ours, 3),
-                "reference_s": round(reference, 3), "identical_output": same, "timing": "best of 3"},
+        meets_target=None,
+        higher_is_better=True,
+        params={
+            "years": n_years,
+            "size": [size, size],
+            "input": "DEFLATE GeoTIFFs in a zip (/vsizip)",
+            "chunks": [1, TILE_CHUNK, TILE_CHUNK],
+            "ours_s": round(ours, 3),
+            "reference_s": round(reference, 3),
+            "identical_output": same,
+            "timing": "best of 3",
+        },
     )
 
 

@@ -71,7 +71,7 @@ def table(results: list[dict]) -> str:
 
 
 def _is_interval(value: object) -> bool:
-    return isinstance(value, dict) and INTERVAL_KEYS <= set(value)
+    return isinstance(value, dict) and set(value) >= INTERVAL_KEYS
 
 
 def _intervals(params: dict) -> list[tuple[str, dict]]:

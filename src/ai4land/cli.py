@@ -196,7 +196,9 @@ def cmd_torchrun(args) -> int:
 
     module_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     if not module_args:
-        raise Ai4landError("ai4land torchrun: give the sub-command to run, e.g. -- train --config ...")
+        raise Ai4landError(
+            "ai4land torchrun: give the sub-command to run, e.g. -- train --config ..."
+        )
     return launch(module_args, nproc=args.nproc)
 
 
@@ -351,7 +353,9 @@ def _add_emulator_commands(sub) -> None:
 
 def _add_tool_commands(sub) -> None:
     """torchrun, verify-manifest."""
-    p = sub.add_parser("torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)")
+    p = sub.add_parser(
+        "torchrun", help="run a sub-command under torchrun (multi-node inside Slurm)"
+    )
     p.add_argument("--nproc", type=int, required=True, help="processes per node (train.nproc)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="-- SUB-COMMAND [ARGS...]")
     p.set_defaults(func=cmd_torchrun)

@@ -56,7 +56,17 @@ from ai4land.errors import ConfigError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
 
-OCEAN, URBAN, CROP, PASTURE, FOREST, GRASS, SPARSE, WATER, NODATA = 0, 11, 22, 33, 44, 55, 66, 77, 99
+OCEAN, URBAN, CROP, PASTURE, FOREST, GRASS, SPARSE, WATER, NODATA = (
+    0,
+    11,
+    22,
+    33,
+    44,
+    55,
+    66,
+    77,
+    99,
+)
 LAND_CODES = (URBAN, CROP, PASTURE, FOREST, GRASS, SPARSE, WATER)
 FILL = 1e20
 IGH = "+proj=igh +lon_0=0 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
@@ -193,10 +203,14 @@ def _grids(config: Config) -> _Grids:
     margin = math.ceil(FIELD_MARGIN_DEG / demo.fine_res - 1e-9)
     field = Grid(west=west - margin * demo.fine_res, north=north + margin * demo.fine_res,
                  res=demo.fine_res, width=fine.width + 2 * margin, height=fine.height + 2 * margin)
-    return _Grids(fine=fine, coarse=fine.coarsened(factor), factor=factor, field=field, margin=margin)
+    return _Grids(
+        fine=fine, coarse=fine.coarsened(factor), factor=factor, field=field, margin=margin
+    )
 
 
-def _sample(field: np.ndarray, grid: Grid, lon: np.ndarray, lat: np.ndarray, *, order: int) -> np.ndarray:
+def _sample(
+    field: np.ndarray, grid: Grid, lon: np.ndarray, lat: np.ndarray, *, order: int
+) -> np.ndarray:
     """Values of a field on ``grid`` at lon/lat points (bilinear or nearest, edge-clamped)."""
     rows = (grid.north - lat) / grid.res - 0.5
     cols = (lon - grid.west) / grid.res - 0.5
@@ -351,7 +365,9 @@ def _landscape(seed: int, grids: _Grids, terrain: _Terrain) -> tuple[_Landscape,
                    + 0.15 * small + 0.05 * tiny)
     pasture_suit = _rank01(pasture_raw, land)
     near_coast = np.exp(-coast_px * res * 111.32 / 60.0)
-    urban_raw = (1.0 - elev / 500.0).clip(0.0) * (1.0 - slope_rank) * (0.3 + near_coast) + 0.05 * small
+    urban_raw = (1.0 - elev / 500.0).clip(0.0) * (1.0 - slope_rank) * (
+        0.3 + near_coast
+    ) + 0.05 * small
     urban_suit = _rank01(urban_raw, land)
 
     regime = _smooth_noise(rng, shape, 0.8 / res)
@@ -478,14 +494,18 @@ def _extend(groups: np.ndarray, n_years: int, family: str, modulation: np.ndarra
     out = np.empty((n_years, *groups.shape))
     for i in range(n_years):
         start = current.copy()
-        movable = {name: start[g] - (sparse if g == _G_NATURAL else 0.0) for name, g in index.items()}
+        movable = {
+            name: start[g] - (sparse if g == _G_NATURAL else 0.0) for name, g in index.items()
+        }
         for k, (source, target, rate) in enumerate(SCENARIO_FLOWS[family]):
             if source == target == "urban":  # urban growth, taken from cropland
                 flow = np.minimum(rate * modulation[k] * start[_G_URBAN], 0.2 * movable["crop"])
                 source = "crop"
             else:
                 flow = rate * modulation[k] * movable[source]
-            flow = np.minimum(flow, current[index[source]] - (sparse if source == "natural" else 0.0))
+            flow = np.minimum(
+                flow, current[index[source]] - (sparse if source == "natural" else 0.0)
+            )
             flow = flow.clip(0.0)
             current[index[source]] -= flow
             current[index[target]] += flow
@@ -519,7 +539,9 @@ def _splits(seed: int, grids: _Grids, terrain: _Terrain) -> _Splits:
     m, f = grids.margin, grids.factor
     elev = terrain.elevation[m : m + grids.fine.height, m : m + grids.fine.width]
     elev_cell = elev.reshape(ny, f, nx, f).mean(axis=(1, 3)).clip(0.0)
-    range_share = (0.15 + 0.6 * elev_cell / 2600.0 + 0.1 * rng.standard_normal((ny, nx))).clip(0.02, 0.95)
+    range_share = (0.15 + 0.6 * elev_cell / 2600.0 + 0.1 * rng.standard_normal((ny, nx))).clip(
+        0.02, 0.95
+    )
     primf0 = rng.uniform(0.15, 0.6, size=(ny, nx))
     primn0 = rng.uniform(0.3, 0.8, size=(ny, nx))
     age0 = rng.uniform(10.0, 40.0, size=(ny, nx))
@@ -549,7 +571,9 @@ def _luh_variables(groups: np.ndarray, years: list[int], splits: _Splits,
         out[secd] = total - primary
     years_arr = np.asarray(years, dtype="float64")[:, None, None]
     age = np.minimum(splits.age0 + 0.4 * (years_arr - t0), 120.0)
-    forest_share = groups[:, _G_FOREST] / np.maximum(groups[:, _G_FOREST] + groups[:, _G_NATURAL], 1e-9)
+    forest_share = groups[:, _G_FOREST] / np.maximum(
+        groups[:, _G_FOREST] + groups[:, _G_NATURAL], 1e-9
+    )
     out["secma"] = age
     out["secmb"] = 1.0 + 9.0 * forest_share * (0.6 + 0.4 * age / 120.0)
     result = {}
@@ -595,7 +619,9 @@ def _write_luh_netcdf(path: Path, grid: Grid, *, years: list[int] | None, time_o
                                 "calendar": "365_day"})
             _coord_var(ds, "lat", grid.lat, "Y")
             _coord_var(ds, "lon", grid.lon, "X")
-            chunks = (1, grid.height, grid.width) if years is not None else (grid.height, grid.width)
+            chunks = (
+                (1, grid.height, grid.width) if years is not None else (grid.height, grid.width)
+            )
             for name, values in variables.items():
                 var = ds.createVariable(name, "f4", dims, zlib=True, complevel=4, shuffle=True,
                                         chunksizes=chunks, fill_value=False)
@@ -635,9 +661,16 @@ def _write_etopo(path: Path, variable: str, values_fn, grids: _Grids, *, long_na
                            "longitude_of_prime_meridian": 0.0, "semi_major_axis": 6378137.0,
                            "inverse_flattening": 298.257223563, "epsg_code": "EPSG:4326",
                            "crs_wkt": wkt, "spatial_ref": wkt})
-            var = ds.createVariable(variable, "f4", ("lat", "lon"), zlib=True, complevel=4,
-                                    shuffle=True, chunksizes=(min(lat.size, 512), min(lon.size, 512)),
-                                    fill_value=np.float32(-99999.0))
+            var = ds.createVariable(
+                variable,
+                "f4",
+                ("lat", "lon"),
+                zlib=True,
+                complevel=4,
+                shuffle=True,
+                chunksizes=(min(lat.size, 512), min(lon.size, 512)),
+                fill_value=np.float32(-99999.0),
+            )
             var[:] = values
             var.setncatts({"long_name": long_name, "units": units, "grid_mapping": "crs"})
         finally:
@@ -658,7 +691,9 @@ def _geotiff_bytes(array: np.ndarray, *, crs, transform, nodata, colormap=None) 
         return memfile.read()
 
 
-def _write_igh_tiff(path: Path, values_fn, grids: _Grids, ocean_fn, *, dtype: str = "int16") -> None:
+def _write_igh_tiff(
+    path: Path, values_fn, grids: _Grids, ocean_fn, *, dtype: str = "int16"
+) -> None:
     """A SoilGrids-like GeoTIFF: Interrupted Goode Homolosine, 1000 m, nodata over the sea."""
     west, south, east, north = grids.fine.bounds
     edge = np.linspace(0.0, 1.0, 201)
@@ -703,13 +738,17 @@ def _check_config(config: Config) -> None:
     coarse = config.datasets.coarse
     unknown = sorted(set(coarse.variables) - set(LUH2_FRACTIONS))
     if unknown:
-        raise ConfigError(f"datasets.coarse.variables {unknown}: the demo world writes LUH2 variables only")
+        raise ConfigError(
+            f"datasets.coarse.variables {unknown}: the demo world writes LUH2 variables only"
+        )
     if coarse.water_variable not in (None, "icwtr"):
         raise ConfigError(
             f"datasets.coarse.water_variable {coarse.water_variable!r}: the demo world writes 'icwtr'"
         )
     if "{year}" not in config.datasets.fine.pattern:
-        raise ConfigError(f"datasets.fine.pattern {config.datasets.fine.pattern!r} must contain {{year}}")
+        raise ConfigError(
+            f"datasets.fine.pattern {config.datasets.fine.pattern!r} must contain {{year}}"
+        )
     h0, h1 = config.demo.historical_years
     f0, _ = config.datasets.fine.years
     u0, u1 = config.demo.future_years

@@ -227,7 +227,9 @@ def _check_geotiff(path: Path) -> str | None:
                 for _, window in src.block_windows(band):
                     src.read(band, window=window)
     except RasterioError as exc:
-        return f"does not decode as a GeoTIFF ({str(exc).splitlines()[0]}); it is probably truncated"
+        return (
+            f"does not decode as a GeoTIFF ({str(exc).splitlines()[0]}); it is probably truncated"
+        )
     return None
 
 
@@ -299,14 +301,18 @@ def _transfer(url: str, part: Path, *, size: int | None, timeout: float, what: s
             raise _Retry(f"range not satisfiable at {offset}") from None
         if exc.code in _RETRY_STATUS:
             raise _Retry(f"HTTP {exc.code}") from None
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL in config sources") from None
+        raise DownloadError(
+            f"{url}: HTTP {exc.code} {exc.reason}; check the URL in config sources"
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise _Retry(str(exc)) from None
     with response:
         content_type = response.headers.get("Content-Type", "")
         if "text/html" in content_type.lower() and not _expects_html(url):
-            raise DownloadError(f"{url}: served an HTML page (Content-Type {content_type}) instead of "
-                                f"{what} (login or error page?); check the URL")
+            raise DownloadError(
+                f"{url}: served an HTML page (Content-Type {content_type}) instead of "
+                f"{what} (login or error page?); check the URL"
+            )
         status = getattr(response, "status", 200)
         if offset and status == 206:
             content_range = response.headers.get("Content-Range", "")
@@ -329,7 +335,12 @@ def _transfer(url: str, part: Path, *, size: int | None, timeout: float, what: s
                     block = response.read1(CHUNK)
                     if not block:
                         break
-                    if offset == 0 and received == 0 and not _expects_html(url) and _looks_like_html(block[:512]):
+                    if (
+                        offset == 0
+                        and received == 0
+                        and not _expects_html(url)
+                        and _looks_like_html(block[:512])
+                    ):
                         raise DownloadError(f"{url}: served an HTML page instead of {what} "
                                             "(login or error page?); check the URL")
                     fh.write(block)
@@ -338,7 +349,9 @@ def _transfer(url: str, part: Path, *, size: int | None, timeout: float, what: s
         except (OSError, http.client.HTTPException) as exc:
             raise _Retry(f"connection lost after {offset + received} bytes ({exc})") from None
         if expected is not None and received < expected:
-            raise _Retry(f"connection closed after {offset + received} of {offset + expected} bytes")
+            raise _Retry(
+                f"connection closed after {offset + received} of {offset + expected} bytes"
+            )
 
 
 def download_file(url: str, dest: str | Path, *, size: int | None = None, sha256: str | None = None,
@@ -369,8 +382,11 @@ def download_file(url: str, dest: str | Path, *, size: int | None = None, sha256
                 after = part.stat().st_size if part.exists() else 0
                 failures = 0 if after > before else failures + 1
                 if failures > retries:
-                    then = (f"run again to resume from {part} ({after} bytes)" if after
-                            else "nothing was received; check the URL and the network, then run again")
+                    then = (
+                        f"run again to resume from {part} ({after} bytes)"
+                        if after
+                        else "nothing was received; check the URL and the network, then run again"
+                    )
                     raise DownloadError(f"{url}: download failed after {retries} retries ({exc}); "
                                         f"{then}") from None
                 time.sleep(backoff * 2 ** max(failures - 1, 0))
@@ -395,8 +411,15 @@ def download_file(url: str, dest: str | Path, *, size: int | None = None, sha256
 def safe_member_path(dest_dir: str | Path, name: str) -> Path:
     """Where member ``name`` goes under ``dest_dir``; refuses absolute and ``..`` paths."""
     pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or (pure.parts and ":" in pure.parts[0]) or ".." in pure.parts or not pure.parts:
-        raise DownloadError(f"zip member {name!r} has an unsafe path (absolute or '..'); refusing to extract")
+    if (
+        pure.is_absolute()
+        or (pure.parts and ":" in pure.parts[0])
+        or ".." in pure.parts
+        or not pure.parts
+    ):
+        raise DownloadError(
+            f"zip member {name!r} has an unsafe path (absolute or '..'); refusing to extract"
+        )
     root = Path(dest_dir).resolve()
     target = (root / Path(*pure.parts)).resolve()
     if root != target and root not in target.parents:
@@ -431,7 +454,9 @@ def extract_members(archive: str | Path, dest_dir: str | Path, *, pattern: str =
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DownloadError(f"{archive}: not a readable zip file ({exc}); delete it and download again") from None
+        raise DownloadError(
+            f"{archive}: not a readable zip file ({exc}); delete it and download again"
+        ) from None
     with zf:
         infos = {info.filename: info for info in zf.infolist()}
         names = _selected(list(infos), pattern, years)
@@ -441,7 +466,9 @@ def extract_members(archive: str | Path, dest_dir: str | Path, *, pattern: str =
         for name in names:
             info = infos[name]
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise DownloadError(f"{archive}: member {name!r} is a symbolic link; refusing to extract")
+                raise DownloadError(
+                    f"{archive}: member {name!r} is a symbolic link; refusing to extract"
+                )
             targets.append((info, safe_member_path(dest_dir, name)))
         written = []
         bar = tqdm(targets, desc=f"extract {archive.name}", disable=None if progress else True,
@@ -483,10 +510,16 @@ def download_sources(config, *, keys: list[str] | None = None, repin: list[str] 
     """
     sources = config.sources
     repin = list(repin or [])
-    keys = list(sources) if keys is None and not repin else list(dict.fromkeys([*(keys or []), *repin]))
+    keys = (
+        list(sources)
+        if keys is None and not repin
+        else list(dict.fromkeys([*(keys or []), *repin]))
+    )
     unknown = [k for k in keys if k not in sources]
     if unknown:
-        raise ConfigError(f"sources {unknown} are not in config sources (known: {', '.join(sources) or 'none'})")
+        raise ConfigError(
+            f"sources {unknown} are not in config sources (known: {', '.join(sources) or 'none'})"
+        )
     settings = config.download
     retries = settings.retries if retries is None else retries
     backoff = settings.backoff if backoff is None else backoff
@@ -523,8 +556,10 @@ def download_sources(config, *, keys: list[str] | None = None, repin: list[str] 
                                                 content=None if pinned else content,
                                                 pin_hint=hint, progress=progress)
             except DownloadError as exc:
-                raise DownloadError(f"{exc} (file already present; delete it or run "
-                                    f"`ai4land download --repin {key}` to download again)") from None
+                raise DownloadError(
+                    f"{exc} (file already present; delete it or run "
+                    f"`ai4land download --repin {key}` to download again)"
+                ) from None
             state = "present"
         else:
             got_size, got_sha = download_file(source.url, dest, size=size, sha256=sha256,

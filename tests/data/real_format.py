@@ -49,7 +49,9 @@ def source_url(production: dict, key: str, base: str) -> str:
 
 def _demo_config(root: Path, production: dict, bbox, historical_years, future_years, seed):
     """A demo-world config writing each production source's file at its served path."""
-    served = {src["path"]: str(root / served_path(src["url"])) for src in production["sources"].values()}
+    served = {
+        src["path"]: str(root / served_path(src["url"])) for src in production["sources"].values()
+    }
     datasets = production["datasets"]
     coarse, fine = datasets["coarse"], datasets["fine"]
     return parse_config({

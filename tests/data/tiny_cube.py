@@ -138,7 +138,9 @@ def _write(root: Path, *, size: int, factor: int, years, scenarios, seed: int) -
     blocks = maps.reshape(len(years), cells, factor, cells, factor)
     area = float(factor * factor)
     land_cells = land_mask.reshape(cells, factor, cells, factor).any(axis=(1, 3))
-    fractions = {name: np.zeros((len(years), cells, cells), dtype="float32") for name in LUH2_FRACTIONS}
+    fractions = {
+        name: np.zeros((len(years), cells, cells), dtype="float32") for name in LUH2_FRACTIONS
+    }
     for code, name in CLASS_VARIABLE.items():
         fractions[name] += (blocks == code).sum(axis=(2, 4)) / area
     for values in fractions.values():

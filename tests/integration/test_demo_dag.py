@@ -36,12 +36,22 @@ def _maps(workdir: Path) -> list[Path]:
 @pytest.mark.slow
 def test_every_stage_produced_its_outputs(tiny_run):
     _, workdir = tiny_run
-    for path in ("resources/cube/grids.json", "resources/cube/target.zarr", "resources/cube/static.zarr",
-                 "resources/cube/coarse/historical.zarr", "resources/cube/coarse/ssp585.zarr",
-                 "results/split/split.json", "results/split/split.png", "results/model/model.pt",
-                 "results/model/model_card.json", "results/model/metrics.csv",
-                 "results/eval/metrics.json", "results/publish/catalog.json",
-                 "results/publish/SHA256SUMS", "results/publish/provenance.json"):
+    for path in (
+        "resources/cube/grids.json",
+        "resources/cube/target.zarr",
+        "resources/cube/static.zarr",
+        "resources/cube/coarse/historical.zarr",
+        "resources/cube/coarse/ssp585.zarr",
+        "results/split/split.json",
+        "results/split/split.png",
+        "results/model/model.pt",
+        "results/model/model_card.json",
+        "results/model/metrics.csv",
+        "results/eval/metrics.json",
+        "results/publish/catalog.json",
+        "results/publish/SHA256SUMS",
+        "results/publish/provenance.json",
+    ):
         assert (workdir / path).exists(), path
     # 2 backward years + 2 SSPs x 2 forward years
     assert len(_maps(workdir)) == 6
@@ -64,7 +74,9 @@ def test_cogs_hold_class_codes_and_open_with_gdal(tiny_run):
         assert len(set(np.unique(codes)) - {0, 99}) >= 3, "a map with almost one class"
     gdalinfo = shutil.which("gdalinfo")
     assert gdalinfo, "gdalinfo missing: run scripts/install-system-deps.sh"
-    info = subprocess.run([gdalinfo, str(_maps(workdir)[0])], capture_output=True, text=True, check=True)
+    info = subprocess.run(
+        [gdalinfo, str(_maps(workdir)[0])], capture_output=True, text=True, check=True
+    )
     assert "LAYOUT=COG" in info.stdout and "Color Table" in info.stdout
 
 

@@ -40,8 +40,10 @@ def test_two_runs_from_scratch_give_identical_products(tmp_path, tiny_dag):
     assert any(name.endswith(".json") for name in digests[0])  # the per-map reports
     assert any("/lulc/" in name for name in digests[0])  # Zarr chunks are compared too
     differ = sorted(k for k in digests[0] if digests[0][k] != digests[1].get(k))
-    assert not differ, (f"{len(differ)} files differ between runs, e.g. {differ[:3]}; "
-                        f"tags that differ: {_tag_diff(*(w / 'results' / differ[0] for w in runs))}")
+    assert not differ, (
+        f"{len(differ)} files differ between runs, e.g. {differ[:3]}; "
+        f"tags that differ: {_tag_diff(*(w / 'results' / differ[0] for w in runs))}"
+    )
     assert digests[0].keys() == digests[1].keys()
     assert manifests[0] == manifests[1]
     # The manifest covers exactly these files and verifies against them.

@@ -41,7 +41,10 @@ def test_error_names_file_setting_and_value(tmp_path, demo_config_dict):
         (lambda c: c["years"].update(forward=[2010, 2020]), "must start after the last observed"),
         (lambda c: c.update(scenarios=["ssp999"]), "['ssp999'] have no file"),
         (lambda c: c["predict"].update(overlap=100), "overlap must be < tile_size / 2"),
-        (lambda c: c.update(classes={"predicted": [11, 12]}), "class code 12 is not in classes.legend"),
+        (
+            lambda c: c.update(classes={"predicted": [11, 12]}),
+            "class code 12 is not in classes.legend",
+        ),
     ],
 )
 def test_invalid_configs(demo_config_dict, change, expected):
@@ -69,8 +72,11 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_cli_config_check(repo, tmp_path, demo_config_dict):
-    ok = subprocess.run([sys.executable, "-m", "ai4land", "config", "check", str(repo / "config/demo.yaml")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "ai4land", "config", "check", str(repo / "config/demo.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert '"run_name": "demo"' in ok.stdout
     demo_config_dict["train"]["batch_size"] = -1

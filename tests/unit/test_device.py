@@ -44,7 +44,9 @@ def test_cpu_bf16_asks_onednn_then_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert cpu_supports_bf16() is False
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    monkeypatch.setattr(torch.ops, "mkldnn", SimpleNamespace(_is_mkldnn_bf16_supported=lambda: True))
+    monkeypatch.setattr(
+        torch.ops, "mkldnn", SimpleNamespace(_is_mkldnn_bf16_supported=lambda: True)
+    )
     assert cpu_supports_bf16() is True
     monkeypatch.setattr(torch.ops, "mkldnn", SimpleNamespace())  # a torch without the query
 

@@ -109,7 +109,9 @@ def server():
     httpd.seen_while_stalling = []
     httpd.files = {"data.bin": PAYLOAD, "drop": PAYLOAD, "flaky": PAYLOAD, "norange": PAYLOAD,
                    "html": HTML, "sniffed": b"  <html><head></head></html>", "short": PAYLOAD}
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield httpd
@@ -141,7 +143,9 @@ def test_download_verifies_and_records_lock(server, tmp_path):
     lines = []
     paths = download_sources(config, progress=False, backoff=0.001, echo=lines.append)
     assert paths == [dest] and dest.read_bytes() == PAYLOAD
-    assert lines == [f"d\t{dest}\t{len(PAYLOAD)} bytes\tsha256 {sha(PAYLOAD)}\tdownloaded, verified"]
+    assert lines == [
+        f"d\t{dest}\t{len(PAYLOAD)} bytes\tsha256 {sha(PAYLOAD)}\tdownloaded, verified"
+    ]
     assert not dest.with_name("data.bin.part").exists()
     lock = json.loads((tmp_path / "raw" / "sources.lock.json").read_text())
     assert lock["sources"]["d"] == {"url": f"{server.url}/data.bin", "size": len(PAYLOAD),
@@ -152,7 +156,9 @@ def test_download_verifies_and_records_lock(server, tmp_path):
     assert len(server.requests) == count
     assert lines[1].endswith("\tpresent, verified")
     dest.write_bytes(b"tampered")
-    with pytest.raises(DownloadError, match=r"data\.bin: size 8 bytes, expected 1048576.*delete it"):
+    with pytest.raises(
+        DownloadError, match=r"data\.bin: size 8 bytes, expected 1048576.*delete it"
+    ):
         download_sources(config, progress=False)
 
 
@@ -211,7 +217,9 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
 
 def test_truncated_download_leaves_nothing(server, tmp_path):
     dest = tmp_path / "short.bin"
-    with pytest.raises(DownloadError, match=r"short\.bin\.part: size 524288 bytes, expected 1048576 from .*/short"):
+    with pytest.raises(
+        DownloadError, match=r"short\.bin\.part: size 524288 bytes, expected 1048576 from .*/short"
+    ):
         fetch(f"{server.url}/short", dest, size=len(PAYLOAD))
     assert not dest.exists() and not dest.with_name("short.bin.part").exists()
 
@@ -262,8 +270,9 @@ def test_extract_only_needed_members(tmp_path):
     assert [p.name for p in globbed] == ["readme.txt"]
 
 
-@pytest.mark.parametrize("bad", ["../evil.tif", "dir/../../evil.tif", "/etc/evil.tif", "C:/evil.tif",
-                                 "..\\evil.tif"])
+@pytest.mark.parametrize(
+    "bad", ["../evil.tif", "dir/../../evil.tif", "/etc/evil.tif", "C:/evil.tif", "..\\evil.tif"]
+)
 def test_unsafe_member_refused(tmp_path, bad):
     archive = make_zip(tmp_path / "a.zip", {"ok.tif": b"1", bad: b"x"})
     with pytest.raises(DownloadError, match="unsafe path|outside"):
@@ -305,7 +314,9 @@ def netcdf_bytes(tmp_path: Path, variables: list[str], *, times: int | None = 3)
         ds.createDimension("lat", 8)
         ds.createDimension("lon", 8)
         for name in variables:
-            var = ds.createVariable(name, "f4", dims, zlib=True, chunksizes=(1, 8, 8) if times else (8, 8))
+            var = ds.createVariable(
+                name, "f4", dims, zlib=True, chunksizes=(1, 8, 8) if times else (8, 8)
+            )
             var[:] = np.random.default_rng(0).random(var.shape)
     return path.read_bytes()
 
@@ -367,17 +378,26 @@ def real_files(tmp_path):
 def real_config(tmp_path: Path, server, **extra):
     raw = tmp_path / "raw"
     names = {"states": "states.nc", "static": "static.nc", "fine": "fine.zip", "clay": "clay.tif"}
-    return parse_config({
-        "paths": {"raw": str(raw), "cube": str(tmp_path / "cube")},
-        "sources": {key: {"url": f"{server.url}/{name}", "path": str(raw / name)}
-                    for key, name in names.items()},
-        "datasets": {"coarse": {"historical": str(raw / "states.nc"), "static": str(raw / "static.nc")},
-                     "fine": {"archive": str(raw / "fine.zip"), "pattern": "maps/map_{year}.tif",
-                              "years": YEARS},
-                     "static": [{"name": "clay", "path": str(raw / "clay.tif")}]},
-        "years": {"train": [2000, 2000], "test": [2001, 2001]},
-        **extra,
-    })
+    return parse_config(
+        {
+            "paths": {"raw": str(raw), "cube": str(tmp_path / "cube")},
+            "sources": {
+                key: {"url": f"{server.url}/{name}", "path": str(raw / name)}
+                for key, name in names.items()
+            },
+            "datasets": {
+                "coarse": {"historical": str(raw / "states.nc"), "static": str(raw / "static.nc")},
+                "fine": {
+                    "archive": str(raw / "fine.zip"),
+                    "pattern": "maps/map_{year}.tif",
+                    "years": YEARS,
+                },
+                "static": [{"name": "clay", "path": str(raw / "clay.tif")}],
+            },
+            "years": {"train": [2000, 2000], "test": [2001, 2001]},
+            **extra,
+        }
+    )
 
 
 def lock_entries(tmp_path: Path) -> dict:
@@ -498,8 +518,9 @@ def test_parallel_downloads_keep_every_lock_entry(server, tmp_path):
     for key in keys:
         server.files[key] = key.encode() * 1000
     server.delay = 1.5  # every job reads the lock before any of them writes it
-    config = make_config(tmp_path, {k: {"url": f"{server.url}/{k}", "path": str(tmp_path / "raw" / k)}
-                                    for k in keys})
+    config = make_config(
+        tmp_path, {k: {"url": f"{server.url}/{k}", "path": str(tmp_path / "raw" / k)} for k in keys}
+    )
     config_file = tmp_path / "config.yaml"
     config_file.write_text(json.dumps(config.model_dump(mode="json")))
     jobs = [subprocess.Popen([sys.executable, "-m", "ai4land", "download", "-c", str(config_file),

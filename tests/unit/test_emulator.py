@@ -66,15 +66,18 @@ def test_region_is_cut_to_the_bbox_and_harmonised(world):
     bbox = (4.13, 47.52, 4.41, 47.85)  # not on coarse-cell edges
     ds = emulator.predict(_cube_scenario(root), bbox=bbox, years=1966)
     assert ds.sizes == {"year": 1, "lat": 33, "lon": 28}
-    assert ds["lon"].values[0] == pytest.approx(4.135) and ds["lat"].values[0] == pytest.approx(47.845)
+    assert ds["lon"].values[0] == pytest.approx(4.135) and ds["lat"].values[0] == pytest.approx(
+        47.845
+    )
     codes = ds["lulc"].values[0]
     assert set(np.unique(codes)) <= set(config.classes.predicted) | {0, 99}
     report = json.loads(ds.attrs["reports"])[0]
     assert report["conservation"]["after"]["delta_target"]["mae"] < 0.03
     # the region is the whole coarse cells around the bbox: the same maps as a run on them
     cells = emulator.predict(_cube_scenario(root), bbox=(4.08, 47.52, 4.48, 47.92), years=1966)
-    np.testing.assert_array_equal(cells["lulc"].sel(lat=ds["lat"], lon=ds["lon"], method="nearest").values,
-                                  ds["lulc"].values)
+    np.testing.assert_array_equal(
+        cells["lulc"].sel(lat=ds["lat"], lon=ds["lon"], method="nearest").values, ds["lulc"].values
+    )
 
 
 def test_luh_format_file_gives_the_same_maps(world, tmp_path):

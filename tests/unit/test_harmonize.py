@@ -34,7 +34,7 @@ def _greedy(probs, member, quota):
     """Reference: highest (pixel, group) score first while the group has room."""
     n, g = probs.shape[0], member.shape[1]
     scores = probs @ member
-    pairs = sorted(((-scores[i, j], j, i) for i in range(n) for j in range(g)))
+    pairs = sorted((-scores[i, j], j, i) for i in range(n) for j in range(g))
     left = list(quota)
     out = [-1] * n
     for _, j, i in pairs:
@@ -189,7 +189,9 @@ def test_luh_group_fractions_sum_variables_and_renormalise():
     cells[names.index("icwtr"), 0, 0] = 0.1  # sums to 0.6: the rest is ocean
     cells[:, 0, 1] = np.nan
     out = luh_group_fractions(cells, names, groups)
-    forest, natural, water = (groups.names.index(n) for n in ("forest", "natural_nonforest", "water"))
+    forest, natural, water = (
+        groups.names.index(n) for n in ("forest", "natural_nonforest", "water")
+    )
     assert out[forest, 0, 0] == pytest.approx(4 / 6)
     assert out[natural, 0, 0] == pytest.approx(1 / 6)
     assert out[water, 0, 0] == pytest.approx(1 / 6)

@@ -72,7 +72,9 @@ def test_a_live_jobs_staging_directory_is_kept(tmp_path):
 
 def _claim(workdir: Path) -> int:
     """Locks removed by claim_workdir in a fresh process (as a new Snakemake would)."""
-    code = f"from ai4land.io.locks import claim_workdir; print(len(claim_workdir({str(workdir)!r})))"
+    code = (
+        f"from ai4land.io.locks import claim_workdir; print(len(claim_workdir({str(workdir)!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return int(out.stdout)

@@ -106,7 +106,7 @@ def test_source_windows_cover_every_source_pixel():
         start, stop, first, last = source_windows(n_source, n_target)
         assert start[0] == 0 and stop[-1] == n_source
         assert (stop > start).all() and (start[1:] <= stop[:-1]).all()
-        assert ((0 < first) & (first <= 1) & (0 < last) & (last <= 1)).all()
+        assert ((first > 0) & (first <= 1) & (last > 0) & (last <= 1)).all()
 
 
 def test_unknown_resampling_is_refused():

@@ -120,9 +120,13 @@ def write_coarse(path: Path, *, years=range(1998, 2006), since: int = 850, lat_a
 def write_coarse_static(path: Path, grid: Grid = COARSE) -> Path:
     icwtr = np.full(grid.shape, 0.03, dtype="float32")
     icwtr[:, grid.lon < FINE.west + 0.25] = 1e20
-    ds = xr.Dataset({"icwtr": (("lat", "lon"), icwtr, {"_Fillvalue": 1e20, "long_name": "ice/water"}),
-                     "carea": (("lat", "lon"), np.ones(grid.shape, "float32"))},
-                    coords={"lat": grid.lat, "lon": grid.lon})
+    ds = xr.Dataset(
+        {
+            "icwtr": (("lat", "lon"), icwtr, {"_Fillvalue": 1e20, "long_name": "ice/water"}),
+            "carea": (("lat", "lon"), np.ones(grid.shape, "float32")),
+        },
+        coords={"lat": grid.lat, "lon": grid.lon},
+    )
     ds.to_netcdf(path, encoding={"icwtr": {"_FillValue": None}})
     return path
 
@@ -247,7 +251,9 @@ def test_target_code_mapping_applied_and_unknown_code_named(world):
     maps = {2001: fine_map(2001)}
     maps[2001][7, 9] = 12
     write_fine_zip(world / "raw", maps=maps)
-    with pytest.raises(InputDataError, match=r"hilda_plus_2001.*code 12 .*row 7, col 9.*code_mapping"):
+    with pytest.raises(
+        InputDataError, match=r"hilda_plus_2001.*code 12 .*row 7, col 9.*code_mapping"
+    ):
         prepare_target(config, progress=False)
 
 
@@ -296,7 +302,9 @@ def test_target_grids_that_do_not_nest(world, grid, message):
 
 def test_target_map_without_crs(world):
     config = make_config(world, **plain_maps(world, without_crs=YEARS[0]))
-    with pytest.raises(InputDataError, match=r"map_2000\.tif: has no CRS; fine maps must be in EPSG:4326"):
+    with pytest.raises(
+        InputDataError, match=r"map_2000\.tif: has no CRS; fine maps must be in EPSG:4326"
+    ):
         prepare_target(config, progress=False)
     assert not (Path(config.paths.cube) / "target.zarr").exists()
 
@@ -309,8 +317,12 @@ def test_cli_bad_input_exit_code_one_line_and_earlier_output_kept(world):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
     def prepare_target_cli():
-        return subprocess.run([sys.executable, "-m", "ai4land", "prepare", "target", "-c", str(path)],
-                              capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "ai4land", "prepare", "target", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
     assert prepare_target_cli().returncode == 0
     store = Path(config.paths.cube) / "target.zarr"
@@ -326,7 +338,10 @@ def test_cli_bad_input_exit_code_one_line_and_earlier_output_kept(world):
     assert re.search(r"hilda_plus_2002_states.*\.tif: year 2002 holds class code 123 "
                      r"\(first at row 11, col 23\).*code_mapping", lines[0])
     np.testing.assert_array_equal(xr.open_zarr(store, chunks=None)["lulc"].values, before)
-    assert sorted(p.name for p in Path(config.paths.cube).iterdir()) == ["grids.json", "target.zarr"]
+    assert sorted(p.name for p in Path(config.paths.cube).iterdir()) == [
+        "grids.json",
+        "target.zarr",
+    ]
 
 
 def write_fine_zip_damaged(root: Path, damage) -> Path:
@@ -488,7 +503,9 @@ def test_static_geotiff_without_crs(world):
 # --- coarse --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("lat_ascending", "lon_360"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("lat_ascending", "lon_360"), [(False, False), (True, False), (False, True)]
+)
 def test_coarse_fill_orientation_and_years(world, lat_ascending, lon_360):
     # With lon 0..360 the file also holds cells west of 0 (356..360), so it must be re-ordered.
     grid = Grid(west=-4.0, north=46.0, res=0.25, width=48, height=24) if lon_360 else COARSE
@@ -538,11 +555,26 @@ def _bad(name, index, value):
 @pytest.mark.parametrize(
     ("tweak", "message"),
     [
-        (_bad("c3ann", (3, 9, 10), 1.2), r"states\.nc: variable 'c3ann' is 1\.2 at year 2001, lat 43\.6250, lon 4\.6250, outside \[0, 1\]"),
-        (_bad("pastr", (4, 10, 12), 1e20), r"variable 'pastr' is missing .* year 2002, lat 43\.3750, lon 5\.1250"),
-        (_bad("range", (2, 9, 11), 0.5), r"fractions primf\+.*\+icwtr sum to 1\.3.* year 2000, lat 43\.6250, lon 4\.8750"),
-        (_bad("secdf", (5, 12, 10), -0.3), r"variable 'secdf' is -0\.3 at year 2003, lat 42\.8750, lon 4\.6250, outside \[0, 1\]"),
-        (_bad("urban", (3, 8, 14), np.nan), r"variable 'urban' is missing \(fill value or NaN\) at year 2001, lat 43\.8750, lon 5\.6250"),
+        (
+            _bad("c3ann", (3, 9, 10), 1.2),
+            r"states\.nc: variable 'c3ann' is 1\.2 at year 2001, lat 43\.6250, lon 4\.6250, outside \[0, 1\]",
+        ),
+        (
+            _bad("pastr", (4, 10, 12), 1e20),
+            r"variable 'pastr' is missing .* year 2002, lat 43\.3750, lon 5\.1250",
+        ),
+        (
+            _bad("range", (2, 9, 11), 0.5),
+            r"fractions primf\+.*\+icwtr sum to 1\.3.* year 2000, lat 43\.6250, lon 4\.8750",
+        ),
+        (
+            _bad("secdf", (5, 12, 10), -0.3),
+            r"variable 'secdf' is -0\.3 at year 2003, lat 42\.8750, lon 4\.6250, outside \[0, 1\]",
+        ),
+        (
+            _bad("urban", (3, 8, 14), np.nan),
+            r"variable 'urban' is missing \(fill value or NaN\) at year 2001, lat 43\.8750, lon 5\.6250",
+        ),
     ],
 )
 def test_coarse_bad_fractions(world, tweak, message):
@@ -619,9 +651,12 @@ def test_coarse_all_water_or_ice_cells_need_no_land_use_data(world):
     tweak, static = _fill_cells([LAKE_CELL, (1, 1)], icwtr=0.03)
     write_coarse(raw / "luh2" / "states.nc", tweak=tweak)
     static(raw / "luh2" / "staticData_quarterdeg.nc")
-    with pytest.raises(InputDataError, match=r"states\.nc: variable 'primf' is missing \(fill value "
-                                             r"or NaN\) at year 2000, lat 43\.6250, lon 4\.3750, "
-                                             r"a cell whose fine pixels are mostly land-use classes"):
+    with pytest.raises(
+        InputDataError,
+        match=r"states\.nc: variable 'primf' is missing \(fill value "
+        r"or NaN\) at year 2000, lat 43\.6250, lon 4\.3750, "
+        r"a cell whose fine pixels are mostly land-use classes",
+    ):
         prepare_coarse(config, scenario="historical", progress=False)
 
 
@@ -651,8 +686,15 @@ def test_decode_years_units(tmp_path):
         attrs = {"units": units} if units is not None else {}
         return xr.Dataset(coords={"time": ("time", np.asarray(values, dtype="float64"), attrs)})
 
-    assert decode_years(ds([0, 1, 1165], "years since 850-01-01"), path="x")[1].tolist() == [850, 851, 2015]
-    assert decode_years(ds([0, 85], "years since 2015-01-01 0:0:0"), path="x")[1].tolist() == [2015, 2100]
+    assert decode_years(ds([0, 1, 1165], "years since 850-01-01"), path="x")[1].tolist() == [
+        850,
+        851,
+        2015,
+    ]
+    assert decode_years(ds([0, 85], "years since 2015-01-01 0:0:0"), path="x")[1].tolist() == [
+        2015,
+        2100,
+    ]
     assert decode_years(ds([1960, 1961], "year"), path="x")[1].tolist() == [1960, 1961]
     assert decode_years(ds([1960, 1961], None), path="x", units="year")[1].tolist() == [1960, 1961]
     assert decode_years(ds([0, 5], None), path="x",
@@ -696,7 +738,9 @@ def test_time_axis_without_units_rejected_unless_configured(world):
         assert cube_of(config).coarse_years("historical") == YEARS
     # another reading of the same numbers gives other years (no silent default)
     config = make_config(world, **{"datasets.coarse.time_units": "years since 850-01-01"})
-    with pytest.raises(InputDataError, match=r"holds no year in 2000-2003 \(file holds 2848-2855\)"):
+    with pytest.raises(
+        InputDataError, match=r"holds no year in 2000-2003 \(file holds 2848-2855\)"
+    ):
         prepare_coarse(config, scenario="historical", progress=False)
 
 
@@ -711,5 +755,7 @@ def test_validate_inputs(world):
 
 def test_coarse_groups_must_sum_known_variables(world):
     groups = {"cropland": {"variables": ["crops", "c3ann"], "classes": [22]}}
-    with pytest.raises(ConfigError, match=r"datasets\.coarse: groups\.cropland sums \['crops'\], which are neither"):
+    with pytest.raises(
+        ConfigError, match=r"datasets\.coarse: groups\.cropland sums \['crops'\], which are neither"
+    ):
         make_config(world, **{"datasets.coarse.groups": groups})

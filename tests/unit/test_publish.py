@@ -115,7 +115,9 @@ def test_publish_writes_a_self_contained_catalog(products):
     assert collection.license == "CC-BY-4.0"
     assert collection.extent.temporal.intervals[0][0].year == 1959
     zarr_asset = collection.assets["zarr"]
-    assert Path(zarr_asset.get_absolute_href()).resolve() == (out / "product/ai4land.zarr").resolve()
+    assert (
+        Path(zarr_asset.get_absolute_href()).resolve() == (out / "product/ai4land.zarr").resolve()
+    )
 
 
 def test_catalog_validates_against_the_stac_schemas_offline(products, monkeypatch):

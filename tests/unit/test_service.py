@@ -123,7 +123,9 @@ def test_long_request_becomes_a_job(server):
     assert status["status"] == "done", status
     result = client.get(job["result_url"])
     assert result.status_code == 200
-    assert list(xr.open_dataset(io.BytesIO(result.content))["year"].values) == list(range(1966, 1971))
+    assert list(xr.open_dataset(io.BytesIO(result.content))["year"].values) == list(
+        range(1966, 1971)
+    )
     assert client.get("/jobs/nope").status_code == 404
 
 

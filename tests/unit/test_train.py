@@ -46,7 +46,9 @@ def _config(root: Path, **train):
 
 
 def _steps(directory: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (directory / "steps.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["loss"] for line in (directory / "steps.jsonl").read_text().splitlines()
+    ]
 
 
 def _epochs(directory: Path) -> list[dict]:
@@ -168,7 +170,9 @@ def test_module_entry_point_is_the_cli_command(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ai4land: error: ") and "missing.yaml" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("ai4land: error: ") and "missing.yaml" in lines[0]
+    )
     usage = subprocess.run([sys.executable, "-m", "ai4land.train", "--help"],
                            capture_output=True, text=True, timeout=120, env=_env())
     assert usage.returncode == 0 and "usage: ai4land train" in usage.stdout

@@ -40,7 +40,9 @@ def _workflow_config(workdir: Path) -> dict:
 
 def _planned(out: str) -> dict[str, int]:
     table = out.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 def _one_ssp_config(path: Path) -> Path:

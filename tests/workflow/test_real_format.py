@@ -49,7 +49,12 @@ def run_config(prod: dict, base: str) -> dict:
         config[section] = {**config.get(section, {}), **tiny[section]}
     config["run_name"] = "real-format"
     # evaluation over 4 test years, not 15 (its cost grows with them)
-    config["years"] = {**config["years"], "test": [2001, 2004], "backward": None, "forward": FORWARD}
+    config["years"] = {
+        **config["years"],
+        "test": [2001, 2004],
+        "backward": None,
+        "forward": FORWARD,
+    }
     config["scenarios"] = [SCENARIO]
     return config
 
@@ -86,7 +91,9 @@ def finished(server, tmp_path_factory):
          "--directory", str(workdir), "--configfile", str(config_file), "--cores", "2"],
         capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").rglob("*.log"))
+        logs = "\n".join(
+            f"== {p}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").rglob("*.log")
+        )
         pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
     return workdir
 
@@ -166,4 +173,6 @@ def test_served_files_have_the_real_layouts(server):
     pattern = prod["datasets"]["fine"]["pattern"]
     first, last = prod["datasets"]["fine"]["years"]
     with zipfile.ZipFile(served("hildaplus")) as zf:
-        assert sorted(zf.namelist()) == [pattern.replace("{year}", str(y)) for y in range(first, last + 1)]
+        assert sorted(zf.namelist()) == [
+            pattern.replace("{year}", str(y)) for y in range(first, last + 1)
+        ]

@@ -34,7 +34,9 @@ def _snakemake(workdir: Path, *args: str, configs=()) -> str:
 def _planned(out: str) -> dict[str, int]:
     """{rule: job count} from the job stats table of a dry run."""
     table = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TINY = [REPO / "config/demo.yaml", REPO / "tests/integration/tiny.yaml"]
 CI_CONFIG = REPO / "tests/workflow/slurm-ci.yaml"
-MAPS = [f"results/maps/{s}/ai4land_{s}_{y}.tif"
-        for s, years in (("historical", (1958, 1959)), ("ssp126", (2020, 2021)), ("ssp585", (2020, 2021)))
-        for y in years]
+MAPS = [
+    f"results/maps/{s}/ai4land_{s}_{y}.tif"
+    for s, years in (
+        ("historical", (1958, 1959)),
+        ("ssp126", (2020, 2021)),
+        ("ssp585", (2020, 2021)),
+    )
+    for y in years
+]
 
 
 def _command(workdir: Path, *args: str) -> list[str]:
@@ -61,11 +67,17 @@ def killed_and_restarted(slurm, tmp_path_factory):
     first.send_signal(signal.SIGTERM)
     first_out = first.communicate(timeout=120)[0]
     start = time.monotonic()
-    second = subprocess.run(_command(workdir, *MAPS), capture_output=True, text=True, env=_env(), cwd=workdir)
+    second = subprocess.run(
+        _command(workdir, *MAPS), capture_output=True, text=True, env=_env(), cwd=workdir
+    )
     elapsed = time.monotonic() - start
     if second.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").rglob("*.log"))
-        pytest.fail(f"restarted run failed:\n{second.stdout[-5000:]}\n{second.stderr[-5000:]}\n{logs}")
+        logs = "\n".join(
+            f"== {p}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").rglob("*.log")
+        )
+        pytest.fail(
+            f"restarted run failed:\n{second.stdout[-5000:]}\n{second.stderr[-5000:]}\n{logs}"
+        )
     return workdir, first.returncode, first_out, second.stdout + second.stderr, elapsed
 
 
@@ -73,10 +85,22 @@ def killed_and_restarted(slurm, tmp_path_factory):
 def test_restart_finishes_only_what_is_missing(killed_and_restarted):
     workdir, first_rc, first_out, second_out, elapsed = killed_and_restarted
     assert first_rc != 0, "the killed run reported success"
-    done_before = _ran(first_out) & {"demo_world", "prepare_target", "prepare_static", "prepare_coarse", "split"}
+    done_before = _ran(first_out) & {
+        "demo_world",
+        "prepare_target",
+        "prepare_static",
+        "prepare_coarse",
+        "split",
+    }
     assert {"demo_world", "prepare_target", "split"} <= done_before
     ran_again = _ran(second_out)
-    assert not ran_again & {"demo_world", "prepare_target", "prepare_static", "prepare_coarse", "split"}, ran_again
+    assert not ran_again & {
+        "demo_world",
+        "prepare_target",
+        "prepare_static",
+        "prepare_coarse",
+        "split",
+    }, ran_again
     assert "train" in ran_again  # predict runs as group jobs
     for path in MAPS:
         assert (workdir / path).is_file(), path

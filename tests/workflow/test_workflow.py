@@ -43,5 +43,7 @@ def test_bad_config_gives_one_line(repo, tmp_path):
     bad.write_text("train:\n  batch_size: -1\n")
     result = _run(["-n", "--configfile", "config/demo.yaml", str(bad)], repo)
     assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ai4land: error" in line]
+    errors = [
+        line for line in (result.stdout + result.stderr).splitlines() if "ai4land: error" in line
+    ]
     assert errors and "train.batch_size" in errors[0]

@@ -213,9 +213,11 @@ class CoarseScenario:
         self.axes = latlon_axes(ds, path=self.label)
         grid = self.axes.grid
         if abs(grid.res - coarse_grid.res) > 1e-6 * coarse_grid.res:
-            raise GridError(f"{self.label}: its grid has {grid.res:g} degree cells, the model's "
-                            f"coarse grid {coarse_grid.res:g}; regrid the scenario (conservatively) "
-                            "to the model's coarse grid first")
+            raise GridError(
+                f"{self.label}: its grid has {grid.res:g} degree cells, the model's "
+                f"coarse grid {coarse_grid.res:g}; regrid the scenario (conservatively) "
+                "to the model's coarse grid first"
+            )
         for edge, offset in (("west", (grid.west - coarse_grid.west) / grid.res),
                              ("north", (coarse_grid.north - grid.north) / grid.res)):
             if abs(offset - round(offset)) > 1e-3:
@@ -339,8 +341,8 @@ class Emulator:
     """A trained model, its config and its static data, ready to predict (warm)."""
 
     def __init__(self, *, model, card, config, cube: Cube, model_dir: Path, device=None):
-        from ai4land.models.card import CARD, check_inputs
         from ai4land.device import resolve_device
+        from ai4land.models.card import CARD, check_inputs
         from ai4land.predict.inference import weights_digest
         from ai4land.samples.features import demand_groups_of, input_channel_names, smooth_of
 

@@ -147,7 +147,9 @@ def _years(text: str) -> list[int]:
         return values
     if len(values) == 2 and values[0] <= values[1]:
         return list(range(values[0], values[1] + 1))
-    raise HTTPException(422, f"years must be one year or 'first,last' (first <= last), got {text!r}")
+    raise HTTPException(
+        422, f"years must be one year or 'first,last' (first <= last), got {text!r}"
+    )
 
 
 def run_request(emulator, request: Request, workdir: Path) -> Path:

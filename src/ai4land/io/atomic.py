@@ -23,7 +23,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{path.parent}: cannot create output directory ({exc.strerror})") from None
+        raise OutputError(
+            f"{path.parent}: cannot create output directory ({exc.strerror})"
+        ) from None
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{path.parent}: output directory is not writable")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

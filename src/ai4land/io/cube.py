@@ -81,7 +81,9 @@ def _direct_array(path: Path, variable: xr.DataArray):
 class Cube:
     """Read access to the cube, window by window."""
 
-    def __init__(self, root: str | Path, *, coarse_variables: list[str], water_variable: str | None):
+    def __init__(
+        self, root: str | Path, *, coarse_variables: list[str], water_variable: str | None
+    ):
         self.paths = CubePaths(root)
         self.coarse_variables = list(coarse_variables)
         self.water_variable = water_variable

@@ -41,7 +41,9 @@ def open_netcdf(path: str | Path, *, chunks: dict | None = None) -> xr.Dataset:
     """Open a NetCDF lazily without decoding times (units like 'years since 850' break cftime)."""
     path = Path(path)
     if not path.is_file():
-        raise InputDataError(f"{path}: file not found; run `ai4land download` (or demo-world) first")
+        raise InputDataError(
+            f"{path}: file not found; run `ai4land download` (or demo-world) first"
+        )
     last: Exception | None = None
     for engine in ("netcdf4", "h5netcdf"):
         try:
@@ -140,7 +142,9 @@ def decode_years(ds: xr.Dataset, *, path, units: str | None = None) -> tuple[str
             dates = cftime.num2date(raw, units, calendar=calendar)
             years = np.array([d.year for d in np.atleast_1d(dates)], dtype="float64")
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad input
-            raise InputDataError(f"{path}: variable {dim!r} has undecodable units {units!r} ({exc})") from None
+            raise InputDataError(
+                f"{path}: variable {dim!r} has undecodable units {units!r} ({exc})"
+            ) from None
     else:
         raise InputDataError(f"{path}: variable {dim!r} has unknown time units {units!r}")
     if not np.allclose(years, np.round(years), atol=1e-6):
@@ -164,7 +168,9 @@ class LatLonAxes:
     lon_index: np.ndarray  # file column for each west-to-east column
     grid: Grid
 
-    def take(self, var: xr.DataArray, rows: slice = slice(None), cols: slice = slice(None)) -> xr.DataArray:
+    def take(
+        self, var: xr.DataArray, rows: slice = slice(None), cols: slice = slice(None)
+    ) -> xr.DataArray:
         """Lazily select north-up rows/cols of ``var`` (a contiguous run where possible)."""
         return var.isel({self.lat_dim: _as_indexer(self.lat_index[rows]),
                          self.lon_dim: _as_indexer(self.lon_index[cols])})

@@ -198,7 +198,9 @@ def _append_scenarios(path: Path, scenarios: Sequence[str]) -> None:
         return
     for name in group.array_keys():
         array = group[name]
-        if name != "scenario" and list(array.attrs.get("_ARRAY_DIMENSIONS", []))[:1] == ["scenario"]:
+        if name != "scenario" and list(array.attrs.get("_ARRAY_DIMENSIONS", []))[:1] == [
+            "scenario"
+        ]:
             array.resize((len(new), *array.shape[1:]))
     attrs = dict(group["scenario"].attrs)
     values = np.asarray(new, dtype="U")

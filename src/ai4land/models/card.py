@@ -58,8 +58,11 @@ class ModelCard:
         if not isinstance(data, dict):
             raise ModelCardError(f"{source}: expected a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(data))
         if missing:
             raise ModelCardError(f"{source}: missing field(s) {', '.join(missing)}")
@@ -86,7 +89,9 @@ class ModelCard:
         try:
             return UNet(arch.pop("in_channels"), arch.pop("num_classes"), **arch)
         except (TypeError, ValueError) as exc:
-            raise ModelCardError(f"model card: invalid architecture {self.architecture} ({exc})") from None
+            raise ModelCardError(
+                f"model card: invalid architecture {self.architecture} ({exc})"
+            ) from None
 
 
 def code_version() -> str:
@@ -145,7 +150,9 @@ def load_model(directory: str | Path, *, map_location="cpu") -> tuple[UNet, Mode
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ModelCardError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from None
+        raise ModelCardError(
+            f"{weights}: cannot load weights ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict):
         raise ModelCardError(f"{weights}: expected a state_dict, got {type(state).__name__}")
     # Layers built on the meta device and given the loaded tensors: no random
@@ -156,7 +163,9 @@ def load_model(directory: str | Path, *, map_location="cpu") -> tuple[UNet, Mode
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).strip().splitlines()[-1].strip()
-        raise ModelCardError(f"{weights}: weights do not match the card's architecture ({first})") from None
+        raise ModelCardError(
+            f"{weights}: weights do not match the card's architecture ({first})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         what = (f"missing {result.missing_keys[:3]}" if result.missing_keys
                 else f"unexpected {result.unexpected_keys[:3]}")

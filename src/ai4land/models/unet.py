@@ -59,7 +59,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         zero_channels = sorted({int(c) for c in zero_channels})
-        if zero_channels and not (0 <= zero_channels[0] and zero_channels[-1] < in_channels):
+        if zero_channels and not (zero_channels[0] >= 0 and zero_channels[-1] < in_channels):
             raise ValueError(f"zero_channels {zero_channels} outside 0..{in_channels - 1}")
         self.config = {
             "in_channels": int(in_channels),

@@ -23,6 +23,7 @@ from ai4land.errors import InputDataError
 from ai4land.grid import Grid, Window
 from ai4land.io.cube import Cube, upsample_cells
 from ai4land.io.rasters import open_class_map, require_class_codes
+from ai4land.predict.demand import cell_demand
 from ai4land.predict.harmonize import (
     ErrorTally,
     Groups,
@@ -32,11 +33,9 @@ from ai4land.predict.harmonize import (
     luh_group_fractions,
     map_group_fractions,
 )
-from ai4land.predict.demand import cell_demand
 from ai4land.predict.layers import map_layers, summarise
 from ai4land.predict.probabilities import PriorReader, nodata_cells
 from ai4land.samples.features import codes_to_index
-
 
 DEMAND_BAND_CELLS = 64  # coarse-cell rows of the prior map read at a time for the demand
 

@@ -49,11 +49,15 @@ def read_grids(config) -> tuple[Grid, Grid, int]:
         data = json.loads(path.read_text())
         return Grid.from_dict(data["fine"]), Grid.from_dict(data["coarse"]), int(data["factor"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputDataError(f"{path}: is not a valid grids file ({exc}); rerun `ai4land prepare target`") from None
+        raise InputDataError(
+            f"{path}: is not a valid grids file ({exc}); rerun `ai4land prepare target`"
+        ) from None
 
 
 def write_grids(path: Path, *, fine: Grid, coarse: Grid, factor: int) -> None:
-    text = json.dumps({"fine": fine.to_dict(), "coarse": coarse.to_dict(), "factor": factor}, indent=2)
+    text = json.dumps(
+        {"fine": fine.to_dict(), "coarse": coarse.to_dict(), "factor": factor}, indent=2
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
 
@@ -67,7 +71,9 @@ def latlon_coords(grid: Grid) -> dict:
     }
 
 
-def create_store(path: Path, variables: dict, *, coords: dict, attrs: dict | None = None) -> zarr.Group:
+def create_store(
+    path: Path, variables: dict, *, coords: dict, attrs: dict | None = None
+) -> zarr.Group:
     """Write the metadata of a Zarr store whose arrays are filled later, chunk-aligned.
 
     ``variables`` maps name -> (dims, shape, dtype, chunks, attrs). Integer variables get

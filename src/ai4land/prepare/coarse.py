@@ -55,12 +55,16 @@ def coarse_path(config, scenario: str) -> str:
         return coarse.historical
     if scenario not in coarse.scenarios:
         known = ", ".join(["historical", *coarse.scenarios])
-        raise ConfigError(f"scenario {scenario!r} has no file under datasets.coarse.scenarios (known: {known})")
+        raise ConfigError(
+            f"scenario {scenario!r} has no file under datasets.coarse.scenarios (known: {known})"
+        )
     return coarse.scenarios[scenario]
 
 
 def used_years(config) -> list[int]:
-    return sorted(set(config.observed_years) | set(config.backward_years) | set(config.forward_years))
+    return sorted(
+        set(config.observed_years) | set(config.backward_years) | set(config.forward_years)
+    )
 
 
 def required_years(config, scenario: str) -> list[int]:

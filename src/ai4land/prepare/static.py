@@ -124,14 +124,18 @@ class LayerSource:
         try:
             self.crs = CRS.from_user_input(netcdf_crs(ds, var))
         except CRSError as exc:
-            raise InputDataError(f"{self.path}: variable {name!r} has an unreadable grid_mapping ({exc})") from None
+            raise InputDataError(
+                f"{self.path}: variable {name!r} has an unreadable grid_mapping ({exc})"
+            ) from None
         self._axes = latlon_axes(var, path=self.path, crs=self.crs.to_string(),
                                  geographic=self.crs.is_geographic)
         extra = [d for d in var.dims if d not in (self._axes.lat_dim, self._axes.lon_dim)]
         for dim in extra:
             if var.sizes[dim] != 1:
-                raise InputDataError(f"{self.path}: variable {name!r} has extra dimension {dim!r} "
-                                     f"of size {var.sizes[dim]}; a 2-D (lat, lon) field is expected")
+                raise InputDataError(
+                    f"{self.path}: variable {name!r} has extra dimension {dim!r} "
+                    f"of size {var.sizes[dim]}; a 2-D (lat, lon) field is expected"
+                )
         self._var = var.isel({d: 0 for d in extra})
         self._fills = fill_values(var, _FILL_ATTRIBUTES)
         grid = self._axes.grid
@@ -291,7 +295,9 @@ def _static_layout(sources: list[LayerSource], methods, *, fine,
         if layer.derive_slope:
             name = slope_name(layer.name)
             if name in variables or name in names:
-                raise ConfigError(f"datasets.static: derived layer {name!r} clashes with another layer")
+                raise ConfigError(
+                    f"datasets.static: derived layer {name!r} clashes with another layer"
+                )
             variables[name] = (("lat", "lon"), fine.shape, "float32", chunks, {
                 "long_name": f"slope of {layer.name}", "units": "degree", "source": src.path,
             })

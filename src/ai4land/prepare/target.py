@@ -49,12 +49,16 @@ def fine_sources(config) -> dict[int, str]:
     if fine.archive:
         archive = Path(fine.archive)
         if not archive.is_file():
-            raise InputDataError(f"{archive}: fine-map archive not found; run `ai4land download` first")
+            raise InputDataError(
+                f"{archive}: fine-map archive not found; run `ai4land download` first"
+            )
         try:
             with zipfile.ZipFile(archive) as zf:
                 names = set(zf.namelist())
         except zipfile.BadZipFile:
-            raise InputDataError(f"{archive}: is not a valid zip file; delete it and download again") from None
+            raise InputDataError(
+                f"{archive}: is not a valid zip file; delete it and download again"
+            ) from None
         found = {y: f"/vsizip/{archive.resolve()}/{fine_member(config, y)}" for y in years
                  if fine_member(config, y) in names}
         where = f"{archive} (members {fine.pattern})"
@@ -89,7 +93,9 @@ def _open(path: str):
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:
-        raise InputDataError(f"{path}: cannot be read as a raster ({exc}); re-download it") from None
+        raise InputDataError(
+            f"{path}: cannot be read as a raster ({exc}); re-download it"
+        ) from None
 
 
 def read_window(src, window: RioWindow, *, path: str) -> np.ndarray:
@@ -114,7 +120,9 @@ def _fine_grid(src, path: str) -> Grid:
             "warp them with gdalwarp -t_srs EPSG:4326 first"
         )
     try:
-        return Grid.from_transform(src.transform, width=src.width, height=src.height, crs="EPSG:4326")
+        return Grid.from_transform(
+            src.transform, width=src.width, height=src.height, crs="EPSG:4326"
+        )
     except GridError as exc:
         raise GridError(f"{path}: {exc}") from None
 
@@ -137,7 +145,9 @@ def _snap_outward(bbox, grid: Grid) -> tuple[float, float, float, float]:
             grid.west + col1 * grid.res, grid.north - row0 * grid.res)
 
 
-def cube_grids(config, fine_full: Grid, *, fine_path: str) -> tuple[Grid, Grid, int, tuple[int, int]]:
+def cube_grids(
+    config, fine_full: Grid, *, fine_path: str
+) -> tuple[Grid, Grid, int, tuple[int, int]]:
     """Fine grid of the cube, its coarse grid, the nest factor and the fine-file offset.
 
     The cube covers ``region.bbox`` (snapped outward to coarse cells) or the whole fine
@@ -193,7 +203,9 @@ def _lookup_table(config) -> tuple[np.ndarray, np.ndarray]:
     legend = config.classes.legend
     bad = sorted({v for v in mapping.values() if v not in legend})
     if bad:
-        raise ConfigError(f"datasets.fine.code_mapping maps to codes {bad} that classes.legend lacks")
+        raise ConfigError(
+            f"datasets.fine.code_mapping maps to codes {bad} that classes.legend lacks"
+        )
     size = max(256, max(mapping) + 1)
     table = np.zeros(size, dtype="uint8")
     known = np.zeros(size, dtype=bool)

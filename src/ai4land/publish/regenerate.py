@@ -69,8 +69,10 @@ class ManifestComparison:
         out = [f"DIFFERS  {p}" for p in self.differ]
         out += [f"MISSING  {p}" for p in self.missing]
         out += [f"EXTRA    {p}" for p in self.extra]
-        out.append(f"{self.same} identical, {len(self.differ)} differ, {len(self.missing)} missing, "
-                   f"{len(self.extra)} not in the manifest")
+        out.append(
+            f"{self.same} identical, {len(self.differ)} differ, {len(self.missing)} missing, "
+            f"{len(self.extra)} not in the manifest"
+        )
         return out
 
 

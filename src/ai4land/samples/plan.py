@@ -94,7 +94,9 @@ def valid_corners(
     area = tile_size * tile_size
     ok = window_sums(summed_area_table(allowed), tile_size, tile_size) == area
     if land_mask is not None:
-        land = window_sums(summed_area_table(np.asarray(land_mask, dtype=bool)), tile_size, tile_size)
+        land = window_sums(
+            summed_area_table(np.asarray(land_mask, dtype=bool)), tile_size, tile_size
+        )
         ok &= land > max(min_land_fraction * area, 0)
     return np.argwhere(ok).astype("int64")
 

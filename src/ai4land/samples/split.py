@@ -276,8 +276,14 @@ def make_split(
             "split leaves no training block; lower split.n_test_blocks or split.block_size"
         )
     blocks = tuple(
-        Block(id=r * n_cols + c, row=r, col=c, role=str(roles[r, c]), land_fraction=round(float(land[r, c]), 4),
-              dominant_class=int(dominant[r, c]) if dominant[r, c] >= 0 else None)
+        Block(
+            id=r * n_cols + c,
+            row=r,
+            col=c,
+            role=str(roles[r, c]),
+            land_fraction=round(float(land[r, c]), 4),
+            dominant_class=int(dominant[r, c]) if dominant[r, c] >= 0 else None,
+        )
         for r in range(n_rows)
         for c in range(n_cols)
     )
@@ -310,7 +316,13 @@ def plot_split(split: Split, path: Path) -> None:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colours = {"train": "#4daf4a", "val": "#377eb8", "test": "#e41a1c", "buffer": "#ffff99", "ocean": "#dddddd"}
+    colours = {
+        "train": "#4daf4a",
+        "val": "#377eb8",
+        "test": "#e41a1c",
+        "buffer": "#ffff99",
+        "ocean": "#dddddd",
+    }
     grid = np.zeros((split.n_rows, split.n_cols), dtype=int)
     for block in split.blocks:
         grid[block.row, block.col] = ROLES.index(block.role)
@@ -341,11 +353,17 @@ def run_split(config, *, output: str | Path, figure: str | Path) -> Split:
     before = [y for y in observed if y < config.years.test[0]]
     reference = max(before) if before else min(observed)
     height, width = land_mask.shape
-    composition = np.concatenate([  # one row of blocks at a time: memory of a band
-        block_composition(cube.target_window(reference, Window(row, 0, min(block_size, height - row), width)),
-                          land_mask[row : row + block_size], block_size=block_size, classes=classes)
-        for row in range(0, height, block_size)
-    ])
+    composition = np.concatenate(
+        [  # one row of blocks at a time: memory of a band
+            block_composition(
+                cube.target_window(reference, Window(row, 0, min(block_size, height - row), width)),
+                land_mask[row : row + block_size],
+                block_size=block_size,
+                classes=classes,
+            )
+            for row in range(0, height, block_size)
+        ]
+    )
     split = make_split(
         land_mask,
         block_size=block_size,

@@ -101,7 +101,9 @@ def launch(args: Sequence[str], *, nproc: int, env: Mapping[str, str] | None = N
     env = os.environ if env is None else env
     hosts = slurm_hosts(env)
     port = int(env.get("AI4LAND_RDZV_PORT", DEFAULT_RDZV_PORT))
-    cmd = torchrun_command(args, nproc=nproc, hosts=hosts, job_id=env.get("SLURM_JOB_ID"), port=port)
+    cmd = torchrun_command(
+        args, nproc=nproc, hosts=hosts, job_id=env.get("SLURM_JOB_ID"), port=port
+    )
     where = f"{len(hosts)} Slurm nodes {','.join(hosts)}" if len(hosts) > 1 else "this machine"
     print(f"ai4land torchrun: {nproc} process(es) per node on {where}: {' '.join(cmd)}",
           file=sys.stderr, flush=True)

@@ -146,7 +146,9 @@ def resolve_precision(device: torch.device, amp: bool) -> Precision:
     return Precision(dtype, True, dtype == torch.float16)
 
 
-def _init_distributed(backend_setting: str, device_setting: str) -> tuple[DistInfo, torch.device, bool]:
+def _init_distributed(
+    backend_setting: str, device_setting: str
+) -> tuple[DistInfo, torch.device, bool]:
     """Read torchrun's environment; start the process group when there are several ranks."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -380,7 +382,9 @@ def validate(model, loader, *, device, precision, num_classes, info: DistInfo) -
     return {
         "val_loss": float(totals[0]) / max(valid, 1.0),
         "val_oa": float(totals[2]) / max(valid, 1.0),
-        "val_miou": float((intersection[present] / union[present]).mean()) if present.any() else 0.0,
+        "val_miou": float((intersection[present] / union[present]).mean())
+        if present.any()
+        else 0.0,
     }
 
 
