@@ -259,7 +259,8 @@ RECIPE_CHECK_TABLE = """\
 | recipe | teacher-forced | rollout | prior hidden |
 |---|---|---|---|
 | neither | 0.753, 0.838 (mean 0.796) | 0.691, 0.790 (mean 0.741) | 0.332, 0.364 (mean 0.348) |
-| input dropout | 0.669, 0.940 (mean 0.804) | 0.632, 0.901 (mean 0.767) | 0.332, 0.347 (mean 0.339) |
+| input dropout | 0.669, 0.940 (mean 0.804) | 0.632, 0.901 (mean 0.767) \
+| 0.332, 0.347 (mean 0.339) |
 | augment | 0.852, 0.940 (mean 0.896) | 0.796, 0.901 (mean 0.848) | 0.406, 0.393 (mean 0.400) |
 | augment + input dropout (demo) | 0.940, 0.932 (mean 0.936) | 0.898, 0.885 (mean 0.892) \
 | 0.318, 0.341 (mean 0.329) |

@@ -2,14 +2,14 @@
 allocation baseline on the demo's whole test period.
 
 ``ai4land evaluate`` on the demo (config/demo.yaml, run from the repository root; the
-model and split of ``make demo`` under results/) runs the U-Net and every allocation baseline side by side on the same
-chains, test blocks and delta-method target. ``ours`` is the U-Net's figure of merit of
-the whole-period change (start map -> last chain year, forward and backward chains
-pooled), ``reference`` that of the best allocation baseline (``random_change``,
-``neighbourhood_density``, ``gradient_boosting``, ``smooth_coarse``); ``params`` hold
-the block-bootstrap 95 % interval of the difference (paired over the same resampled
-test blocks) and every model's figure of merit with its interval. The target: the U-Net
-better, with the difference's interval excluding 0.
+model and split of ``make demo`` under results/) runs the U-Net and every allocation
+baseline side by side on the same chains, test blocks and delta-method target. ``ours``
+is the U-Net's figure of merit of the whole-period change (start map -> last chain year,
+forward and backward chains pooled), ``reference`` that of the best allocation baseline
+(``random_change``, ``neighbourhood_density``, ``gradient_boosting``,
+``smooth_coarse``); ``params`` hold the block-bootstrap 95 % interval of the difference
+(paired over the same resampled test blocks) and every model's figure of merit with its
+interval. The target: the U-Net better, with the difference's interval excluding 0.
 """
 
 from __future__ import annotations

@@ -188,14 +188,16 @@ def _grids(config: Config) -> _Grids:
     factor = round(demo.coarse_res / demo.fine_res)
     if factor < 1 or abs(demo.coarse_res / demo.fine_res - factor) > 1e-6:
         raise ConfigError(
-            f"demo.coarse_res {demo.coarse_res} must be a whole multiple of demo.fine_res {demo.fine_res}"
+            f"demo.coarse_res {demo.coarse_res} must be a whole multiple of demo.fine_res "
+            f"{demo.fine_res}"
         )
     cells = []
     for extent in (east - west, north - south):
         n = round(extent / demo.coarse_res)
         if n < 1 or abs(extent / demo.coarse_res - n) > 1e-6:
             raise ConfigError(
-                f"demo.bbox {list(demo.bbox)} must span whole coarse cells of {demo.coarse_res} degrees"
+                f"demo.bbox {list(demo.bbox)} must span whole coarse cells of "
+                f"{demo.coarse_res} degrees"
             )
         cells.append(n)
     fine = Grid(west=west, north=north, res=demo.fine_res, width=cells[0] * factor,
@@ -743,7 +745,8 @@ def _check_config(config: Config) -> None:
         )
     if coarse.water_variable not in (None, "icwtr"):
         raise ConfigError(
-            f"datasets.coarse.water_variable {coarse.water_variable!r}: the demo world writes 'icwtr'"
+            f"datasets.coarse.water_variable {coarse.water_variable!r}: the demo world "
+            "writes 'icwtr'"
         )
     if "{year}" not in config.datasets.fine.pattern:
         raise ConfigError(

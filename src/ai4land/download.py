@@ -255,7 +255,8 @@ def check_content(path: Path, content: Content, *, url: str) -> None:
 def verify_file(path: Path, *, url: str, size: int | None, sha256: str | None,
                 content: Content | None = None, pin_hint: str = "",
                 progress: bool = False) -> tuple[int, str]:
-    """Check size, HTML-ness, ``content`` (if given) and sha256 of ``path``; return (size, sha256)."""
+    """Check size, HTML-ness, ``content`` (if given) and sha256 of ``path``; return
+    (size, sha256)."""
     actual_size = path.stat().st_size
     if not _expects_html(url):
         with open(path, "rb") as fh:

@@ -6,9 +6,10 @@ At 2 degrees the maps agree with the delta-method target (the observed anchor ma
 the scenario's change) to whole-pixel rounding, so their change between years is the
 scenario's change; they differ from raw LUH by no more than the anchor offset (the
 observed map's own departure from LUH at the anchor year: HILDA+/LUH2 definitions on
-real data, ~0 on the demo world, whose LUH is aggregated from its maps). What the fine maps add: the split of natural
-non-forest into grass/shrubland and sparse vegetation, PFT fractions, and per-cell
-heterogeneity (class entropy, number of classes), none of which the coarse data hold.
+real data, ~0 on the demo world, whose LUH is aggregated from its maps). What the fine
+maps add: the split of natural non-forest into grass/shrubland and sparse vegetation,
+PFT fractions, and per-cell heterogeneity (class entropy, number of classes), none of
+which the coarse data hold.
 
 A random U-Net is enough here: harmonisation, not the network, fixes the coarse
 fractions (the quality of the maps is the evaluation's business).

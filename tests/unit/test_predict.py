@@ -286,9 +286,10 @@ def test_windows_over_nodata_cells_are_skipped_without_changing_products(world, 
     runs = {}
     for name in ("skipped", "all"):
         if name == "all":
-            plan = predict.plan_prediction
-            monkeypatch.setattr(predict, "plan_prediction",
-                                lambda config, *, cube, cells=None: plan(config, cube=cube))
+            def every_window(config, *, cube, cells=None, plan=predict.plan_prediction):
+                return plan(config, cube=cube)
+
+            monkeypatch.setattr(predict, "plan_prediction", every_window)
         out = tmp_path / name / "ai4land_ssp126_1966.tif"
         report = run_predict(config, scenario="ssp126", year=1966, model_dir=root / "model",
                              prior_path=None, output=out, store=tmp_path / name / "s.zarr")

@@ -557,7 +557,8 @@ def _bad(name, index, value):
     [
         (
             _bad("c3ann", (3, 9, 10), 1.2),
-            r"states\.nc: variable 'c3ann' is 1\.2 at year 2001, lat 43\.6250, lon 4\.6250, outside \[0, 1\]",
+            r"states\.nc: variable 'c3ann' is 1\.2 at year 2001, lat 43\.6250, lon 4\.6250, "
+            r"outside \[0, 1\]",
         ),
         (
             _bad("pastr", (4, 10, 12), 1e20),
@@ -573,7 +574,8 @@ def _bad(name, index, value):
         ),
         (
             _bad("urban", (3, 8, 14), np.nan),
-            r"variable 'urban' is missing \(fill value or NaN\) at year 2001, lat 43\.8750, lon 5\.6250",
+            r"variable 'urban' is missing \(fill value or NaN\) at year 2001, "
+            r"lat 43\.8750, lon 5\.6250",
         ),
     ],
 )

@@ -349,7 +349,8 @@ def test_prefetch_produces_at_most_depth_items_ahead_of_the_consumer(depth):
         for taken, item in enumerate(prefetch):
             time.sleep(0.05)  # the producer has time to run ahead, as far as allowed
             ahead.append(len(produced) - 1 - taken)
-        assert item == 7
+            last = item
+        assert last == 7
     # the consumer's item plus at most `depth` more (one of them in the making), and
     # the producer does use that room
     assert max(ahead) == depth, ahead

@@ -25,11 +25,12 @@ What it needs and where it finds it:
 
 Each year goes through the product's own code path (:mod:`ai4land.predict`): the same
 inputs (:func:`~ai4land.samples.features.build_inputs`), sliding windows and blending
-(:func:`~ai4land.predict.probabilities.probability_bands`), and the same finalising: harmonisation to
-the delta-method target, layers and report (:class:`~ai4land.predict.finalise.Finaliser`), band
-by band with the working memory of a predict job. The region is the bbox widened to whole coarse
-cells (harmonisation works cell by cell), then cut back to the bbox's pixels; over the
-cube's whole extent the maps equal ``ai4land predict``'s.
+(:func:`~ai4land.predict.probabilities.probability_bands`), and the same finalising:
+harmonisation to the delta-method target, layers and report
+(:class:`~ai4land.predict.finalise.Finaliser`), band by band with the working memory of a
+predict job. The region is the bbox widened to whole coarse cells (harmonisation works
+cell by cell), then cut back to the bbox's pixels; over the cube's whole extent the maps
+equal ``ai4land predict``'s.
 
 The chain: years after the first observed year run forward from the last observed year
 before them (its observed map is the first prior and the delta method's anchor), years

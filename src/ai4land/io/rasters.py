@@ -69,7 +69,8 @@ def require_variable(ds: xr.Dataset, name: str, *, path) -> xr.DataArray:
     if name not in ds.variables:
         shown = ", ".join(sorted(str(v) for v in ds.data_vars))
         raise InputDataError(
-            f"{path}: variable {name!r} not found (file holds: {shown}); fix the variable name in the config"
+            f"{path}: variable {name!r} not found (file holds: {shown}); fix the variable "
+            "name in the config"
         )
     return ds[name]
 

@@ -120,11 +120,10 @@ def save_model(directory: str | Path, model: torch.nn.Module, card: ModelCard) -
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in _unwrap(model).state_dict().items()
     }
-    with atomic_path(directory / WEIGHTS) as tmp:
-        # through a file handle, so the archive's internal name is fixed ("archive")
-        # rather than the random temp name: identical weights give identical bytes
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
+    # through a file handle, so the archive's internal name is fixed ("archive") rather
+    # than the random temp name: identical weights give identical bytes
+    with atomic_path(directory / WEIGHTS) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
     with atomic_path(directory / CARD) as tmp:
         tmp.write_text(json.dumps(card.to_json(), indent=1) + "\n")
 

@@ -487,7 +487,7 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     return held, rejections
 
 
-def allocate_change(
+def allocate_change(  # long: a 25-line docstring, then one pass of array steps (loops in helpers)
     probs: np.ndarray,
     predicted: Sequence[int],
     *,

@@ -108,14 +108,16 @@ def _check(values: np.ndarray, *, name: str, path, grid: Grid, years: list[int],
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InputDataError(
-            f"{path}: variable {name!r} is {float(values[index]):.6g} at {_where(grid, years, index)}, "
-            f"outside [0, 1] (tolerance {tol}); it is not a fraction, check datasets.coarse.variables"
+            f"{path}: variable {name!r} is {float(values[index]):.6g} at "
+            f"{_where(grid, years, index)}, outside [0, 1] (tolerance {tol}); it is not a "
+            "fraction, check datasets.coarse.variables"
         )
     missing = np.isnan(values) & land_cells
     if missing.any():
         index = tuple(int(i) for i in np.argwhere(missing)[0])
         raise InputDataError(
-            f"{path}: variable {name!r} is missing (fill value or NaN) at {_where(grid, years, index)}, "
+            f"{path}: variable {name!r} is missing (fill value or NaN) at "
+            f"{_where(grid, years, index)}, "
             f"a cell whose fine pixels are mostly land-use classes (>= {LAND_CELL_SHARE:.0%}, "
             "not ocean, water or no data); the coarse data must cover the land of region.bbox"
         )

@@ -1,4 +1,5 @@
-"""Static features: reproject/resample each configured layer onto the fine grid -> ``static.zarr``."""
+"""Static features: reproject/resample each configured layer onto the fine grid ->
+``static.zarr``."""
 
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ class LayerSource:
             except RasterioIOError as exc:
                 raise InputDataError(
                     f"{self.path}: band 1 rows {row0}-{row1 - 1} cannot be decoded "
-                    f"({exc.__cause__ or exc}); the file is damaged, delete it and download it again"
+                    f"({exc.__cause__ or exc}); the file is damaged, delete it and download it "
+                    "again"
                 ) from None
             values = np.ma.filled(data, np.nan).astype("float32")
             return mask_fill(values, [], _FILL_THRESHOLD)

@@ -55,7 +55,8 @@ def validate_inputs(config) -> dict:
         lacking = [y for y in range(first, last + 1) if y not in covered]
         if lacking:
             raise InputDataError(
-                f"{coarse_cfg.historical}: no coarse file holds year(s) {lacking[0]}..{lacking[-1]} "
+                f"{coarse_cfg.historical}: no coarse file holds year(s) "
+                f"{lacking[0]}..{lacking[-1]} "
                 f"of years.{name}; shorten years.{name} or add a scenario file covering them"
             )
     return {

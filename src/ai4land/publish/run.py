@@ -425,10 +425,14 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
 # --- README -------------------------------------------------------------------------
 
 
+def _hex_colour(rgb) -> str:
+    return "{:02X}{:02X}{:02X}".format(*rgb)
+
+
 def readme_text(config, products: list[tuple[str, int, Path]], grid: Grid) -> str:
     legend = config.classes.legend
     rows = "\n".join(
-        f"| {code} | {name} | #{'{:02X}{:02X}{:02X}'.format(*DEFAULT_COLOURS.get(code, (code,) * 3))} |"
+        f"| {code} | {name} | #{_hex_colour(DEFAULT_COLOURS.get(code, (code,) * 3))} |"
         for code, name in sorted(legend.items())
     )
     scenarios = {}
