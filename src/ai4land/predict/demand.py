@@ -26,7 +26,6 @@ from ai4land.predict.harmonize import (
     map_group_fractions,
     offset_weight,
 )
-from ai4land.samples.features import DEMAND_PREFIX
 
 BAND_CELLS = 64  # coarse-cell rows computed at a time over a whole training map
 
