@@ -487,7 +487,36 @@ def _propose(scores, pixel_cell, quota):  # pragma: no cover - compiled
     return held, rejections
 
 
-def allocate_change(  # long: a 25-line docstring, then one pass of array steps (loops in helpers)
+def _check_allocation(member: np.ndarray, predicted, targets: np.ndarray, prior, *,
+                      factor: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """The coarse grid's (rows, cols); ValueError for inputs that do not fit together."""
+    height, width = shape
+    if not member.any(axis=1).all():
+        missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
+        raise ValueError(f"classes {missing} are in no group")
+    hc, wc = -(-height // factor), -(-width // factor)
+    if targets.shape != (member.shape[1], hc, wc):
+        raise ValueError(f"targets have shape {targets.shape}, expected "
+                         f"{(member.shape[1], hc, wc)}")
+    if np.shape(prior) != (height, width):
+        raise ValueError(f"prior has shape {np.shape(prior)}, expected {(height, width)}")
+    return hc, wc
+
+
+def _transfer_by_score(pool, p, cell, source, known, supply, demand, index, moved) -> None:
+    """The net change by score alone: every (pool pixel, gaining class of its cell) pair,
+    best ``p(new) - p(old)`` first; ties go to the lower pixel, then the lower class."""
+    k = p.shape[1]
+    pair_pixel, pair_class = np.nonzero(demand[cell[pool]] > 0)
+    pair_pixel = pool[pair_pixel]
+    old = np.where(known[pair_pixel], p[pair_pixel, np.minimum(source[pair_pixel], k - 1)],
+                   0.0)
+    score = p[pair_pixel, pair_class] - old
+    order = np.lexsort((pair_class, pair_pixel, -score))
+    _transfer(pair_pixel[order], pair_class[order], cell, source, supply, demand, index, moved)
+
+
+def allocate_change(  # long: signature + docstring are 47 lines; the steps are helpers
     probs: np.ndarray,
     predicted: Sequence[int],
     *,
@@ -539,14 +568,8 @@ def allocate_change(  # long: a 25-line docstring, then one pass of array steps 
     height, width, k = probs.shape
     valid = np.ascontiguousarray(valid, dtype=bool)
     member = groups.membership(predicted)  # (K, G)
-    if not member.any(axis=1).all():
-        missing = [predicted[i] for i in np.nonzero(~member.any(axis=1))[0]]
-        raise ValueError(f"classes {missing} are in no group")
-    hc, wc = -(-height // factor), -(-width // factor)
-    if targets.shape != (len(groups), hc, wc):
-        raise ValueError(f"targets have shape {targets.shape}, expected {(len(groups), hc, wc)}")
-    if np.shape(prior) != (height, width):
-        raise ValueError(f"prior has shape {np.shape(prior)}, expected {(height, width)}")
+    hc, wc = _check_allocation(member, predicted, targets, prior, factor=factor,
+                               shape=(height, width))
     flat_probs = probs.reshape(-1, k)
     if argmax is None:
         argmax = flat_probs.argmax(axis=1)
@@ -594,16 +617,7 @@ def allocate_change(  # long: a 25-line docstring, then one pass of array steps 
                           supply, demand, index, moved, width, factor,
                           np.asarray(bonus, dtype="float64"))
     elif len(pool):
-        # every (pool pixel, gaining class of its cell) pair, best score first; ties go
-        # to the lower pixel, then the lower class
-        pair_pixel, pair_class = np.nonzero(demand[cell[pool]] > 0)
-        pair_pixel = pool[pair_pixel]
-        old = np.where(known[pair_pixel], p[pair_pixel, np.minimum(source[pair_pixel], k - 1)],
-                       0.0)
-        score = p[pair_pixel, pair_class] - old
-        order = np.lexsort((pair_class, pair_pixel, -score))
-        _transfer(pair_pixel[order], pair_class[order], cell, source, supply, demand, index,
-                  moved)
+        _transfer_by_score(pool, p, cell, source, known, supply, demand, index, moved)
     if margin < 1:
         _swap(p, cell, before, index, in_constrained & known & ~moved, margin)
     out = np.full(height * width, -1, dtype="int64")
