@@ -16,10 +16,13 @@ from ai4land import __version__
 from ai4land.errors import Ai4landError
 
 
-def _config(args):
-    from ai4land.config import load_config
+def _config(args, stage: str | None = None):
+    """The config files of ``args`` merged and validated; with ``stage``, only the slice
+    of it that stage reads (ai4land.config.STAGES)."""
+    from ai4land.config import load_config, stage_config
 
-    return load_config(*args.config)
+    config = load_config(*args.config)
+    return config if stage is None else stage_config(config, stage)
 
 
 def cmd_config_check(args) -> int:
@@ -34,7 +37,7 @@ def cmd_config_check(args) -> int:
 def cmd_demo_world(args) -> int:
     from ai4land.demo_world import write_demo_world
 
-    for path in write_demo_world(_config(args)):
+    for path in write_demo_world(_config(args, "demo_world")):
         print(path)
     return 0
 
@@ -42,22 +45,25 @@ def cmd_demo_world(args) -> int:
 def cmd_download(args) -> int:
     from ai4land.download import download_sources
 
-    download_sources(_config(args), keys=args.only or None, repin=args.repin, dry_run=args.dry_run)
+    download_sources(_config(args, "download"), keys=args.only or None, repin=args.repin,
+                     dry_run=args.dry_run)
     return 0
 
 
 def cmd_prepare(args) -> int:
     from ai4land import prepare
+    from ai4land.config import stage_config
 
-    config = _config(args)
+    config = _config(args)  # each part takes its own slice below
     if args.part == "target":
-        path = prepare.prepare_target(config)
+        path = prepare.prepare_target(stage_config(config, "prepare_target"))
     elif args.part == "static":
-        path = prepare.prepare_static(config)
+        path = prepare.prepare_static(stage_config(config, "prepare_static"))
     else:
         if not args.scenario:
             raise Ai4landError("prepare coarse needs --scenario (historical or an SSP name)")
-        path = prepare.prepare_coarse(config, scenario=args.scenario)
+        path = prepare.prepare_coarse(stage_config(config, "prepare_coarse"),
+                                      scenario=args.scenario)
     print(path)
     return 0
 
@@ -65,7 +71,7 @@ def cmd_prepare(args) -> int:
 def cmd_split(args) -> int:
     from ai4land.samples.split import run_split
 
-    split = run_split(_config(args), output=args.output, figure=args.figure)
+    split = run_split(_config(args, "split"), output=args.output, figure=args.figure)
     roles = {role: sum(b.role == role for b in split.blocks) for role in ("train", "val", "test")}
     print(f"{args.output}: {roles}")
     return 0
@@ -74,7 +80,7 @@ def cmd_split(args) -> int:
 def cmd_train(args) -> int:
     from ai4land.train.loop import run_training
 
-    run_training(_config(args), output_dir=Path(args.output),
+    run_training(_config(args, "train"), output_dir=Path(args.output),
                  split_path=Path(args.split) if args.split else None,
                  resume=not args.no_resume, restart_if_changed=args.restart_if_changed,
                  max_steps=args.max_steps)
@@ -85,7 +91,8 @@ def cmd_evaluate(args) -> int:
     from ai4land.evaluate import run_evaluate
     from ai4land.evaluate.tables import summary
 
-    metrics = run_evaluate(_config(args), model_dir=Path(args.model), split_path=Path(args.split),
+    metrics = run_evaluate(_config(args, "evaluate"), model_dir=Path(args.model),
+                           split_path=Path(args.split),
                            output=Path(args.output),
                            figures_dir=Path(args.figures) if args.figures else None)
     print(summary(metrics))
@@ -104,7 +111,8 @@ def cmd_score(args) -> int:
 def cmd_init_store(args) -> int:
     from ai4land.predict.run import init_product_store
 
-    print(init_product_store(_config(args), store=Path(args.store), scenario=args.scenario))
+    print(init_product_store(_config(args, "init_store"), store=Path(args.store),
+                             scenario=args.scenario))
     return 0
 
 
@@ -112,7 +120,7 @@ def cmd_predict(args) -> int:
     from ai4land.predict.run import run_predict
 
     report = run_predict(
-        _config(args),
+        _config(args, "predict"),
         scenario=args.scenario,
         year=args.year,
         model_dir=Path(args.model),
@@ -128,7 +136,7 @@ def cmd_predict(args) -> int:
 def cmd_publish(args) -> int:
     from ai4land.publish.run import run_publish
 
-    run_publish(_config(args), maps_dir=Path(args.maps), store=Path(args.store),
+    run_publish(_config(args, "publish"), maps_dir=Path(args.maps), store=Path(args.store),
                 model_dir=Path(args.model), metrics_path=Path(args.metrics),
                 output_dir=Path(args.output))
     print(args.output)

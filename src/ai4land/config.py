@@ -6,8 +6,11 @@ Every dataset is described here, not in code: LUH2 and HILDA+ are just the value
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -615,3 +618,259 @@ def load_config(*paths: str | Path) -> Config:
     if not paths:
         raise ConfigError("no config file given")
     return parse_config(read_config_files(list(paths)), source=", ".join(map(str, paths)))
+
+
+# --- config slices: what each stage reads --------------------------------------------
+#
+# Each workflow stage (a Snakemake rule and its `ai4land` command) declares here, once,
+# the config entries it reads. The declaration is the single source of
+#   * the stage's view of the config (`stage_config`): reading any other entry raises
+#     UndeclaredConfigError, so the declaration cannot fall behind the code unnoticed;
+#   * the rule's rerun trigger: its Snakemake `config_hash` param is `slice_hash`;
+#   * the provenance hash the stage writes into its products (COG tags, map reports,
+#     model card): the same `slice_hash`.
+# So a config edit reruns exactly the stages whose slice holds the edited entry, and a
+# product's provenance hash changes exactly when the product is regenerated.
+# docs/design.md ("Config slices and reruns") explains; docs/architecture.md says where
+# to add a key.
+
+
+class UndeclaredConfigError(AttributeError):
+    """A stage read a config entry its slice does not declare (a programming error)."""
+
+
+@dataclass(frozen=True)
+class StageSlice:
+    """The config entries one stage reads, as dotted paths (``"predict"`` is the whole
+    section, ``"predict.tile_size"`` one entry; ``"*"`` the whole config).
+
+    ``reads`` are hashed: editing one reruns the stage. ``unhashed`` maps entries the stage
+    reads without them deciding its products to the reason (where files are, the list of
+    SSPs: those change which jobs exist, not what a job writes). ``per_item`` names a
+    mapping with one rule per entry (``sources``: one download rule per source); that
+    rule's hash holds only its own entry.
+    """
+
+    reads: tuple[str, ...]
+    unhashed: Mapping[str, str] = field(default_factory=dict)
+    per_item: str | None = None
+
+    def readable(self, dotted: str) -> bool:
+        """Whether ``dotted`` lies inside a declared entry (hashed or not)."""
+        return any(_covers(key, dotted) for key in (*self.reads, *self.unhashed))
+
+    def hashes(self, dotted: str) -> bool:
+        """Whether editing the entry at ``dotted`` changes this stage's hash."""
+        if any(_covers(key, dotted) for key in self.unhashed if key != "*"):
+            return False
+        return any(_covers(key, dotted) or _covers(dotted, key) for key in self.reads)
+
+
+def _covers(key: str, dotted: str) -> bool:
+    """Whether the entry ``key`` holds ``dotted`` (itself or a part of it)."""
+    return key == "*" or dotted == key or dotted.startswith(key + ".")
+
+
+_WHERE = "where files are, not what they hold: another path is another output"
+_SSPS = ("the list of SSPs: a new SSP adds its own jobs and leaves the other "
+         "scenarios' jobs alone")
+_CUBE = ("datasets.coarse.variables", "datasets.coarse.water_variable")  # Cube.from_config
+
+STAGES: dict[str, StageSlice] = {
+    "demo_world": StageSlice(reads=("seed", "demo", "datasets")),
+    "download": StageSlice(
+        reads=("sources",), per_item="sources",
+        unhashed={"download": "how to fetch (timeouts, retries), not what: files are "
+                              "verified by size and sha256",
+                  "datasets": "what a download is checked to hold; a failed check fails "
+                              "the job",
+                  "paths.raw": _WHERE}),
+    "prepare_target": StageSlice(
+        reads=("datasets.fine", "datasets.coarse.historical", "region", "classes.legend",
+               "classes.ocean", "classes.nodata"),
+        unhashed={"paths.cube": _WHERE}),
+    "prepare_static": StageSlice(
+        reads=("datasets.static", "datasets.coarse.water_variable", "datasets.coarse.groups",
+               "classes.ocean", "classes.nodata"),
+        unhashed={"paths.cube": _WHERE}),
+    "prepare_coarse": StageSlice(
+        reads=("datasets.coarse", "datasets.fine.years", "years.backward", "years.forward",
+               "years.observed", "classes.ocean", "classes.nodata"),
+        unhashed={"datasets.coarse.scenarios": _SSPS + "; a scenario's file is its input",
+                  "paths.cube": _WHERE}),
+    "split": StageSlice(
+        reads=("seed", "split", "years.train", "years.test", "classes.predicted", *_CUBE),
+        unhashed={"paths.cube": _WHERE}),
+    "train": StageSlice(
+        reads=("seed", "train", "classes", "years", *_CUBE),
+        unhashed={"paths.cube": _WHERE, "paths.results": _WHERE}),
+    "evaluate": StageSlice(
+        reads=("seed", "evaluate", "classes", "datasets.coarse.groups", *_CUBE,
+               "predict.tile_size", "predict.overlap", "predict.batch_size", "predict.device",
+               "predict.harmonize", "predict.harmonize_decay_years", "predict.allocation",
+               "predict.swap_margin", "predict.change_smoothing", "predict.ensemble",
+               # the rule's `models` param (evaluate.models.evaluated_models)
+               "years.test", "datasets.fine.years"),
+        unhashed={"paths.cube": _WHERE}),
+    "init_store": StageSlice(
+        reads=("classes.legend", "years.backward", "years.observed", "years.forward",
+               "predict.ensemble.write_layer", *_CUBE),
+        unhashed={"scenarios": _SSPS, "paths.cube": _WHERE}),
+    "predict": StageSlice(
+        reads=("seed", "predict", "classes", "datasets.coarse.groups", *_CUBE,
+               "datasets.fine.years", "years.backward", "years.observed", "years.forward"),
+        unhashed={"scenarios": _SSPS, "paths.cube": _WHERE}),
+    # publish writes the whole config into provenance.json
+    "publish": StageSlice(reads=("*",)),
+}
+
+# Derived views of Config and the entries they read: a slice may use one if it declares
+# all of them.
+_DERIVED: dict[str, tuple[str, ...]] = {
+    "observed_years": ("datasets.fine.years",),
+    "backward_years": ("years.backward",),
+    "forward_years": ("years.forward",),
+    "observed_product_years": ("years.observed",),
+    "product_scenarios": ("years.backward", "years.observed", "scenarios"),
+    "product_years": ("years.backward", "years.observed", "years.forward"),
+    "chain_years": ("years.backward", "years.forward"),
+    "scenario_years": ("years.backward", "years.forward", "years.observed"),
+}
+
+
+def _stage(name: str) -> StageSlice:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"no config slice for stage {name!r} (known: {sorted(STAGES)})") from None
+
+
+def _value(node, dotted: str):
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def slice_hash(config: Config | ConfigSlice, stage: str, *, item: str | None = None) -> str:
+    """sha256 of the config entries ``stage`` reads (its slice's ``reads``, less what it
+    leaves ``unhashed``): the rule's rerun trigger and the products' provenance hash.
+
+    ``item``: the entry of the stage's ``per_item`` mapping one rule handles (a source
+    key of ``download``). The whole config (``"*"``) hashes as :meth:`Config.hash`.
+    """
+    config = unsliced(config)
+    spec = _stage(stage)
+    if spec.reads == ("*",):
+        return config.hash()
+    tree = config.model_dump(mode="json")
+    selected = {}
+    for key in spec.reads:
+        if spec.per_item == key and item is not None:
+            key = f"{key}.{item}"
+        value = _value(tree, key)
+        for hidden in spec.unhashed:
+            if hidden.startswith(key + "."):
+                value = copy.deepcopy(value)
+                *parents, last = hidden[len(key) + 1:].split(".")
+                node = value
+                for part in parents:
+                    node = node[part]
+                node.pop(last, None)
+        selected[key] = value
+    text = json.dumps(selected, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ConfigSlice:
+    """A read-only view of a Config that lets a stage read only its declared entries.
+
+    Reading an undeclared entry raises :class:`UndeclaredConfigError` naming the entry and
+    the stage; sections declared in part are views themselves. Derived views
+    (``observed_years``, ``scenario_years()``, ...) work when their entries are declared.
+    """
+
+    __slots__ = ("_config", "_node", "_prefix", "_stage")
+
+    def __init__(self, config: Config, stage: str, *, _node=None, _prefix: str = ""):
+        _stage(stage)
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_node", config if _node is None else _node)
+        object.__setattr__(self, "_prefix", _prefix)
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        spec = STAGES[self._stage]
+        dotted = f"{self._prefix}{name}"
+        if not self._prefix and name in _DERIVED:
+            missing = [key for key in _DERIVED[name] if not spec.readable(key)]
+            if missing:
+                raise UndeclaredConfigError(
+                    f"stage {self._stage!r} reads {name}, which needs the config entries "
+                    f"{missing} its slice does not declare (ai4land.config.STAGES)")
+            return getattr(self._config, name)
+        if spec.readable(dotted):
+            return getattr(self._node, name)
+        if any(key.startswith(dotted + ".") for key in (*spec.reads, *spec.unhashed)):
+            return ConfigSlice(self._config, self._stage, _node=getattr(self._node, name),
+                               _prefix=dotted + ".")
+        raise UndeclaredConfigError(
+            f"stage {self._stage!r} reads the config entry {dotted!r}, which its slice does "
+            "not declare: add it to ai4land.config.STAGES (docs/architecture.md)")
+
+    def __setattr__(self, name, value):
+        raise TypeError("a config slice is read-only")
+
+    def __reduce__(self):
+        return (_rebuild_slice, (self._config, self._stage, self._prefix))
+
+    def __repr__(self) -> str:
+        return f"ConfigSlice({self._stage!r}{', ' + self._prefix[:-1] if self._prefix else ''})"
+
+    def model_dump(self, **kwargs) -> dict:
+        """The declared entries under this view, as nested plain data."""
+        spec = STAGES[self._stage]
+        full = self._node.model_dump(**kwargs)
+        if spec.readable(self._prefix[:-1] or "*"):
+            return full
+        out: dict = {}
+        for key in (*spec.reads, *spec.unhashed):
+            if not key.startswith(self._prefix) and key != "*":
+                continue
+            parts = key[len(self._prefix):].split(".")
+            src, dst = full, out
+            for part in parts[:-1]:
+                src = src[part]
+                dst = dst.setdefault(part, {})
+            dst[parts[-1]] = src[parts[-1]]
+        return out
+
+
+def _rebuild_slice(config: Config, stage: str, prefix: str) -> ConfigSlice:
+    view = ConfigSlice(config, stage)
+    for part in prefix.rstrip(".").split(".") if prefix else []:
+        view = getattr(view, part)
+    return view
+
+
+def stage_config(config: Config | ConfigSlice, stage: str) -> Config:
+    """The slice of ``config`` that ``stage`` reads (typed as Config: the slice has the
+    same attributes, and reading an undeclared one raises UndeclaredConfigError)."""
+    if isinstance(config, ConfigSlice):
+        if config.stage != stage:
+            raise UndeclaredConfigError(f"stage {stage!r} was handed stage "
+                                        f"{config.stage!r}'s config slice")
+        return config  # type: ignore[return-value]
+    if STAGES[stage].reads == ("*",):
+        return config
+    return ConfigSlice(config, stage)  # type: ignore[return-value]
+
+
+def unsliced(config: Config | ConfigSlice) -> Config:
+    """The whole Config behind a slice (for hashing, and the model card's record)."""
+    return config._config if isinstance(config, ConfigSlice) else config

@@ -51,7 +51,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 from tqdm.auto import tqdm
 
-from ai4land.config import LUH2_FRACTIONS, Config
+from ai4land.config import Config, LUH2_FRACTIONS, stage_config
 from ai4land.errors import ConfigError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
@@ -875,6 +875,7 @@ def write_demo_world(config: Config, *, progress: bool = True) -> list[Path]:
     Deterministic given ``config.seed`` and ``config.demo``: rerunning writes the same
     bytes.
     """
+    config = stage_config(config, "demo_world")  # reads only its slice
     _check_config(config)
     seed = config.seed
     grids = _grids(config)

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from ai4land.config import stage_config
 from ai4land.errors import ConfigError, DownloadError
 from ai4land.io.atomic import atomic_path
 from ai4land.io.rasters import NETCDF_SUFFIXES
@@ -509,6 +510,7 @@ def download_sources(config, *, keys: list[str] | None = None, repin: list[str] 
     downloaded, checked and recorded anew (only these unless ``keys`` is given).
     ``retries``, ``backoff`` and ``timeout`` default to ``config.download``.
     """
+    config = stage_config(config, "download")  # reads only its slice
     sources = config.sources
     repin = list(repin or [])
     keys = (

@@ -18,7 +18,7 @@ from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 
 from ai4land.errors import OutputError  # noqa: E402
 from ai4land.io.cube import Cube  # noqa: E402
-from ai4land.publish.regenerate import compare_manifest, config_digest  # noqa: E402
+from ai4land.publish.regenerate import compare_manifest  # noqa: E402
 from ai4land.samples.split import make_split  # noqa: E402
 from ai4land.train.launch import slurm_hosts, torchrun_command  # noqa: E402
 from ai4land.train.loop import exclusive_output, run_training  # noqa: E402
@@ -54,16 +54,6 @@ def test_multi_node_allocation_uses_srun_and_a_rendezvous_on_the_first_host():
 def test_single_node_allocation_is_standalone():
     hosts = slurm_hosts({"SLURM_JOB_ID": "3", "SLURM_JOB_NODELIST": "n1"}, run=lambda cmd: "n1\n")
     assert "--standalone" in torchrun_command(["train"], nproc=2, hosts=hosts)
-
-
-def test_config_digest_follows_only_its_keys(demo_config_dict):
-    from ai4land.config import parse_config
-
-    a = parse_config(demo_config_dict)
-    changed = dict(demo_config_dict, predict={**demo_config_dict["predict"], "harmonize": False})
-    b = parse_config(changed)
-    assert config_digest(a, ["train"]) == config_digest(b, ["train"])
-    assert config_digest(a, ["predict"]) != config_digest(b, ["predict"])
 
 
 def test_compare_manifest_reports_by_file(tmp_path):

@@ -5,7 +5,7 @@ import sys
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from ai4land.config import parse_config
+from ai4land.config import parse_config, slice_hash
 from ai4land.errors import Ai4landError
 from ai4land.io.locks import claim_workdir
 
@@ -18,8 +18,9 @@ def _merged_config_file():
     """The merged config in one file at a fixed path, written only when it changed.
 
     Rules pass this path, not the list of --configfile paths, so adding or renaming a
-    config file does not change every rule's params; each rule's config_hash param
-    reruns exactly the rules whose config entries changed.
+    config file does not change every rule's params; each rule's config_hash param (the
+    hash of its config slice, ai4land.config.STAGES) reruns exactly the rules whose
+    slice holds a changed entry.
     """
     import yaml
 
@@ -63,18 +64,6 @@ STORE_MARKER = f"{RESULTS}/product/ai4land.zarr.{{scenario}}.layout.json"
 wildcard_constraints:
     scenario="[A-Za-z0-9_-]+",
     year=r"\d{4}",
-
-
-def config_hash(*keys, exclude=("datasets.coarse.scenarios",)):
-    """Hash of the config entries a rule reads (dotted keys), for its params.
-
-    Snakemake reruns a job whose params changed, so a config change reruns exactly the
-    rules that read the changed entries (and, through their outputs, what depends on
-    them). The per-SSP file list is left out: a new SSP adds its own jobs instead.
-    """
-    from ai4land.publish.regenerate import config_digest
-
-    return config_digest(CFG, keys, exclude=exclude)
 
 
 def store_of(marker):

@@ -12,7 +12,7 @@ if CFG.demo_world:
             [layer.path for layer in CFG.datasets.static],
         params:
             config=CONFIG_ARGS,
-            config_hash=config_hash("seed", "demo", "datasets", "classes", exclude=()),
+            config_hash=slice_hash(CFG, "demo_world"),
         log:
             f"{LOGS}/demo_world.log",
         benchmark:
@@ -37,7 +37,7 @@ else:
             params:
                 config=CONFIG_ARGS,
                 key=_key,
-                config_hash=config_hash(f"sources.{_key}"),
+                config_hash=slice_hash(CFG, "download", item=_key),
             log:
                 f"{LOGS}/download/{_key}.log",
             retries: 3

@@ -34,12 +34,7 @@ rule evaluate:
         ],
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("classes", "datasets.coarse.groups", "predict.tile_size",
-                                "predict.overlap", "predict.harmonize",
-                                "predict.harmonize_decay_years", "predict.allocation",
-                                "predict.swap_margin", "predict.change_smoothing",
-                                "predict.change_patch_bonus", "predict.ensemble",
-                                "evaluate", "seed"),
+        config_hash=slice_hash(CFG, "evaluate"),
         # the models scored (the report's captions name only these)
         models=evaluated_models(CFG),
         model=lambda wildcards, input: os.path.dirname(input.weights),

@@ -9,7 +9,7 @@ rule init_store:
         STORE_MARKER,
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("classes", "region", "years", "predict.ensemble"),
+        config_hash=slice_hash(CFG, "init_store"),
         store=lambda wildcards, output: store_of(output[0]),
     log:
         f"{LOGS}/predict/init_store_{{scenario}}.log",
@@ -38,7 +38,7 @@ rule predict:
         report=f"{RESULTS}/maps/{{scenario}}/ai4land_{{scenario}}_{{year}}.json",
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("predict", "classes", "datasets"),
+        config_hash=slice_hash(CFG, "predict"),
         model=lambda wildcards, input: os.path.dirname(input.weights),
         store=lambda wildcards, input: store_of(input.store),
         prior=prior_arg,

@@ -11,7 +11,7 @@ rule prepare_target:
         target=directory(f"{CUBE}/target.zarr"),
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("datasets", "classes", "region", "years"),
+        config_hash=slice_hash(CFG, "prepare_target"),
     log:
         f"{LOGS}/prepare/target.log",
     benchmark:
@@ -35,7 +35,7 @@ rule prepare_static:
         directory(f"{CUBE}/static.zarr"),
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("datasets.static", "classes", "region"),
+        config_hash=slice_hash(CFG, "prepare_static"),
     log:
         f"{LOGS}/prepare/static.log",
     benchmark:
@@ -60,7 +60,7 @@ rule prepare_coarse:
         directory(f"{CUBE}/coarse/{{scenario}}.zarr"),
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("datasets.coarse", "classes", "region", "years"),
+        config_hash=slice_hash(CFG, "prepare_coarse"),
     log:
         f"{LOGS}/prepare/coarse_{{scenario}}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule publish:
         readme=f"{RESULTS}/publish/README.md",
     params:
         config=CONFIG_ARGS,
-        config_hash=CFG.hash()[:16],
+        config_hash=slice_hash(CFG, "publish"),
         model=lambda wildcards, input: os.path.dirname(input.weights),
         # beside the outputs, not taken from the inputs: a config with no maps reaches the
         # CLI's one-line "nothing to publish" when the rule is asked for by name

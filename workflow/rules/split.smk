@@ -11,7 +11,7 @@ rule split:
         figure=report(f"{RESULTS}/split/split.png", caption="../report/split.rst", category="Split"),
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("seed", "split", "years", "classes"),
+        config_hash=slice_hash(CFG, "split"),
     log:
         f"{LOGS}/split.log",
     conda:

@@ -17,7 +17,7 @@ rule train:
         metrics=f"{MODEL_DIR}/metrics.csv",
     params:
         config=CONFIG_ARGS,
-        config_hash=config_hash("seed", "train", "years", "classes", "datasets.coarse.groups"),
+        config_hash=slice_hash(CFG, "train"),
         model=lambda wildcards, output: os.path.dirname(output.weights),
         nproc=CFG.train.nproc,
     log:

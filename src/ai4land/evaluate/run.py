@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ai4land.config import stage_config
 from ai4land.device import resolve_device
 from ai4land.errors import GridError, InputDataError
 from ai4land.evaluate.baselines import (
@@ -97,6 +98,7 @@ LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Fi
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
                  figures_dir: Path | None = None) -> dict:
     """Score every model; write ``output`` (metrics.json), tables beside it, figures."""
+    config = stage_config(config, "evaluate")  # reads only its slice
     setup = _Setup.load(config, model_dir=model_dir, split_path=split_path)
     gbm, train_pixels = _fit_gradient_boosting(config, setup)
     runner = _Runner(config, cube=setup.cube, model=setup.model, gbm=gbm, sites=setup.sites,

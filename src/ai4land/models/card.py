@@ -34,6 +34,8 @@ class ModelCard:
     classes: list[int]
     architecture: dict
     tile_size: int
+    # The hash of the train stage's config slice (ai4land.config.slice_hash): what the
+    # train rule reruns on, so it changes exactly when the model is retrained.
     config_hash: str = ""
     code_version: str = ""
     seed: int = 0
@@ -44,9 +46,11 @@ class ModelCard:
     # Per input group how it is scaled; static: {name: {"mean": m, "std": s}}.
     normalisation: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    # The resolved config the model was trained with (``config_hash`` is its hash): the
-    # emulator (:mod:`ai4land.emulator`) takes the classes, coarse groups, predict
-    # settings and ``paths.cube`` from it. Empty in cards written before it existed.
+    # The whole resolved config of the run that trained the model: the emulator
+    # (:mod:`ai4land.emulator`) takes the classes, coarse groups, predict settings and
+    # ``paths.cube`` from it. Entries outside the train slice can be older than the
+    # workflow's config (an edit of them does not retrain). Empty in cards written
+    # before it existed.
     config: dict = field(default_factory=dict)
     format: int = CARD_FORMAT
 

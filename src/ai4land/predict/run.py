@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from ai4land.config import slice_hash, stage_config
 from ai4land.device import autocast_dtype, resolve_device
 from ai4land.errors import InputDataError, ModelCardError
 from ai4land.grid import Window
@@ -91,6 +92,7 @@ def init_product_store(config, *, store: str | Path, scenario: str) -> Path:
     leaves the other chains' markers, and their predictions, untouched. A lock file
     serialises concurrent ``init-store`` jobs.
     """
+    config = stage_config(config, "init_store")  # reads only its slice
     store = Path(store)
     if scenario not in config.product_scenarios:
         raise InputDataError(f"scenario {scenario!r} is not in the config's product scenarios "
@@ -330,6 +332,7 @@ def run_predict(
 
     Returns the report (also written as JSON beside ``output``, less ``timings_s``).
     """
+    config = stage_config(config, "predict")  # reads only its slice
     t_start = time.perf_counter()
     share_one_heap()  # before the job's threads start
     output, store, model_dir = Path(output), Path(store), Path(model_dir)
@@ -406,7 +409,7 @@ def _tags(config, plan: _JobPlan, model_hash: str) -> dict:
         "AI4LAND_DIRECTION": plan.direction,
         "AI4LAND_PRIOR": plan.prior_source,
         "AI4LAND_HARMONIZED": bool(config.predict.harmonize),
-        "AI4LAND_CONFIG_HASH": config.hash(),
+        "AI4LAND_CONFIG_HASH": slice_hash(config, "predict"),
         "AI4LAND_MODEL_WEIGHTS_SHA256": model_hash,
         "AI4LAND_CODE_VERSION": code_version(),
     }
@@ -433,6 +436,6 @@ def _report(config, plan: _JobPlan, *, finalise: Finaliser, windows: tuple[int, 
         "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "outputs": {name: layer_path(output, name).name for name in layers} | {"store": store.name},
-        "config_hash": config.hash(),
+        "config_hash": slice_hash(config, "predict"),
         "model_weights_sha256": model_hash,
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ai4land.config import stage_config
 from ai4land.errors import ConfigError, GridError, InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
@@ -249,6 +250,7 @@ def _write_block(group, source: _Source, coarse_cfg, *, start: int, index, block
 
 def prepare_coarse(config, *, scenario: str, progress: bool = True) -> Path:
     """Write ``coarse/{scenario}.zarr`` (fractions per year + water); return its path."""
+    config = stage_config(config, "prepare_coarse")  # reads only its slice
     coarse_cfg = config.datasets.coarse
     path = coarse_path(config, scenario)
     fine, grid, factor = read_grids(config)

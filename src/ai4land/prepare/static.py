@@ -15,6 +15,7 @@ from rasterio.errors import CRSError, RasterioIOError
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
 
+from ai4land.config import stage_config
 from ai4land.errors import ConfigError, InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
@@ -327,6 +328,7 @@ def _check_coverage(sources: list[LayerSource], stats: dict, fine) -> None:
 
 def prepare_static(config, *, progress: bool = True) -> Path:
     """Write ``static.zarr`` (one float32 variable per layer, slope, land_mask); return its path."""
+    config = stage_config(config, "prepare_static")  # reads only its slice
     paths = cube_paths(config)
     fine, _, _ = read_grids(config)
     lulc = open_store(paths.target)[TARGET_VARIABLE]

@@ -12,6 +12,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window as RioWindow
 
+from ai4land.config import stage_config
 from ai4land.errors import ConfigError, GridError, InputDataError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
@@ -261,6 +262,7 @@ def flag_attrs(config) -> dict:
 
 def prepare_target(config, *, progress: bool = True) -> Path:
     """Write ``target.zarr`` (lulc per observed year) and ``grids.json``; return the store path."""
+    config = stage_config(config, "prepare_target")  # reads only its slice
     paths = cube_paths(config)
     sources = fine_sources(config)
     years = sorted(sources)

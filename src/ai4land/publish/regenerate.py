@@ -1,57 +1,16 @@
-"""Partial reruns and regeneration of a published product.
+"""Regeneration of a published product: ``compare_manifest`` checks a regenerated
+product against a published SHA256SUMS and reports every difference by file.
 
-``config_digest`` gives each Snakemake rule a hash of exactly the config sections it
-reads (a ``params`` entry), so a change reruns the rules that read it and no others.
-``compare_manifest`` checks a regenerated product against a published SHA256SUMS and
-reports every difference by file.
+(Partial reruns: each Snakemake rule's params hold the hash of its config slice,
+``ai4land.config.slice_hash``; docs/design.md, "Config slices and reruns".)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai4land.errors import Ai4landError
-
-_MISSING = object()
-
-
-def _lookup(tree: Mapping, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
-def _drop(tree: dict, dotted: str) -> None:
-    *parents, last = dotted.split(".")
-    node = tree
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(last, None)
-
-
-def config_digest(config, keys: Iterable[str], exclude: Iterable[str] = ()) -> str:
-    """sha256 (16 hex digits) of the config entries at the dotted ``keys``, minus ``exclude``."""
-    tree = json.loads(json.dumps(config.model_dump(mode="json")))
-    for dotted in exclude:
-        _drop(tree, dotted)
-    selected = {}
-    for dotted in keys:
-        try:
-            selected[dotted] = _lookup(tree, dotted)
-        except KeyError:
-            raise Ai4landError(f"config has no entry {dotted!r}") from None
-    text = json.dumps(selected, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 import rasterio
 
 import ai4land
+from ai4land.config import STAGES, slice_hash, stage_config
 from ai4land.encoding import DEFAULT_COLOURS
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
@@ -179,7 +180,10 @@ def provenance(config, *, model_dir: Path, metrics_path: Path | None) -> dict:
                    "content": json.loads(Path(metrics_path).read_text())}
     return {
         "config": config.model_dump(mode="json"),
-        "config_hash": config.hash(),
+        "config_hash": slice_hash(config, "publish"),
+        # each stage's config slice hash: what its rule reruns on and its products carry
+        # (a map's AI4LAND_CONFIG_HASH tag is the "predict" one)
+        "stage_config_hashes": {stage: slice_hash(config, stage) for stage in STAGES},
         "code_version": code_version(),
         "git_commit": _git_commit(),
         "inputs_sha256": inputs,
@@ -399,7 +403,7 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
     catalog = pystac.Catalog(
         id=f"{config.publish.collection_id}-catalog",
         title=name,
-        description=f"{name}. Run {config.run_name}, config {config.hash()[:12]}.",
+        description=f"{name}. Run {config.run_name}, config {slice_hash(config, 'publish')[:12]}.",
     )
     collection = pystac.Collection(
         id=config.publish.collection_id,
@@ -447,7 +451,7 @@ def readme_text(config, products: list[tuple[str, int, Path]], grid: Grid) -> st
 Annual land-use/land-cover class maps at {resolution_label(grid)} downscaled from coarse
 land-use fractions with a U-Net (ai4land), harmonised per coarse cell to the scenario
 with the delta method. Dataset licence: {config.publish.license}. Config hash:
-`{config.hash()}`.
+`{slice_hash(config, 'publish')}`.
 
 ## Contents
 {spans}
@@ -506,6 +510,7 @@ def run_publish(
 ) -> dict:
     """Write the publish tree (maps/, product/), catalog.json (+ collection/items),
     SHA256SUMS, provenance.json and README.md."""
+    config = stage_config(config, "publish")  # reads only its slice
     import pystac
 
     maps_dir, store, output_dir = Path(maps_dir), Path(store), Path(output_dir)
@@ -536,5 +541,5 @@ def run_publish(
         "catalog": str(output_dir / "catalog.json"),
         "items": len(products),
         "manifest_entries": len(lines),
-        "config_hash": config.hash(),
+        "config_hash": slice_hash(config, "publish"),
     }

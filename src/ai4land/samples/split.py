@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ai4land.config import stage_config
 from ai4land.errors import InputDataError
 from ai4land.grid import Window
 from ai4land.io.atomic import atomic_path
@@ -343,6 +344,7 @@ def run_split(config, *, output: str | Path, figure: str | Path) -> Split:
     The test strata come from the observed map of the last observed year before the
     test years (the first observed year if none is earlier).
     """
+    config = stage_config(config, "split")  # reads only its slice
     from ai4land.io.cube import Cube
 
     cube = Cube.from_config(config)

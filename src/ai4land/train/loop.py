@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ai4land.config import slice_hash, stage_config, unsliced
 from ai4land.device import autocast_dtype, resolve_device
 from ai4land.errors import ConfigError, InputDataError, OutputError
 from ai4land.grid import Window
@@ -407,6 +408,7 @@ def run_training(
     schedule still spans ``epochs * steps_per_epoch``. Returns a summary dict (rank 0's
     view).
     """
+    config = stage_config(config, "train")  # reads only its slice
     train_cfg = config.train
     if in_torchrun_worker():
         die_with_parent(markers=AGENT_MARKERS)
@@ -967,10 +969,12 @@ class _Trainer:
                        world_size=self.info.world_size, device=self.device.type)
         card = ModelCard(
             input_channels=data.channels, classes=data.predicted, architecture=final.config,
-            tile_size=cfg.tile_size, config_hash=config.hash(), code_version=code_version(),
+            tile_size=cfg.tile_size, config_hash=slice_hash(config, "train"),
+            code_version=code_version(),
             seed=config.seed, trained_years=data.years, dropped_inputs=cfg.dropped_inputs,
             normalisation=input_normalisation(data.cube), metrics=metrics,
-            config=config.model_dump(mode="json"),
+            # the emulator's default config: the whole config of this training run
+            config=unsliced(config).model_dump(mode="json"),
         )
         save_model(self.output_dir, final, card)
         return metrics
