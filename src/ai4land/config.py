@@ -708,7 +708,8 @@ STAGES: dict[str, StageSlice] = {
         reads=("seed", "evaluate", "classes", "datasets.coarse.groups", *_CUBE,
                "predict.tile_size", "predict.overlap", "predict.batch_size", "predict.device",
                "predict.harmonize", "predict.harmonize_decay_years", "predict.allocation",
-               "predict.swap_margin", "predict.change_smoothing", "predict.ensemble",
+               "predict.swap_margin", "predict.change_smoothing", "predict.change_cluster_bonus",
+               "predict.change_patch_bonus", "predict.ensemble",
                # the rule's `models` param (evaluate.models.evaluated_models)
                "years.test", "datasets.fine.years"),
         unhashed={"paths.cube": _WHERE}),

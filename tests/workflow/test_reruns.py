@@ -1,11 +1,15 @@
 """Partial reruns on a finished tiny run (dry runs; no Slurm needed).
 
 A predict-only config change reruns predict and publish, not train; one (scenario,
-year) can be regenerated alone; adding an SSP runs only its chain.
+year) can be regenerated alone; adding an SSP runs only its chain. Generated from the
+config slices (ai4land.config.STAGES): an edit of each config entry reruns exactly the
+rules whose slice holds it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -15,6 +19,10 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
+import yaml
+from config_edits import leaf_edits
+
+from ai4land.config import STAGES, parse_config, read_config_files, slice_hash
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [REPO / "config/demo.yaml", REPO / "tests/integration/tiny.yaml"]
@@ -114,3 +122,55 @@ def test_adding_an_ssp_runs_only_its_chain(finished, tmp_path):
     store = xr.open_zarr(workdir / "results/product/ai4land.zarr", mask_and_scale=False)
     assert list(store["scenario"].values) == ["historical", "ssp126", "ssp585"]
     assert (store["lulc"].sel(scenario="ssp585", year=2021).values != 99).any()
+
+
+def _recorded(workdir: Path) -> dict[str, tuple[str, list[str]]]:
+    """{output path: (rule, params)} of a finished run, from Snakemake's metadata (one
+    record per output, named by its path in urlsafe base64, split into '@' parts)."""
+    root = workdir / ".snakemake" / "metadata"
+    records = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            name = "".join(part.removeprefix("@") for part in path.relative_to(root).parts)
+            record = json.loads(path.read_text())
+            records[base64.urlsafe_b64decode(name).decode()] = (record["rule"], record["params"])
+    return records
+
+
+@pytest.mark.slow
+def test_every_rule_records_its_config_slice_hash(finished):
+    config = parse_config(read_config_files(TINY))
+    records = _recorded(finished)
+    assert {rule for rule, _ in records.values()} == UPSTREAM | {
+        "evaluate", "init_store", "predict", "publish"}
+    for output, (rule, params) in records.items():
+        assert repr(slice_hash(config, rule)) in params, f"{output} ({rule}): {params}"
+
+
+@pytest.mark.slow
+def test_each_config_entry_reruns_exactly_the_rules_reading_it(finished, tmp_path):
+    """Generated from the slices: the leaf entries of the tiny config, grouped by the
+    set of rules whose slice holds them; one edit per group is planned with Snakemake
+    (``--list-changes params``: the outputs whose params changed) and must list the
+    outputs of exactly those rules."""
+    data = read_config_files(TINY)
+    records = _recorded(finished)
+    present = {rule for rule, _ in records.values()}
+    groups: dict[frozenset, tuple[str, dict]] = {}
+    for dotted, edited, entries in leaf_edits(data):
+        readers = frozenset(rule for rule in present
+                            if any(STAGES[rule].hashes(entry) for entry in entries))
+        # an edit of paths.* moves every output: there is nothing recorded to compare
+        if not dotted.startswith("paths."):
+            groups.setdefault(readers, (dotted, edited))
+    assert len(groups) > 10
+    wrong = []
+    for readers, (dotted, edited) in groups.items():
+        change = tmp_path / f"{dotted}.yaml"
+        change.write_text(yaml.safe_dump(edited))
+        out = _snakemake(finished, "--list-changes", "params", configs=[change])
+        listed = {records[line.strip()][0] for line in out.splitlines()
+                  if line.strip() in records}
+        if listed != readers:
+            wrong.append(f"{dotted}: reruns {sorted(listed)}, its readers are {sorted(readers)}")
+    assert not wrong, "\n".join(wrong)
