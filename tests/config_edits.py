@@ -87,7 +87,7 @@ def _candidates(dotted: str, value, annotation) -> list:
         return [[w, s, e - 0.5, n], [w + 0.5, s, e, n]]
     if isinstance(value, dict) and value:  # shares: the same values, turned among the keys
         keys, values = list(value), list(value.values())
-        return [dict(zip(keys, values[1:] + values[:1])), {**value, "other": 0.0}]
+        return [dict(zip(keys, values[1:] + values[:1], strict=True)), {**value, "other": 0.0}]
     if isinstance(value, list) and value:
         return [value[:-1], value[::-1], [*value, value[0]]]
     return []
