@@ -26,11 +26,13 @@ def _config(args, stage: str | None = None):
 
 
 def cmd_config_check(args) -> int:
-    from ai4land.config import load_config
+    from ai4land.config import STAGES, load_config, slice_hash
 
     config = load_config(*args.files)
     print(json.dumps(config.model_dump(mode="json"), indent=2))
     print(f"# config hash: {config.hash()}", file=sys.stderr)
+    for stage in STAGES:  # a rule reruns when its slice hash changes
+        print(f"# {stage} slice hash: {slice_hash(config, stage)}", file=sys.stderr)
     return 0
 
 
