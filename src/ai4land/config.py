@@ -702,7 +702,7 @@ STAGES: dict[str, StageSlice] = {
         reads=("seed", "split", "years.train", "years.test", "classes.predicted", *_CUBE),
         unhashed={"paths.cube": _WHERE}),
     "train": StageSlice(
-        reads=("seed", "train", "classes", "years", *_CUBE),
+        reads=("seed", "train", "classes", "years", "datasets.coarse.groups", *_CUBE),
         unhashed={"paths.cube": _WHERE, "paths.results": _WHERE}),
     "evaluate": StageSlice(
         reads=("seed", "evaluate", "classes", "datasets.coarse.groups", *_CUBE,
