@@ -5,7 +5,10 @@ OA / mIoU per chain: the ablation runs of docs/quality.md.
 
     python scripts/chain_ablation.py config/demo.yaml results results/model
 """
-import sys, time, json
+import json
+import sys
+import time
+
 from ai4land.config import load_config
 from ai4land.evaluate import run as R
 from ai4land.evaluate.bootstrap import BlockBootstrap

@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 from scipy import ndimage
-from ai4land.config import load_config
+
 from ai4land import demo_world as W
+from ai4land.config import load_config
 from ai4land.evaluate import run as R
 from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.scores import ModelScores

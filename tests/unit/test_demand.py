@@ -159,7 +159,7 @@ def test_site_demand_is_predicts_demand_on_the_site_cells(world):
     only, equals predict's (the whole region's prior) on the cells it finalises."""
     from ai4land.evaluate.chains import plan_sites, site_demand
 
-    config, cube, land, groups, arrays = world
+    config, cube, land, groups, _ = world
     split = make_split(land, block_size=16, n_test=2, n_val=2, buffer=1,
                        train_years=config.years.train, test_years=config.years.test, seed=0)
     config = config.model_copy(update={"predict": config.predict.model_copy(
