@@ -4,9 +4,8 @@ Single-year mode (issue 19, direction 6): one observed map, no previous map to c
 so the U-Net runs without a prior (``train.prior: false``) and each test year is
 harmonised to the LUH-mapped fractions (full allocation). On the demo world
 (benchmarks/configs/demo_single_year.yaml: config/demo.yaml's world with the single
-observed year 2010, trained on the training blocks of that year, with the smooth coarse
-channels of the neighbouring cells, ``train.smooth_coarse``), ``ai4land evaluate`` scores
-the held-out test blocks. Target: the harmonised U-Net's OA >= the coarse majority's and
+observed year 2010, trained on the training blocks of that year with the default
+inputs), ``ai4land evaluate`` scores the held-out test blocks. Target: the harmonised U-Net's OA >= the coarse majority's and
 its mIoU >= the coarse majority's + 0.03.
 
 ``ours`` is the U-Net's mIoU, ``reference`` the coarse majority's; ``params`` hold both
@@ -18,8 +17,8 @@ first (from the repository root):
     snakemake --cores 2 --configfile benchmarks/configs/demo_single_year.yaml \\
         results_single_year/model/model.pt results_single_year/split/split.json
 
-``AI4LAND_SINGLE_YEAR_CONFIG`` names another config (e.g. an ablation without the smooth
-channels).
+``AI4LAND_SINGLE_YEAR_CONFIG`` names another config (e.g. the same world with
+``train.smooth_coarse: true``).
 """
 
 from __future__ import annotations
