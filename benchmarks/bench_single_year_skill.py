@@ -5,8 +5,8 @@ so the U-Net runs without a prior (``train.prior: false``) and each test year is
 harmonised to the LUH-mapped fractions (full allocation). On the demo world
 (benchmarks/configs/demo_single_year.yaml: config/demo.yaml's world with the single
 observed year 2010, trained on the training blocks of that year with the default
-inputs), ``ai4land evaluate`` scores the held-out test blocks. Target: the harmonised U-Net's OA >= the coarse majority's and
-its mIoU >= the coarse majority's + 0.03.
+inputs), ``ai4land evaluate`` scores the held-out test blocks. Target: the harmonised
+U-Net's OA >= the coarse majority's and its mIoU >= the coarse majority's + 0.03.
 
 ``ours`` is the U-Net's mIoU, ``reference`` the coarse majority's; ``params`` hold both
 models' OA and mIoU with their block-bootstrap 95 % intervals, the paired interval of

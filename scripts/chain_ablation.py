@@ -15,7 +15,13 @@ from ai4land.evaluate.bootstrap import BlockBootstrap
 from ai4land.evaluate.scores import ModelScores
 
 cfg_path, results, model_dir = sys.argv[1:4]
-names = tuple(sys.argv[4:]) or ("unet", "unet_raw", "persistence", "random_change", "neighbourhood_density")
+names = tuple(sys.argv[4:]) or (
+    "unet",
+    "unet_raw",
+    "persistence",
+    "random_change",
+    "neighbourhood_density",
+)
 config = load_config(cfg_path)
 setup = R._Setup.load(config, model_dir=model_dir, split_path=f"{results}/split/split.json")
 runner = R._Runner(config, cube=setup.cube, model=setup.model, gbm=None, sites=setup.sites,
@@ -36,10 +42,13 @@ for name in names:
         y = c.scores[name].report()["by_year"][str(c.years[-1])]
         final[c.name] = {k: round(y[k], 4) for k in ("oa", "miou") if k in y}
     stab = rep.get("stability", {})
-    out[name] = {"fom": round(rep["period"]["fom"], 4) if "period" in rep else None,
-                 "iso": stab.get("isolated_share") if isinstance(stab, dict) else None,
-                 "oa": round(rep.get("oa", float("nan")), 4), "miou": round(rep.get("miou", float("nan")), 4),
-                 "final": final}
+    out[name] = {
+        "fom": round(rep["period"]["fom"], 4) if "period" in rep else None,
+        "iso": stab.get("isolated_share") if isinstance(stab, dict) else None,
+        "oa": round(rep.get("oa", float("nan")), 4),
+        "miou": round(rep.get("miou", float("nan")), 4),
+        "final": final,
+    }
 for name in names:
     if name in ("unet", "unet_raw", "persistence") or "period_fom" not in inputs[name]:
         continue

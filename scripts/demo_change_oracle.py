@@ -35,9 +35,12 @@ scape, _ = W._landscape(config.seed, grids, terrain)
 def oracle(prior_codes, outer, area, year, classes):
     sl = outer.slices
     S = prior_codes
-    nb = {c: ndimage.uniform_filter((S == c).astype("float32"), size=7, mode="nearest")
+    nb = {c: ndimage.uniform_filter((c == S).astype("float32"), size=7, mode="nearest")
           for c in (W.URBAN, W.CROP, W.PASTURE, W.FOREST)}
-    g = lambda a: a[sl]
+
+    def g(a):
+        return a[sl]
+
     sig = W._sigmoid
     R_ = W.RATES
     a_urban = R_["urban"] * (0.5 + sig((year - 1975) / 8.0))
@@ -46,22 +49,53 @@ def oracle(prior_codes, outer, area, year, classes):
     a_df = R_["deforest"] * (0.2 + 1.0 - sig((year - 1995) / 6.0))
     a_pa = R_["pasture_abandon"] * (0.25 + sig((year - 1985) / 8.0))
     p = {c: np.zeros(S.shape, "float32") for c in classes}
-    p[W.FOREST] += ((S == W.GRASS) & (g(scape.pnv) == W.FOREST)) * R_["regrowth"] * nb[W.FOREST] ** 1.5
-    p[W.GRASS] += (S == W.CROP) * a_ca * g(scape.abandon) * (1.2 - nb[W.CROP]) * (1.3 - g(scape.crop_suit))
-    p[W.GRASS] += (S == W.PASTURE) * a_pa * g(scape.abandon) * (1.2 - nb[W.PASTURE]) * (1.3 - g(scape.pasture_suit))
-    p[W.PASTURE] += (S == W.FOREST) * a_df * g(scape.expand) * nb[W.PASTURE] * (0.3 + 0.7 * g(scape.pasture_suit))
+    p[W.FOREST] += (
+        ((S == W.GRASS) & (g(scape.pnv) == W.FOREST)) * R_["regrowth"] * nb[W.FOREST] ** 1.5
+    )
+    p[W.GRASS] += (
+        (S == W.CROP) * a_ca * g(scape.abandon) * (1.2 - nb[W.CROP]) * (1.3 - g(scape.crop_suit))
+    )
+    p[W.GRASS] += (
+        (S == W.PASTURE)
+        * a_pa
+        * g(scape.abandon)
+        * (1.2 - nb[W.PASTURE])
+        * (1.3 - g(scape.pasture_suit))
+    )
+    p[W.PASTURE] += (
+        (S == W.FOREST)
+        * a_df
+        * g(scape.expand)
+        * nb[W.PASTURE]
+        * (0.3 + 0.7 * g(scape.pasture_suit))
+    )
     src = (S == W.FOREST) | (S == W.PASTURE) | (S == W.GRASS)
     p[W.CROP] += src * a_ce * g(scape.expand) * nb[W.CROP] * (0.2 + 0.8 * g(scape.crop_suit))
     edge = nb[W.CROP] * nb[W.PASTURE] * 4.0
-    p[W.PASTURE] += (S == W.CROP) * R_["rotation"] * edge * (g(scape.pasture_suit) - g(scape.crop_suit) + 0.2).clip(0)
-    p[W.CROP] += (S == W.PASTURE) * R_["rotation"] * edge * (g(scape.crop_suit) - g(scape.pasture_suit) + 0.2).clip(0)
-    p[W.URBAN] += (g(scape.land) & (S != W.URBAN) & (S != W.SPARSE)) * a_urban * nb[W.URBAN] * (0.2 + g(scape.urban_suit))
+    p[W.PASTURE] += (
+        (S == W.CROP)
+        * R_["rotation"]
+        * edge
+        * (g(scape.pasture_suit) - g(scape.crop_suit) + 0.2).clip(0)
+    )
+    p[W.CROP] += (
+        (S == W.PASTURE)
+        * R_["rotation"]
+        * edge
+        * (g(scape.crop_suit) - g(scape.pasture_suit) + 0.2).clip(0)
+    )
+    p[W.URBAN] += (
+        (g(scape.land) & (S != W.URBAN) & (S != W.SPARSE))
+        * a_urban
+        * nb[W.URBAN]
+        * (0.2 + g(scape.urban_suit))
+    )
     out = np.stack([np.clip(p[c], 0, 1) for c in classes], axis=-1)
     own = np.zeros(S.shape, "float32")
     for k, c in enumerate(classes):
-        own += (S == c) * out[..., k]
+        own += (c == S) * out[..., k]
     for k, c in enumerate(classes):  # staying: 1 - the chances of leaving
-        out[..., k] = np.where(S == c, np.clip(1.0 - out.sum(-1) + own, 0, 1), out[..., k])
+        out[..., k] = np.where(c == S, np.clip(1.0 - out.sum(-1) + own, 0, 1), out[..., k])
     return out[area]
 
 
@@ -74,15 +108,26 @@ class Oracle(R._Runner):
 
 names = ("unet", "unet_raw", "random_change", "neighbourhood_density", "smooth_coarse")
 setup = R._Setup.load(config, model_dir=model_dir, split_path=f"{results}/split/split.json")
-runner = Oracle(config, cube=setup.cube, model=setup.model, gbm=None, sites=setup.sites,
-                names=names, classes=setup.classes, blocks=setup.blocks, uses_demand=setup.uses_demand)
+runner = Oracle(
+    config,
+    cube=setup.cube,
+    model=setup.model,
+    gbm=None,
+    sites=setup.sites,
+    names=names,
+    classes=setup.classes,
+    blocks=setup.blocks,
+    uses_demand=setup.uses_demand,
+)
 t = time.time()
 out = {}
 for chain in setup.chains:
     runner.run(chain)
     for name in names:
         rep = chain.scores[name].report()
-        out.setdefault(chain.name, {})[name] = round(rep["period"]["fom"], 4) if "period" in rep else None
+        out.setdefault(chain.name, {})[name] = (
+            round(rep["period"]["fom"], 4) if "period" in rep else None
+        )
 boot = BlockBootstrap(len(setup.blocks), n_replicates=1000, seed=config.seed, level=0.95)
 inputs = {}
 for name in names:
@@ -91,6 +136,8 @@ for name in names:
     out.setdefault("pooled", {})[name] = round(pooled.report()["period"]["fom"], 4)
 stats, compute, _ = inputs["smooth_coarse"]["period_fom"]
 d = boot.difference(stats, inputs["neighbourhood_density"]["period_fom"][0], compute).to_json()
-out["oracle-neighbourhood_density"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+out["oracle-neighbourhood_density"] = {
+    k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()
+}
 out["s"] = round(time.time() - t)
 print(json.dumps(out))

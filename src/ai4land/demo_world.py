@@ -51,7 +51,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 from tqdm.auto import tqdm
 
-from ai4land.config import Config, LUH2_FRACTIONS, stage_config
+from ai4land.config import LUH2_FRACTIONS, Config, stage_config
 from ai4land.errors import ConfigError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
