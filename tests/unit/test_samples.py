@@ -546,3 +546,14 @@ def test_predict_inputs_built_on_the_device_equal_the_per_window_inputs(world):
             predict_probabilities(model, **kwargs))
         assert sum(map(len, calls)) == len(windows)
     assert np.isnan(cells).any()
+
+
+def test_inputs_are_built_on_the_device_only_for_channels_it_builds():
+    from ai4land.predict.probabilities import builds_inputs_on_device
+
+    demand = np.zeros((2, 3, 3), dtype="float32")
+    assert builds_inputs_on_device("cuda")
+    assert not builds_inputs_on_device("cpu")
+    # a demand or smooth-coarse model gets its channels from the host's builder
+    assert not builds_inputs_on_device("cuda", demand=demand)
+    assert not builds_inputs_on_device("cuda", smooth=["crops"])

@@ -142,6 +142,14 @@ def plan_prediction(config, *, cube: Cube,
     return windows, skip if len(skip) < len(windows) else frozenset()
 
 
+def builds_inputs_on_device(device, *, demand=None, smooth=None) -> bool:
+    """Whether a batch's inputs are built on ``device`` (:class:`DeviceInputs`): on a GPU,
+    for a model whose channels it builds. A CPU builds each window straight into its batch
+    slot in one compiled pass (faster there); the demand and smooth coarse channels are
+    built on the host only (:func:`~ai4land.samples.features.build_inputs`)."""
+    return torch.device(device).type != "cpu" and demand is None and smooth is None
+
+
 def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
                       prior: PriorReader | None, direction: int, device=None,
                       progress: bool | None = None, coarse_cells: np.ndarray | None = None,
@@ -180,11 +188,9 @@ def probability_bands(config, *, cube: Cube, model, scenario: str, year: int,
 
     device = resolve_device(device if device is not None else config.predict.device,
                             key="predict.device")
-    # on a GPU the inputs are built there from the raw arrays; a CPU builds each window
-    # straight into its batch slot in one compiled pass (faster there)
-    load_batch = (None if device.type == "cpu" or smooth is not None else DeviceInputs(
-        cube, cells=cells, predicted=predicted, prior=prior_band, direction=direction,
-        device=device))
+    load_batch = (DeviceInputs(cube, cells=cells, predicted=predicted, prior=prior_band,
+                               direction=direction, device=device)
+                  if builds_inputs_on_device(device, demand=demand, smooth=smooth) else None)
     ensemble = config.predict.ensemble
     stream = stream_probabilities(
         model, load_window=load_window, shape=grid.shape, windows=windows,
