@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import trained_run, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "demo.yaml"
@@ -26,15 +26,10 @@ OUTPUT = ROOT / "benchmarks" / "logs" / "chain_quality" / "metrics.json"
 
 
 def main() -> None:
-    from ai4land.config import load_config
     from ai4land.evaluate import run_evaluate
 
-    config = load_config(CONFIG)
-    results = ROOT / config.paths.results
-    model, split = results / "model", results / "split" / "split.json"
-    if not (model / "model.pt").is_file() or not split.is_file():
-        raise SystemExit(f"{model / 'model.pt'} or {split} missing: run `make demo` first "
-                         "(this benchmark scores the demo's trained model)")
+    config, model, split = trained_run(CONFIG, how="run `make demo` first (this benchmark "
+                                                   "scores the demo's trained model)")
     start = time.perf_counter()
     metrics = run_evaluate(config, model_dir=model, split_path=split, output=OUTPUT)
     record(metrics, wall_s=time.perf_counter() - start)

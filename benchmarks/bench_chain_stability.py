@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import trained_run, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["config/demo.yaml"] + [c for c in os.environ.get("AI4LAND_QUALITY_CONFIGS",
@@ -115,17 +115,12 @@ def write(summaries: dict, wall_s: float | None = None) -> dict:
 
 
 def main() -> None:
-    from ai4land.config import load_config
     from ai4land.evaluate import run_evaluate
 
     summaries, start = {}, time.perf_counter()
     for path in CONFIGS:
-        config = load_config(ROOT / path)
-        results = ROOT / config.paths.results
-        model, split = results / "model", results / "split" / "split.json"
-        if not (model / "model.pt").is_file() or not split.is_file():
-            raise SystemExit(f"{model / 'model.pt'} or {split} missing: run `make demo` (with "
-                             f"--configfile {path}) first")
+        config, model, split = trained_run(
+            path, how=f"run `make demo` (with --configfile {path}) first")
         metrics = run_evaluate(config, model_dir=model, split_path=split,
                                output=ROOT / "benchmarks" / "logs" / "chain_stability"
                                / Path(path).stem / "metrics.json")

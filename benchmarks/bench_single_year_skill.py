@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import trained_run, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = os.environ.get("AI4LAND_SINGLE_YEAR_CONFIG", "benchmarks/configs/demo_single_year.yaml")
@@ -36,15 +36,10 @@ MIOU_MARGIN = 0.03
 
 
 def main() -> None:
-    from ai4land.config import load_config
     from ai4land.evaluate import run_evaluate
 
-    config = load_config(ROOT / CONFIG)
-    results = ROOT / config.paths.results
-    model, split = results / "model", results / "split" / "split.json"
-    if not (model / "model.pt").is_file() or not split.is_file():
-        raise SystemExit(f"{model / 'model.pt'} or {split} missing: run snakemake with "
-                         f"--configfile {CONFIG} first (see this file's docstring)")
+    config, model, split = trained_run(
+        CONFIG, how=f"run snakemake with --configfile {CONFIG} first (see this file's docstring)")
     start = time.perf_counter()
     metrics = run_evaluate(config, model_dir=model, split_path=split,
                            output=ROOT / "benchmarks" / "logs" / "single_year_skill"

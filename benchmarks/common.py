@@ -11,6 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trained_run(config_path: str | Path, *, how: str):
+    """The config at ``config_path`` (relative to the repository root) and the model
+    directory and split file its run wrote under ``paths.results``; exits with ``how`` to
+    make them when either is missing (the evaluation benchmarks score a trained run)."""
+    from ai4land.config import load_config
+
+    config = load_config(ROOT / config_path)
+    results = ROOT / config.paths.results
+    model, split = results / "model", results / "split" / "split.json"
+    if not (model / "model.pt").is_file() or not split.is_file():
+        raise SystemExit(f"{model / 'model.pt'} or {split} missing: {how}")
+    return config, model, split
 
 
 def machine() -> str:
