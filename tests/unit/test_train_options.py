@@ -409,6 +409,31 @@ def test_input_dropout_and_augment_reach_training_only_and_resume_exactly(tiny, 
     assert steps(tmp_path / "plain") != steps(tmp_path / "whole")
 
 
+def test_validation_poses_the_task_predict_runs_the_whole_prior_shown(tiny, tmp_path,
+                                                                       monkeypatch):
+    """Training hides parts of the prior (train.prior_mask); predict never does, so the
+    validation that picks the model and stops training shows every sample's prior whole."""
+    import ai4land.train.loop as train_module
+    from ai4land.samples.dataset import NO_MASK
+
+    root, split_path, _ = tiny
+    datasets = {}
+
+    class Recording(train_module.WindowDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            datasets[self.stream] = self
+
+    monkeypatch.setattr(train_module, "WindowDataset", Recording)
+    config = _config(root, epochs=1, steps_per_epoch=2, val_batches=2,
+                     prior_mask={"p_none": 0.5, "max_fraction": 0.5, "block_size": 4})
+    run_training(config, output_dir=tmp_path / "run", split_path=split_path)
+    val = [datasets["val-load"][i] for i in range(len(datasets["val-load"]))]
+    assert val and all(item["has_prior"] and item["prior_hidden"] == NO_MASK for item in val)
+    train = [datasets["load"][i] for i in range(len(datasets["load"]))]
+    assert any(not item["has_prior"] or item["prior_hidden"] > 0 for item in train)
+
+
 def test_loader_processes_and_memory_mapped_arrays_train_the_same_steps(tiny, tmp_path):
     """Loader worker processes reading memory-mapped training arrays give the run of
     the in-process loader over in-memory arrays, bit for bit (samples are pure

@@ -593,7 +593,9 @@ def _train_planner(config, cube: Cube, train_mask, *, years, predicted, land_mas
 
 def _val_loader(config, cube: Cube, arrays: TrainingArrays, val_mask, *, val_tile: int, years,
                 land_mask, info: DistInfo, per_rank: int, pin_memory: bool) -> DataLoader:
-    """The same ``train.val_batches`` batches of the val blocks at every epoch (sharded)."""
+    """The same ``train.val_batches`` batches of the val blocks at every epoch (sharded),
+    posed as predict poses them: the prior map shown whole (training hides parts of it,
+    ``train.prior_mask``; scoring that harder task picked models for the wrong one)."""
     train_cfg = config.train
     val_planner = SamplePlanner(
         val_mask, tile_size=val_tile, years=years, seed=config.seed,
@@ -605,7 +607,8 @@ def _val_loader(config, cube: Cube, arrays: TrainingArrays, val_mask, *, val_til
     return _loader(
         WindowDataset(arrays, shard(val_plan, info.rank, info.world_size),
                       prior_mask=train_cfg.prior_mask, seed=config.seed, stream="val-load",
-                      with_prior=train_cfg.uses_prior, smooth=train_cfg.smooth_coarse),
+                      mask_prior=False, with_prior=train_cfg.uses_prior,
+                      smooth=train_cfg.smooth_coarse),
         per_rank, num_workers=train_cfg.num_workers, pin_memory=pin_memory,
     )
 
