@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
 OTHER_GROUP = "other"
 
@@ -576,12 +575,11 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     argmax = np.asarray(argmax, dtype="int64").reshape(-1)
     n = _cell_counts(valid, factor, hc, wc)
     counts = largest_remainder_counts(targets, n)
-    ids, _ = cell_ids((height, width), factor)
     pixels = np.flatnonzero(valid)
-    cell = ids.reshape(-1)[pixels]
+    cell = pixels // width // factor * wc + pixels % width // factor  # as cell_ids's
     if smoothing > 1:
         flat_probs = cell_smoothed(probs, valid, factor=factor, size=smoothing).reshape(-1, k)
-    p = flat_probs[pixels].astype("float64")
+    p = flat_probs[pixels].astype("float64", copy=False)
     before = np.asarray(prior, dtype="int64").reshape(-1)[pixels]
     n_cells = hc * wc
     group_counts = counts.reshape(len(groups), n_cells).T  # (cells, G), -1: unconstrained
@@ -589,8 +587,7 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     known = before >= 0
     prior_counts = np.bincount(cell[known] * k + before[known],
                                minlength=n_cells * k).reshape(n_cells, k)
-    mean_p = np.stack([np.bincount(cell, weights=p[:, c], minlength=n_cells)
-                       for c in range(k)], axis=1)
+    mean_p = _cell_sums(cell, p, n_cells)
     wanted = _class_counts(prior_counts, mean_p, np.maximum(group_counts, 0), member)
     net = np.where(constrained[:, None], wanted - prior_counts, 0)
 
@@ -631,19 +628,99 @@ def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: i
     """(H, W, K) float64 mean of ``values`` over the valid pixels of each pixel's
     ``size`` x ``size`` neighbourhood inside its own coarse cell (so a band of whole cells
     gives the same result whatever the band's extent); pixels without a valid neighbour
-    keep theirs."""
+    keep theirs.
+
+    Computed cell by cell in one compiled pass (no GIL), skipping cells without a valid
+    pixel (open ocean: they keep their values), with the arithmetic of the separable box
+    filter it replaces (``scipy.ndimage.uniform_filter1d`` of scipy 1.17, mode "constant",
+    over the cell's rows then its columns: a running sum ``+= entering - leaving``, each
+    output that sum ``/ size``), so the means are the same to the bit (tested against
+    it)."""
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype("float64")
     height, width, k = values.shape
-    hc, wc = -(-height // factor), -(-width // factor)
-    padded = np.zeros((hc * factor, wc * factor, k + 1), dtype="float64")
-    weight = np.asarray(valid, dtype="float64")
-    padded[:height, :width, :k] = values * weight[..., None]
-    padded[:height, :width, k] = weight
-    cells = padded.reshape(hc, factor, wc, factor, k + 1)
-    for axis in (1, 3):
-        cells = uniform_filter1d(cells, size, axis=axis, mode="constant")
-    sums = cells.reshape(hc * factor, wc * factor, k + 1)[:height, :width]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sums[..., k:] > 0, sums[..., :k] / sums[..., k:], values)
+    valid = np.ascontiguousarray(valid, dtype=bool)
+    if valid.shape != (height, width):
+        raise ValueError(f"valid has shape {valid.shape}, expected {(height, width)}")
+    out = np.empty((height, width, k), dtype="float64")
+    _cell_smoothed(np.ascontiguousarray(values), valid, factor, size, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _running_mean(line, length, size, out):  # pragma: no cover - compiled
+    """``uniform_filter1d``'s running mean of ``line`` (``length`` values after
+    ``size // 2`` zeros, zeros after them) into ``out[:length]``."""
+    tmp = 0.0
+    for j in range(size):
+        tmp += line[j]
+    out[0] = tmp / size
+    for j in range(1, length):
+        tmp += line[j - 1 + size] - line[j - 1]
+        out[j] = tmp / size
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_box_sums(values, valid, top, left, factor, size, line, column,
+                   sums):  # pragma: no cover - compiled
+    """(factor, factor, K + 1) box means of one cell (``sums``): the valid values and,
+    last, the valid weight, zero beyond the raster; over the cell's rows (axis 0)
+    first, then its columns."""
+    height, width, k = values.shape
+    half = size // 2
+    for r in range(factor):
+        for q in range(factor):
+            y, x = top + r, left + q
+            inside = y < height and x < width
+            w = 1.0 if inside and valid[y, x] else 0.0
+            for c in range(k):
+                sums[r, q, c] = np.float64(values[y, x, c]) * w if inside else 0.0
+            sums[r, q, k] = w
+    for c in range(k + 1):
+        for q in range(factor):
+            for r in range(factor):
+                line[half + r] = sums[r, q, c]
+            _running_mean(line, factor, size, column)
+            for r in range(factor):
+                sums[r, q, c] = column[r]
+        for r in range(factor):
+            for q in range(factor):
+                line[half + q] = sums[r, q, c]
+            _running_mean(line, factor, size, column)
+            for q in range(factor):
+                sums[r, q, c] = column[q]
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_smoothed(values, valid, factor, size, out):  # pragma: no cover - compiled
+    height, width, k = values.shape
+    line = np.zeros(factor + size, dtype=np.float64)
+    column = np.empty(factor, dtype=np.float64)
+    sums = np.empty((factor, factor, k + 1), dtype=np.float64)
+    for top in range(0, height, factor):
+        for left in range(0, width, factor):
+            bottom, right = min(top + factor, height), min(left + factor, width)
+            used = valid[top:bottom, left:right].any()
+            if used:
+                _cell_box_sums(values, valid, top, left, factor, size, line, column, sums)
+            for y in range(top, bottom):
+                for x in range(left, right):
+                    weight = sums[y - top, x - left, k] if used else 0.0
+                    for c in range(k):
+                        out[y, x, c] = (sums[y - top, x - left, c] / weight if weight > 0
+                                        else np.float64(values[y, x, c]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_sums(cell, values, n_cells):  # pragma: no cover - compiled
+    """(n_cells, K) sums of ``values`` (N, K) by ``cell`` (N,), added in the order of the
+    rows (as ``np.bincount`` with weights adds them, so the sums are the same)."""
+    out = np.zeros((n_cells, values.shape[1]), dtype=np.float64)
+    for i in range(cell.size):
+        for c in range(values.shape[1]):
+            out[cell[i], c] += values[i, c]
+    return out
 
 
 def _class_counts(prior_counts: np.ndarray, mean_p: np.ndarray, group_counts: np.ndarray,
@@ -684,19 +761,11 @@ def _swap(p: np.ndarray, cell: np.ndarray, before: np.ndarray, index: np.ndarray
     class c whose best other class h scores ``p(h) - p(c) > margin`` with one of class h
     scoring ``p(c) - p(h) > margin``, the highest scores paired first (counts unchanged)."""
     k = p.shape[1]
-    candidates = np.flatnonzero(eligible)
+    candidates, new, score = _swap_candidates(p, before, np.ascontiguousarray(eligible),
+                                              float(margin))
     if not len(candidates):
         return
     old = before[candidates]
-    rows = np.arange(len(candidates))
-    gain = p[candidates] - p[candidates, old][:, None]
-    gain[rows, old] = -np.inf
-    new = gain.argmax(axis=1)
-    score = gain[rows, new]
-    keep = score > margin
-    candidates, old, new, score = candidates[keep], old[keep], new[keep], score[keep]
-    if not len(candidates):
-        return
     side = (old > new).astype("int64")
     run = ((cell[candidates] * k + np.minimum(old, new)) * k + np.maximum(old, new)) * 2 + side
     order = np.lexsort((candidates, -score, run))
@@ -709,6 +778,39 @@ def _swap(p: np.ndarray, cell: np.ndarray, before: np.ndarray, index: np.ndarray
     mine = np.repeat(sizes, sizes)
     swap = rank < np.minimum(mine, pairs)
     index[candidates[swap]] = new[swap]
+
+
+@numba.njit(cache=True, nogil=True)
+def _swap_candidates(p, before, eligible, margin):  # pragma: no cover - compiled
+    """The ``eligible`` pixels whose best other class h (numpy's argmax of ``p(h) -
+    p(old)`` over h != old: the first maximum, or the first NaN) scores above
+    ``margin``: their positions (ascending), h and that score."""
+    n, k = p.shape
+    found = 0
+    for x in range(n):
+        found += eligible[x]
+    candidates = np.empty(found, dtype=np.int64)
+    new = np.empty(found, dtype=np.int64)
+    score = np.empty(found, dtype=np.float64)
+    m = 0
+    for x in range(n):
+        if not eligible[x]:
+            continue
+        old = before[x]
+        base = p[x, old]
+        best = 0
+        top = -np.inf if old == 0 else p[x, 0] - base
+        if not np.isnan(top):
+            for h in range(1, k):
+                gain = -np.inf if h == old else p[x, h] - base
+                if gain > top or np.isnan(gain):
+                    best, top = h, gain
+                    if np.isnan(gain):
+                        break
+        if top > margin:
+            candidates[m], new[m], score[m] = x, best, top
+            m += 1
+    return candidates[:m], new[:m], score[:m]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -792,6 +894,76 @@ def _pair_score(p, x, h, source, known, bonus, n_class, n_changed):  # pragma: n
     return p[x, h] - old + (bonus[0] * n_class + bonus[1] * n_changed) / 8.0
 
 
+@numba.njit(cache=True)
+def _heapify(score, pix, cls, size):  # pragma: no cover - compiled
+    """Order the first ``size`` entries as a max-heap (bottom-up, in linear time): the
+    entries pop in the same order as pushed one by one, the order being total."""
+    for at in range(size // 2 - 1, -1, -1):
+        s, x, h = score[at], pix[at], cls[at]
+        while True:
+            child = 2 * at + 1
+            if child >= size:
+                break
+            if child + 1 < size and _before(score[child + 1], pix[child + 1],
+                                            cls[child + 1], score[child], pix[child],
+                                            cls[child]):
+                child += 1
+            if not _before(score[child], pix[child], cls[child], s, x, h):
+                break
+            score[at], pix[at], cls[at] = score[child], pix[child], cls[child]
+            at = child
+        score[at], pix[at], cls[at] = s, x, h
+
+
+@numba.njit(cache=True)
+def _cell_pairs(local, c, p, pixels, position, current, source, known, demand, width,
+                factor, bonus, count, score, pix, cls):  # pragma: no cover - compiled
+    """Count the classes around each pool pixel of cell ``c`` (``count``) and fill the
+    heap with its (pixel, gaining class) pairs; the heap's size."""
+    n_classes = demand.shape[1]
+    height = position.size // width
+    near = np.empty(8, dtype=np.int64)
+    size = 0
+    for m in range(local.size):
+        x = local[m]
+        count[m] = 0
+        for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
+            y = position[near[j]]
+            if y >= 0 and current[y] >= 0:
+                count[m, current[y]] += 1
+        for h in range(n_classes):
+            if demand[c, h] > 0:
+                score[size] = _pair_score(p, x, h, source, known, bonus, count[m, h], 0)
+                pix[size], cls[size] = x, h
+                size += 1
+    _heapify(score, pix, cls, size)
+    return size
+
+
+@numba.njit(cache=True)
+def _converted(x, h, local, c, p, pixels, position, source, known, supply, demand, moved,
+               width, factor, bonus, count, changed, near, score, pix, cls,
+               size):  # pragma: no cover - compiled
+    """Raise the counts of pool pixel ``x``'s neighbours once it converted to ``h`` and
+    push their new pairs; the heap's size."""
+    height = position.size // width
+    n = local.size
+    for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
+        y = position[near[j]]
+        at = np.searchsorted(local, y)
+        if y < 0 or at >= n or local[at] != y or moved[y]:
+            continue  # not valid, not in the pool (keeps its class) or converted
+        count[at, h] += 1
+        changed[at] += 1
+        if supply[c, source[y]] == 0:
+            continue
+        for g in range(demand.shape[1]):
+            if demand[c, g] > 0 and (g == h or bonus[1] > 0):
+                s = _pair_score(p, y, g, source, known, bonus, count[at, g], changed[at])
+                size = _push(score, pix, cls, size, s, y, g)
+    return size
+
+
 @numba.njit(cache=True, nogil=True)
 def _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
                       supply, demand, index, moved, width, factor,
@@ -803,31 +975,27 @@ def _transfer_patches(pool, starts, p, pixels, position, current, cell, source, 
     or the one just converted to) is h and ``n_changed(x)`` those converted so far; a
     conversion raises its neighbours' counts. Ties go to the lower pixel, then the lower
     class (as :func:`_transfer`'s sorted pairs). ``pool``: the pixels that may convert,
-    cell by cell (``starts``), ascending inside a cell."""
+    cell by cell (``starts``), ascending inside a cell. The working arrays are sized for
+    the largest cell once; a cell stops once its net change is placed."""
     n_classes = demand.shape[1]
-    height = position.size // width
+    largest = 0
+    for block in range(starts.size - 1):
+        largest = max(largest, starts[block + 1] - starts[block])
+    capacity = largest * n_classes * 9 + 1
+    score = np.empty(capacity, dtype=np.float64)
+    pix = np.empty(capacity, dtype=np.int64)
+    cls = np.empty(capacity, dtype=np.int64)
+    count = np.empty((largest, n_classes), dtype=np.int64)  # n_h of the cell's pool pixels
+    changed = np.empty(largest, dtype=np.int64)  # n_changed of the cell's pool pixels
     near = np.empty(8, dtype=np.int64)
     for block in range(starts.size - 1):
         local = pool[starts[block]:starts[block + 1]]  # ascending: searchsorted finds them
-        n, c = local.size, cell[local[0]]
-        capacity = n * n_classes * 9 + 1
-        score = np.empty(capacity, dtype=np.float64)
-        pix = np.empty(capacity, dtype=np.int64)
-        cls = np.empty(capacity, dtype=np.int64)
-        count = np.zeros((n, n_classes), dtype=np.int64)  # n_h of the cell's pool pixels
-        changed = np.zeros(n, dtype=np.int64)  # n_changed of the cell's pool pixels
-        size = 0
-        for m in range(n):  # the neighbours' classes, then every pair
-            x = local[m]
-            for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
-                y = position[near[j]]
-                if y >= 0 and current[y] >= 0:
-                    count[m, current[y]] += 1
-            for h in range(n_classes):
-                if demand[c, h] > 0:
-                    s = _pair_score(p, x, h, source, known, bonus, count[m, h], 0)
-                    size = _push(score, pix, cls, size, s, x, h)
-        while size > 0:
+        c = cell[local[0]]
+        changed[:local.size] = 0
+        size = _cell_pairs(local, c, p, pixels, position, current, source, known, demand,
+                           width, factor, bonus, count, score, pix, cls)
+        left = demand[c].sum()  # pixels still to convert
+        while size > 0 and left > 0:
             x, h, s = pix[0], cls[0], score[0]
             size = _pop(score, pix, cls, size)
             if moved[x] or demand[c, h] == 0 or supply[c, source[x]] == 0:
@@ -837,22 +1005,12 @@ def _transfer_patches(pool, starts, p, pixels, position, current, cell, source, 
                 continue  # stale: a neighbour converted since; its newer entry ranks higher
             supply[c, source[x]] -= 1
             demand[c, h] -= 1
+            left -= 1
             index[x] = current[x] = h
             moved[x] = True
-            for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
-                y = position[near[j]]
-                at = np.searchsorted(local, y)
-                if y < 0 or at >= n or local[at] != y or moved[y]:
-                    continue  # not valid, not in the pool (keeps its class) or converted
-                count[at, h] += 1
-                changed[at] += 1
-                if supply[c, source[y]] == 0:
-                    continue
-                for g in range(n_classes):
-                    if demand[c, g] > 0 and (g == h or bonus[1] > 0):
-                        s = _pair_score(p, y, g, source, known, bonus, count[at, g],
-                                        changed[at])
-                        size = _push(score, pix, cls, size, s, y, g)
+            size = _converted(x, h, local, c, p, pixels, position, source, known, supply,
+                              demand, moved, width, factor, bonus, count, changed, near,
+                              score, pix, cls, size)
 
 
 class ErrorTally:
