@@ -22,7 +22,8 @@ windows in the same batches, with inputs built beforehand: the faster of the job
 own scheme (one single-threaded stream per core, each on its share of the batch) and
 one stream on all cores (``forward_s_by_streams`` gives both). Job and reference run
 interleaved, 5 times; the ratio is of medians (this machine varies by 5-10 % between
-runs).
+runs). Target (issue 21): job / forward <= 1.15 on 3600 x 3600 and <= 1.3 on 1800 x 1800;
+the machine's load averages go into the params (the ratio means little on a busy one).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks.bench_predict_memory import load_average
 from benchmarks.common import write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +46,7 @@ SIZE, FACTOR = 1800, 30  # the training cube, and the small region measured
 REGION_SIZE = 3600  # the headline region
 TRAIN_STEPS = 40
 REPEATS = 5
+TARGET, SMALL_TARGET = 1.15, 1.3  # job / forward on the headline and the small region
 
 
 def production_settings() -> tuple[dict, dict]:
@@ -262,13 +265,15 @@ def main() -> None:
                        f"{REGION_SIZE} region, bf16 + channels_last, the faster of one stream "
                        "per core and one stream on all cores; medians of 5 interleaved runs; "
                        "1800 x 1800 and an untrained model in params)",
-        target="job / forward <= 1.3", meets_target=ours["ratio"] <= 1.3,
+        target=f"job / forward <= {TARGET} on {REGION_SIZE} x {REGION_SIZE} and <= "
+               f"{SMALL_TARGET} on {SIZE} x {SIZE} (issue 21)",
+        meets_target=ours["ratio"] <= TARGET and small["ratio"] <= SMALL_TARGET,
         params={"grid": [REGION_SIZE, REGION_SIZE], "factor": FACTOR, **predict, **architecture,
                 "model": f"production architecture trained {TRAIN_STEPS} steps "
                          f"({train_s:.0f} s) on the generated {SIZE} x {SIZE} cube",
                 "trained": ours, "small_region": {"grid": [SIZE, SIZE], **small},
                 "untrained_worst_case": {"grid": [SIZE, SIZE], **worst},
-                "repeats": REPEATS},
+                "repeats": REPEATS, "load_average": load_average()},
     )
 
 
