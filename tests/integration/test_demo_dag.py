@@ -51,6 +51,9 @@ def test_every_stage_produced_its_outputs(tiny_run):
         "results/publish/catalog.json",
         "results/publish/SHA256SUMS",
         "results/publish/provenance.json",
+        "results/publish/viewer/index.html",
+        "results/publish/viewer/data/index.json",
+        "results/publish/quicklooks/class_area_trajectories.png",
     ):
         assert (workdir / path).exists(), path
     # 2 backward years + 2 SSPs x 2 forward years

@@ -84,6 +84,14 @@ def test_forward_chain_writes_products(world):
     assert after["mae"] <= before["mae"] + 1e-12
     assert after["max"] <= before["max"] + 1e-12
     assert after["mae"] < 0.02  # only whole-pixel rounding is left
+    # the region's group fractions (the published trajectories): the harmonised map
+    # keeps the target up to rounding; every group of each, summing to at most 1
+    groups = saved["group_fractions"]
+    assert set(groups) == {"map", "delta_target", "luh"}
+    assert groups["map"].keys() == groups["delta_target"].keys() == groups["luh"].keys()
+    assert 0.5 < sum(groups["map"].values()) <= 1 + 1e-6
+    for name, value in groups["map"].items():
+        assert value == pytest.approx(groups["delta_target"][name], abs=0.02), name
     with rasterio.open(out) as src:
         codes = src.read(1)
     cube = Cube.from_config(config)
@@ -274,6 +282,8 @@ def test_streamed_bands_give_the_same_products(world, tmp_path, monkeypatch, wor
             assert a["cells"] == b["cells"] and a["max"] == b["max"]
             assert a["mae"] == pytest.approx(b["mae"], abs=1e-12)
     assert banded["class_fractions"] == whole["class_fractions"]
+    for key, fractions in whole["group_fractions"].items():
+        assert banded["group_fractions"][key] == pytest.approx(fractions, abs=1e-6)
 
 
 def test_windows_over_nodata_cells_are_skipped_without_changing_products(world, tmp_path,

@@ -7,19 +7,20 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pystac
 import pytest
 
-from ai4land.config import parse_config
-from ai4land.errors import OutputError
-from ai4land.grid import Grid
-from ai4land.io.cog import write_cog, write_probability_cogs
-from ai4land.io.zarr_store import init_store, write_year
-from ai4land.publish.run import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import publish_products  # noqa: E402
+from publish_products import _config, make_products  # noqa: E402
+
+from ai4land.errors import OutputError  # noqa: E402
+from ai4land.grid import Grid  # noqa: E402
+from ai4land.publish.run import (  # noqa: E402
     MANIFEST,
     input_datasets,
     map_path,
@@ -30,55 +31,12 @@ from ai4land.publish.run import (
     verify_manifest,
 )
 
-GRID = Grid(west=4.0, north=48.0, res=0.01, width=40, height=32)
-
-
-def _config(root: Path, **extra):
-    return parse_config({
-        **extra,
-        "run_name": "pub",
-        "paths": {"raw": str(root / "raw"), "cube": str(root / "cube"),
-                  "results": str(root / "results")},
-        "datasets": {
-            "coarse": {"historical": "h.nc", "scenarios": {"ssp126": "s.nc"}},
-            "fine": {"pattern": "f_{year}.tif", "years": [1960, 1965]},
-            **extra.get("datasets", {}),
-        },
-        "years": {"train": [1960, 1963], "test": [1964, 1965], "backward": [1959, 1959],
-                  "forward": [1966, 1967]},
-        "scenarios": ["ssp126"],
-    }, source="test")
+GRID = publish_products.GRID
 
 
 @pytest.fixture
 def products(tmp_path):
-    config = _config(tmp_path)
-    results = tmp_path / "results"
-    store = results / "product" / "ai4land.zarr"
-    init_store(store, grid=GRID, scenarios=config.product_scenarios,
-               years=config.product_years, tile=16, legend=config.classes.legend)
-    rng = np.random.default_rng(0)
-    for scenario in config.product_scenarios:
-        for year in config.chain_years(scenario):
-            codes = rng.choice([0, 22, 44, 55], size=GRID.shape).astype("uint8")
-            prob = rng.random(GRID.shape)
-            path = map_path(results / "maps", scenario, year)
-            write_probability_cogs(path, prob, prob, GRID)
-            write_cog(path, codes, GRID, legend=config.classes.legend)
-            path.with_suffix(".json").write_text(json.dumps(
-                {"direction": 1, "harmonized": True,
-                 "conservation": {"after": {"delta_target": {"mae": 0.001}}}}))
-            write_year(store, scenario=scenario, year=year, codes=codes, probability=prob,
-                       entropy=prob)
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "input.nc").write_bytes(b"raw bytes")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.pt").write_bytes(b"weights")
-    (model / "model_card.json").write_text(json.dumps({"classes": [22]}))
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"models": {"unet": {"oa": 0.9}}}))
-    return config, results, store, model, metrics
+    return make_products(tmp_path)
 
 
 def _publish(config, results, store, model, metrics):
@@ -98,7 +56,13 @@ def test_publish_writes_a_self_contained_catalog(products):
     item = next(i for i in items if i.id == "ai4land_ssp126_1966")
     assert item.datetime.year == 1966
     assert item.properties["proj:shape"] == [32, 40]
-    assert set(item.assets) == {"lulc", "probability", "entropy", "report"}
+    assert set(item.assets) == {"lulc", "probability", "entropy", "report", "thumbnail",
+                                "overview"}
+    assert item.assets["thumbnail"].roles == ["thumbnail"]
+    assert item.assets["overview"].roles == ["overview"]
+    for key in ("thumbnail", "overview"):
+        png = Path(item.assets[key].get_absolute_href())
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
     lulc = item.assets["lulc"]
     # The assets are the products, inside the publish tree.
     published = Path(lulc.get_absolute_href())
@@ -167,7 +131,9 @@ def test_published_tree_is_relocatable(products, tmp_path):
     catalog = pystac.Catalog.from_file(str(moved / "catalog.json"))
     assets = [a for item in catalog.get_items(recursive=True) for a in item.assets.values()]
     assets += list(next(iter(catalog.get_children())).assets.values())
-    assert len(assets) == 3 * 4 + 1
+    # per item: 3 layers, report, thumbnail, overview; the collection: the store, the
+    # viewer, the trajectories, an animation and a change figure per scenario
+    assert len(assets) == 3 * 6 + 3 + 2 * 2
     for asset in assets:
         path = Path(asset.get_absolute_href())
         assert path.resolve().is_relative_to(moved.resolve()), asset.href

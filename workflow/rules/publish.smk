@@ -1,4 +1,5 @@
-# Stage 7: STAC catalog, checksums manifest, provenance and the dataset README. A config
+# Stage 7: STAC catalog, checksums manifest, provenance, the dataset README, quicklooks,
+# animations, class-area trajectories and the static web viewer. A config
 # that asks for no maps (no years.backward, years.forward or years.observed) has nothing
 # to publish: its run ends with the evaluation (rule all).
 
@@ -9,11 +10,14 @@ rule publish:
         metrics=rules.evaluate.output[0],
         weights=rules.train.output.weights,
         store=expand(STORE_MARKER, scenario=CFG.product_scenarios),
+        # the viewer's cells (grids.json) and the change since the anchor (observed maps)
+        cube=[rules.prepare_target.output.grids, rules.prepare_target.output.target],
     output:
         catalog=f"{RESULTS}/publish/catalog.json",
         manifest=f"{RESULTS}/publish/SHA256SUMS",
         provenance=f"{RESULTS}/publish/provenance.json",
         readme=f"{RESULTS}/publish/README.md",
+        viewer=f"{RESULTS}/publish/viewer/index.html",
     params:
         config=CONFIG_ARGS,
         config_hash=slice_hash(CFG, "publish"),
@@ -25,6 +29,8 @@ rule publish:
         output=lambda wildcards, output: os.path.dirname(output.catalog),
     log:
         f"{LOGS}/publish.log",
+    benchmark:
+        f"{BENCHMARKS}/publish.tsv"
     conda:
         "../envs/ai4land.yaml"
     threads: 1

@@ -80,6 +80,11 @@ class _Tally:
         self.pixels = {"land": 0, "valid": 0, "nodata": 0, "kept": 0}
         self.changed = self.reassigned = self.rejections = 0
         self.spread_sums = np.zeros(2, dtype="float64")  # std, disagreement over valid pixels
+        # valid-pixel-weighted group fractions of the map, the delta target and LUH over
+        # the cells with land and a target: the region's group areas (report
+        # group_fractions, the published class-area trajectories)
+        self.group_sums: np.ndarray | None = None
+        self.group_pixels = 0
         self.seconds = 0.0
 
     def merge(self, band: _Tally) -> None:
@@ -92,7 +97,21 @@ class _Tally:
         self.reassigned += band.reassigned
         self.rejections += band.rejections
         self.spread_sums += band.spread_sums
+        if band.group_sums is not None:
+            self.group_sums = (band.group_sums if self.group_sums is None
+                               else self.group_sums + band.group_sums)
+        self.group_pixels += band.group_pixels
         self.seconds += band.seconds
+
+    def add_groups(self, fractions: np.ndarray, n: np.ndarray, target: np.ndarray,
+                   luh: np.ndarray) -> None:
+        """Add the (G, hc, wc) group fractions of a band's map, target and LUH cells,
+        weighted by the cells' valid pixels ``n`` (cells with land and a target)."""
+        use = (n > 0) & (np.nansum(target, axis=0) > 0)
+        weight = n[use].astype("float64")
+        sums = np.stack([np.nan_to_num(a[:, use]) @ weight for a in (fractions, target, luh)])
+        self.group_sums = sums if self.group_sums is None else self.group_sums + sums
+        self.group_pixels += int(weight.sum())
 
 
 class Finaliser:
@@ -172,6 +191,7 @@ class Finaliser:
             fractions, n = map_group_fractions(mapped, self.groups, factor=factor, valid=valid)
             for name, goal in (("delta_target", target), ("luh", luh_t)):
                 tally.errors[when, name].add_fractions(fractions, n, target=goal)
+        tally.add_groups(fractions, n, target, luh_t)  # the "after" map's
         n_valid, n_land, n_kept = int(valid.sum()), int(land.sum()), int(kept.sum())
         tally.pixels.update(land=n_land, valid=n_valid, nodata=n_land - n_valid - n_kept,
                             kept=n_kept)
@@ -255,6 +275,16 @@ class Finaliser:
         self.total.merge(tally)
         return row, block
 
+    def _group_fractions(self) -> dict:
+        """The region's group fractions of the map, the delta target and the LUH-mapped
+        coarse fractions, over the cells with land and a target."""
+        total, names = self.total, self.groups.names
+        sums = total.group_sums if total.group_sums is not None else np.zeros((3, len(names)))
+        pixels = max(total.group_pixels, 1)
+        return {key: {name: round(float(v) / pixels, 6) for name, v in zip(names, row,
+                                                                            strict=True)}
+                for key, row in zip(("map", "delta_target", "luh"), sums, strict=True)}
+
     def report(self) -> dict:
         total = self.total
         valid = max(total.pixels["valid"], 1)
@@ -273,6 +303,7 @@ class Finaliser:
             "harmonize_reassigned_pixels": int(total.reassigned),  # unlike the argmax
             "harmonize_rejections": int(total.rejections),
             "class_fractions": fractions,
+            "group_fractions": self._group_fractions(),
             "pixels": dict(total.pixels),
             "ensemble": spread,
         }

@@ -37,6 +37,13 @@ from ai4land.io.atomic import atomic_path
 from ai4land.io.checksums import sha256_file
 from ai4land.io.cog import layer_path
 from ai4land.io.zarr_store import product_layers
+from ai4land.publish.viewer import (
+    QUICKLOOKS,
+    VIEWER,
+    quicklook_path,
+    thumbnail_path,
+    write_pictures,
+)
 
 MANIFEST = "SHA256SUMS"
 MAPS = "maps"  # the publish tree: maps/<scenario>/<files>, product/<store>/
@@ -275,7 +282,7 @@ def _file_info(asset, path: Path) -> None:
     ext.checksum = "1220" + sha256_file(path)  # multihash: sha2-256, 32 bytes
 
 
-def _item(config, scenario: str, year: int, cog: Path):
+def _item(config, scenario: str, year: int, cog: Path, root: Path):
     import pystac
     from pystac.extensions.classification import Classification, ClassificationExtension
     from pystac.extensions.projection import ProjectionExtension
@@ -315,6 +322,12 @@ def _item(config, scenario: str, year: int, cog: Path):
          pystac.MediaType.COG, ["data", "uncertainty"]),
         ("report", cog.with_suffix(".json"), "Job report (harmonisation errors, timings)",
          pystac.MediaType.JSON, ["metadata"]),
+    ]
+    assets += [
+        ("thumbnail", thumbnail_path(root, scenario, year),
+         "Class map, small (the viewer's layer)", pystac.MediaType.PNG, ["thumbnail"]),
+        ("overview", quicklook_path(root, scenario, year),
+         "Quicklook: class map with legend", pystac.MediaType.PNG, ["overview"]),
     ]
     if config.predict.ensemble.write_layer:
         assets.append(("spread", layer_path(cog, "spread"),
@@ -386,7 +399,7 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
 
     items, grids = [], []
     for scenario, year, cog in products:
-        item, grid = _item(config, scenario, year, cog)
+        item, grid = _item(config, scenario, year, cog, root)
         items.append(item)
         grids.append(grid)
     west = min(g.west for g in grids)
@@ -420,10 +433,37 @@ def build_catalog(config, products: list[tuple[str, int, Path]], *, store: Path,
         href=str(Path(store).resolve()), title="All maps as one Zarr store "
         "(lulc, probability, entropy; dims scenario, year, lat, lon)",
         media_type="application/vnd+zarr", roles=["data"]))
+    for key, path, asset_title, media in _collection_pictures(config, root):
+        asset = pystac.Asset(href=str(path.resolve()), title=asset_title, media_type=media,
+                             roles=["overview"] if key != "viewer" else ["visual"])
+        collection.add_asset(key, asset)
+        _file_info(asset, path)
     for item in items:
         collection.add_item(item)
     catalog.add_child(collection)
     return catalog
+
+
+def _collection_pictures(config, root: Path) -> list[tuple[str, Path, str, str]]:
+    """(key, path, title, media type) of the collection's pictures and the viewer."""
+    pictures = [("viewer", root / VIEWER / "index.html",
+                 "Web viewer (open from a static file server: python -m http.server)",
+                 "text/html")]
+    trajectories = root / QUICKLOOKS / "class_area_trajectories.png"
+    if trajectories.is_file():
+        pictures.append(("trajectories", trajectories, "Class-group area by year, every "
+                         "scenario, against the LUH-mapped fractions and the target",
+                         "image/png"))
+    for scenario in config.product_scenarios:
+        folder = root / QUICKLOOKS / scenario
+        pictures += [
+            (f"animation_{scenario}", folder / f"ai4land_{scenario}.gif",
+             f"{scenario}: the chain, one frame a year", "image/gif"),
+            (f"change_{scenario}", folder / f"ai4land_{scenario}_change.png",
+             f"{scenario}: change since the anchor year, gains and losses by class",
+             "image/png"),
+        ]
+    return pictures
 
 
 # --- README -------------------------------------------------------------------------
@@ -476,6 +516,15 @@ catalog is relative):
 - `product/<store>.zarr`: every map as `lulc`, `probability`, `entropy`
   (scenario, year, lat, lon), chunks (1, 1, 256, 256); CRS in the CF grid mapping
   `spatial_ref` (`xr.open_zarr(...).rio.crs`).
+- `quicklooks/<scenario>/`: one PNG per map (class colours, legend; the STAC items'
+  `overview`), `..._change.png` (change since the anchor year: where, and each class's
+  gains and losses), `ai4land_<scenario>.gif` (the chain, a frame a year);
+  `quicklooks/class_area_trajectories.png`: class-group areas by year against the
+  LUH-mapped fractions and the harmonisation target.
+- `viewer/index.html`: a web viewer (scenario, year slider, class / probability /
+  entropy, a clicked cell's class fractions by year). It needs no network but does need
+  a web server (browsers do not let a page read files beside it): run
+  `python -m http.server` in this directory and open http://localhost:8000/viewer/.
 - `catalog.json`: STAC catalog (validated against the STAC and extension schemas);
   `provenance.json`: config, code version, input and model checksums; `{MANIFEST}`:
   sha256 of every COG, report and Zarr file (verify with `sha256sum -c {MANIFEST}` in
@@ -525,6 +574,7 @@ def run_publish(
     with atomic_path(output_dir) as tmp:
         tmp.mkdir()
         linked, tree_store, files = _publish_tree(tmp, products, store, layers)
+        write_pictures(config, linked, tmp, title(config, _grid_of(linked[0][2])[0]))
         lines = manifest_lines(files, tmp)
         catalog = build_catalog(config, linked, store=tree_store, root=tmp)
         # Trailing slash: pystac takes a root with a suffix (".tmp") for a file name.
