@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +11,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+# Files a test keeps for people to look at (the viewer's screenshot): copied here and
+# listed at the end of the pytest run.
+ARTEFACTS = Path(os.environ.get("AI4LAND_TEST_ARTEFACTS", REPO / "test-artefacts"))
+_kept: list[Path] = []
+
+
+@pytest.fixture
+def keep_artefact():
+    """``keep_artefact(path)`` copies ``path`` to ``test-artefacts/`` (or
+    $AI4LAND_TEST_ARTEFACTS) and lists it in the run's summary; the copy's path."""
+    def keep(path: Path) -> Path:
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        target = ARTEFACTS / Path(path).name
+        shutil.copyfile(path, target)
+        _kept.append(target)
+        return target
+
+    return keep
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _kept:
+        terminalreporter.write_sep("-", "test artefacts")
+        for path in _kept:
+            terminalreporter.write_line(str(path))
 
 
 @pytest.fixture

@@ -23,14 +23,14 @@ GROUP_FRACTIONS = {key: {"cropland": 0.2, "forest": 0.5} for key in ("map", "del
                                                                       "luh")}
 
 
-def write_cube(root: Path, grid: Grid, years, seed: int = 1) -> None:
+def write_cube(root: Path, grid: Grid, years, seed: int = 1, factor: int = FACTOR) -> None:
     """The cube parts publish reads: grids.json and the observed maps of ``years``."""
     import xarray as xr
 
     warnings.filterwarnings("ignore", message="Consolidated metadata")
     root.mkdir(parents=True, exist_ok=True)
     (root / "grids.json").write_text(json.dumps({
-        "fine": grid.to_dict(), "coarse": grid.coarsened(FACTOR).to_dict(), "factor": FACTOR}))
+        "fine": grid.to_dict(), "coarse": grid.coarsened(factor).to_dict(), "factor": factor}))
     rng = np.random.default_rng(seed)
     maps = rng.choice([0, 22, 44, 55], size=(len(years), *grid.shape)).astype("uint8")
     xr.Dataset({"lulc": (("year", "lat", "lon"), maps)},
@@ -62,7 +62,15 @@ def _config(root: Path, forward=(1966, 1967), **extra):
     }, source="test")
 
 
-def make_products(tmp_path: Path, *, grid: Grid = GRID, forward=(1966, 1967), **extra):
+def random_maps(rng, shape, scenario: str, year: int):
+    """Class codes and probability (also used as entropy) of one map: white noise."""
+    return rng.choice([0, 22, 44, 55], size=shape).astype("uint8"), rng.random(shape)
+
+
+def make_products(tmp_path: Path, *, grid: Grid = GRID, forward=(1966, 1967),
+                  factor: int = FACTOR, maps=random_maps, **extra):
+    """The products of ``_config`` on ``grid`` (``maps(rng, shape, scenario, year)`` gives
+    each map's codes and probability) and a cube with ``factor``-pixel coarse cells."""
     config = _config(tmp_path, forward=list(forward), **extra)
     results = tmp_path / "results"
     store = results / "product" / "ai4land.zarr"
@@ -71,15 +79,14 @@ def make_products(tmp_path: Path, *, grid: Grid = GRID, forward=(1966, 1967), **
     rng = np.random.default_rng(0)
     for scenario in config.product_scenarios:
         for year in config.chain_years(scenario):
-            codes = rng.choice([0, 22, 44, 55], size=grid.shape).astype("uint8")
-            prob = rng.random(grid.shape)
+            codes, prob = maps(rng, grid.shape, scenario, year)
             path = map_path(results / "maps", scenario, year)
             write_probability_cogs(path, prob, prob, grid)
             write_cog(path, codes, grid, legend=config.classes.legend)
             path.with_suffix(".json").write_text(json.dumps(report(scenario)))
             write_year(store, scenario=scenario, year=year, codes=codes, probability=prob,
                        entropy=prob)
-    write_cube(tmp_path / "cube", grid, [1960, 1965])
+    write_cube(tmp_path / "cube", grid, [1960, 1965], factor=factor)
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "input.nc").write_bytes(b"raw bytes")
     model = tmp_path / "model"

@@ -4,8 +4,6 @@ viewer in a real headless browser (Debian's Chromium driven by Selenium)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,8 +23,6 @@ from ai4land.publish.viewer import CellGrid  # noqa: E402
 # 3 x 4 coarse cells of 8 pixels, three forward years
 GRID = Grid(west=4.0, north=48.0, res=0.01, width=32, height=24)
 FORWARD = (1966, 1968)
-ARTEFACTS = Path(os.environ.get("AI4LAND_TEST_ARTEFACTS",
-                                Path(__file__).resolve().parents[2] / "test-artefacts"))
 
 
 @pytest.fixture
@@ -71,6 +67,10 @@ def test_viewer_files_and_cell_fractions(published):
         for layer in ("lulc", "probability", "entropy"):
             image = Image.open(tree / f"viewer/data/ssp126/{year}_{layer}.png")
             assert image.mode == "P" and image.size == (32, 24)
+        with rasterio.open(tree / f"maps/ssp126/ai4land_ssp126_{year}_entropy.tif") as src:
+            stored = src.read(1)
+        shown = np.asarray(Image.open(tree / f"viewer/data/ssp126/{year}_entropy.png"))
+        assert np.array_equal(shown, np.floor(stored.astype(float) * 20 / 254 + 0.5))
     # the class layer holds the codes themselves (palette indices)
     with rasterio.open(tree / "maps/ssp126/ai4land_ssp126_1967.tif") as src:
         assert np.array_equal(np.asarray(Image.open(tree / "viewer/data/ssp126/1967_lulc.png")),
@@ -113,18 +113,11 @@ def test_cell_counts_of_a_large_map_read_the_overviews(tmp_path):
 # --- the viewer in a browser ----------------------------------------------------------
 
 
-def keep(driver, tmp_path: Path, name: str) -> Path:
-    """A screenshot under the test's tmp dir, copied to test-artefacts/ (printed)."""
-    shot = tmp_path / name
-    driver.save_screenshot(str(shot))
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, ARTEFACTS / name)
-    print(f"viewer screenshot: {ARTEFACTS / name}")
-    return shot
-
-
 @pytest.mark.slow
-def test_viewer_in_a_headless_browser(published, tmp_path):
+def test_viewer_in_a_headless_browser(published, tmp_path, keep_artefact):
+    """Served by python -m http.server: no console errors, the slider changes the year
+    and the image, a click shows the cell's numbers; the screenshot is kept under the
+    test's tmp dir and copied to test-artefacts/viewer.png (listed at the end of the run)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -165,7 +158,8 @@ def test_viewer_in_a_headless_browser(published, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "input[value=entropy]").click()
         assert wait_for(driver, f"{loaded}.endsWith('1967_entropy.png')")
         assert "entropy" in driver.find_element(By.ID, "legend").text.lower()
-        keep(driver, tmp_path, "viewer.png")
+        driver.save_screenshot(str(tmp_path / "viewer.png"))
+        keep_artefact(tmp_path / "viewer.png")
         assert driver.execute_script("return window.ai4land.firstMapMs") > 0
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors

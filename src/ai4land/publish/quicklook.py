@@ -35,7 +35,9 @@ from rasterio.windows import Window as RioWindow
 
 from ai4land.encoding import DEFAULT_COLOURS, NODATA, colour_table
 
-LAYER_MAX_PX = 1024  # long side of the viewer layers, thumbnails and animation frames
+LAYER_MAX_PX = 1024  # long side of the viewer's class layers, thumbnails and GIF frames
+RAMP_MAX_PX = 512  # long side of the viewer's probability and entropy layers
+RAMP_STEPS = 20  # the viewer shows probability and entropy in steps of 1/20
 FIGURE_DPI = 100
 BAND_ROWS = 512  # rows read at a time for the whole-map counts
 PNG_META = {"Software": None}  # no version string: the same bytes on another matplotlib
@@ -70,14 +72,24 @@ def class_palette(legend: Mapping[int, str]) -> tuple[list[int], bytes]:
     return palette, bytes(alpha)
 
 
-def ramp_palette() -> tuple[list[int], bytes]:
-    """Viridis over 0..254 (value / 254), entry 255 (no data) transparent."""
+def ramp_palette(steps: int = RAMP_STEPS) -> tuple[list[int], bytes]:
+    """Viridis at 0, 1/steps, ..., 1 (entries 0..steps), entry 255 (no data) transparent."""
     from matplotlib import colormaps
 
-    colours = colormaps["viridis"](np.arange(255) / 254.0)[:, :3]
-    rgb = np.rint(colours * 255).astype(int)
-    palette = [*rgb.ravel().tolist(), 0, 0, 0]
+    colours = colormaps["viridis"](np.arange(steps + 1) / steps)[:, :3]
+    palette = [0] * 768
+    palette[: 3 * (steps + 1)] = np.rint(colours * 255).astype(int).ravel().tolist()
     return palette, bytes([255] * 255 + [0])
+
+
+def ramp_steps(values: np.ndarray, steps: int = RAMP_STEPS) -> np.ndarray:
+    """uint8 quantised values (value / 254, 255 no data) → palette entries 0..steps, 255:
+    the viewer layers show probability and entropy in steps of 1/steps (PNGs a fraction
+    of the size of 255 levels, which on noisy layers hardly compress)."""
+    values = np.asarray(values)
+    # round half up in integers: (v * steps + 127) // 254
+    entries = (values.astype("int32") * steps + 127) // 254
+    return np.where(values == 255, 255, entries).astype("uint8")
 
 
 def palette_png(values: np.ndarray, palette: tuple[list[int], bytes]) -> bytes:

@@ -7,7 +7,9 @@ registry, ``viewer/vendor/leaflet``, BSD-2-Clause; no CDN: it works offline from
 static file server), ``viewer/data/index.json`` (bounds, scenarios, years, classes,
 cells), per (scenario, year) palette PNGs of the class map, probability and entropy
 placed as image overlays on the grid's bounds, and per scenario the class fractions of
-every viewer cell and year (``viewer/data/<scenario>/cells.json``).
+every viewer cell and year (``viewer/data/<scenario>/cells.json``). The probability and
+entropy layers are at most :data:`~ai4land.publish.quicklook.RAMP_MAX_PX` pixels on the
+long side, in steps of 1/20 (they are near noise; 255 levels hardly compress).
 
 A viewer cell is a coarse cell of the cube, or ``m`` x ``m`` of them where the region
 has more than :data:`CELL_MAX` coarse cells on its long side. Its fractions are over
@@ -157,8 +159,9 @@ def _scenario_pass(config, cube, cells: CellGrid, scenario: str,
         codes = ql.read_decimated(cog)
         (layers / f"{year}_lulc.png").write_bytes(ql.palette_png(codes, class_palette))
         for name in LAYERS[1:]:
-            values = ql.read_decimated(layer_path(cog, name))
-            (layers / f"{year}_{name}.png").write_bytes(ql.palette_png(values, ramp))
+            values = ql.read_decimated(layer_path(cog, name), ql.RAMP_MAX_PX)
+            (layers / f"{year}_{name}.png").write_bytes(
+                ql.palette_png(ql.ramp_steps(values), ramp))
         ql.map_figure(codes, cube.fine_grid.bounds, legend, f"{scenario} {year}",
                       quicklook_path(tree, scenario, year))
         bp, valid = basis_points(cell_counts(cog, cells, classes))

@@ -68,7 +68,7 @@
       ramp.className = "ramp";
       legend.appendChild(ramp);
       const ends = document.createElement("div");
-      ends.textContent = "0 \u2192 1 (transparent: no data)";
+      ends.textContent = "0 \u2192 1 in steps of 0.05 (transparent: no data)";
       legend.appendChild(ends);
     }
   }
