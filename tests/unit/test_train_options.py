@@ -142,6 +142,28 @@ def test_drop_inputs_are_in_the_card_and_applied_by_the_loaded_model(tiny, tmp_p
         assert not torch.allclose(model(x), model(changed))
 
 
+def test_prior_skip_adds_a_learned_persistence_path_that_the_card_rebuilds(tiny, tmp_path):
+    root, split_path, _ = tiny
+    config = _config(root, epochs=1, steps_per_epoch=2, val_batches=1, prior_skip=True)
+    run_training(config, output_dir=tmp_path, split_path=split_path)
+    model, card = load_model(tmp_path)
+    names = _names(config)
+    skip = card.architecture["prior_skip"]
+    assert [names[i] for i in skip] == [f"prior:{c}" for c in config.classes.predicted]
+    x = torch.randn(1, len(names), 32, 32)
+    x[:, skip] = 0.0
+    shown = x.clone()
+    shown[:, skip[2]] = 1.0  # the prior shows class 2 everywhere
+    gain = model.prior_gain.detach()
+    assert gain.shape == (len(skip),) and torch.all(gain > 0)
+    with torch.no_grad():
+        without, with_prior = model(x), model(shown)
+    # the class's logit rises by its gain on top of whatever the convolutions make of it
+    assert float((with_prior[:, 2] - without[:, 2]).mean()) > float(gain[2]) / 2
+    with pytest.raises(ConfigError, match="prior_skip .* needs the prior"):
+        _config(root, prior=False, prior_skip=True)
+
+
 # --- model card --------------------------------------------------------------------------
 
 

@@ -3,6 +3,13 @@
 ``zero_channels`` lists input channels the network multiplies by 0 before its first
 layer (input ablation, or a model trained without a prior): they are part of the
 architecture, so every caller (training, evaluation, prediction) gets the same.
+
+``prior_skip`` lists the input channels of the prior map's one-hot classes, one per
+output class in the same order: each class's logit then gets a learned gain times its
+prior channel (a persistence path past the convolutions). Most pixels keep their class
+from one year to the next, so the network starts from persistence for every class,
+rare ones too, and its convolutions learn the change; a hidden or absent prior (all
+zero channels) adds nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "group")
+# Initial gain of the persistence path (``prior_skip``): a shown prior class starts
+# e^3 ~ 20 times likelier than each other class.
+PRIOR_GAIN_INIT = 3.0
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -52,6 +62,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         zero_channels: Sequence[int] = (),
+        prior_skip: Sequence[int] = (),
     ):
         super().__init__()
         if norm not in NORMS:
@@ -70,6 +81,17 @@ class UNet(nn.Module):
             "dropout": float(dropout),
             "zero_channels": zero_channels,
         }
+        prior_skip = [int(c) for c in prior_skip]
+        if prior_skip:
+            if len(prior_skip) != num_classes or not all(0 <= c < in_channels for c in prior_skip):
+                raise ValueError(f"prior_skip needs one input channel (0..{in_channels - 1}) per "
+                                 f"class ({num_classes}), got {prior_skip}")
+            self.config["prior_skip"] = prior_skip
+            self.register_buffer("prior_index", torch.tensor(prior_skip, device="cpu"),
+                                 persistent=False)
+            self.prior_gain = nn.Parameter(torch.full((num_classes,), PRIOR_GAIN_INIT))
+        else:
+            self.prior_index = None
         self.depth = depth
         scale = None
         if zero_channels:
@@ -102,6 +124,7 @@ class UNet(nn.Module):
             )
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
+        prior = None if self.prior_index is None else x.index_select(1, self.prior_index)
         skips = []
         for block in self.down:
             x = block(x)
@@ -110,4 +133,8 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, conv, skip in zip(self.up, self.up_conv, reversed(skips), strict=True):
             x = conv(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        logits = self.head(x)
+        if prior is not None:
+            logits = logits + self.prior_gain.to(logits.dtype)[:, None, None] * prior.to(
+                logits.dtype)
+        return logits

@@ -665,7 +665,9 @@ class _Trainer:
         seed_everything(self.config.seed)
         self.arch = dict(base_channels=cfg.base_channels, depth=cfg.depth, norm=cfg.norm,
                          dropout=cfg.dropout,
-                         zero_channels=group_channels(data.channels, cfg.dropped_inputs))
+                         zero_channels=group_channels(data.channels, cfg.dropped_inputs),
+                         prior_skip=([data.channels.index(f"prior:{code}")
+                                      for code in data.predicted] if cfg.prior_skip else []))
         self.net = UNet(len(data.channels), data.num_classes, **self.arch).to(device)
         if self.precision.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
