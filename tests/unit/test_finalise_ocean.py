@@ -23,8 +23,8 @@ from ai4land.samples.features import codes_to_index
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_harmonize_compiled import (  # noqa: E402
-    _reference_cell_smoothed,
     _reference_cell_sums,
+    _reference_smoothed_pixels,
     _reference_swap_candidates,
     _reference_transfer_patches,
 )
@@ -127,7 +127,7 @@ def test_ocean_bands_finalise_to_the_same_bytes_as_before(ocean_world, monkeypat
                                                           members):
     settings = dict(MODES[mode])
     blocks, report = _finalise_bands(ocean_world, members=members, **settings)
-    monkeypatch.setattr(harmonize, "cell_smoothed", _reference_cell_smoothed)
+    monkeypatch.setattr(harmonize, "_smoothed_pixels", _reference_smoothed_pixels)
     monkeypatch.setattr(harmonize, "_swap_candidates", _reference_swap_candidates)
     monkeypatch.setattr(harmonize, "_cell_sums", _reference_cell_sums)
     monkeypatch.setattr(harmonize, "_transfer_patches", _reference_transfer_patches)

@@ -99,6 +99,13 @@ def _reference_transfer_patches(pool, starts, p, pixels, position, current, cell
                                          changed[at]), y, g)
 
 
+def _reference_smoothed_pixels(values, valid, factor, size, position, out):
+    """allocate_change's smoothed scores as they were: the whole band filtered, then the
+    valid pixels' rows taken."""
+    smoothed = _reference_cell_smoothed(values, valid, factor=factor, size=size)
+    out[:] = smoothed.reshape(-1, values.shape[-1])[np.flatnonzero(position >= 0)]
+
+
 def _reference_cell_sums(cell, values, n_cells):
     return np.stack([np.bincount(cell, weights=values[:, c], minlength=n_cells)
                      for c in range(values.shape[1])], axis=1)
@@ -166,7 +173,7 @@ def test_change_allocation_is_the_reference_one(monkeypatch, seed, bonus):
                                patch_bonus=bonus[0], changed_bonus=bonus[1])
 
     new = run()
-    monkeypatch.setattr(harmonize, "cell_smoothed", _reference_cell_smoothed)
+    monkeypatch.setattr(harmonize, "_smoothed_pixels", _reference_smoothed_pixels)
     monkeypatch.setattr(harmonize, "_swap_candidates", _reference_swap_candidates)
     monkeypatch.setattr(harmonize, "_cell_sums", _reference_cell_sums)
     monkeypatch.setattr(harmonize, "_transfer_patches", _reference_transfer_patches)

@@ -577,9 +577,13 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     counts = largest_remainder_counts(targets, n)
     pixels = np.flatnonzero(valid)
     cell = pixels // width // factor * wc + pixels % width // factor  # as cell_ids's
-    if smoothing > 1:
-        flat_probs = cell_smoothed(probs, valid, factor=factor, size=smoothing).reshape(-1, k)
-    p = flat_probs[pixels].astype("float64", copy=False)
+    position = np.full(height * width, -1, dtype="int64")  # each pixel's row in ``pixels``
+    position[pixels] = np.arange(len(pixels))
+    if smoothing > 1:  # cell_smoothed at the valid pixels only
+        p = np.empty((len(pixels), k), dtype="float64")
+        _smoothed_pixels(_float_values(probs), valid, factor, smoothing, position, p)
+    else:
+        p = flat_probs[pixels].astype("float64", copy=False)
     before = np.asarray(prior, dtype="int64").reshape(-1)[pixels]
     n_cells = hc * wc
     group_counts = counts.reshape(len(groups), n_cells).T  # (cells, G), -1: unconstrained
@@ -602,13 +606,11 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     moved = np.zeros(len(pixels), dtype=bool)
     bonus = (patch_bonus, changed_bonus)
     if len(pool) and (patch_bonus > 0 or changed_bonus > 0):
-        # pool pixels cell by cell (raster order inside a cell), and each valid pixel's
-        # position among ``pixels`` (-1: not valid) for the neighbour look-ups
+        # pool pixels cell by cell (raster order inside a cell); ``position`` finds the
+        # neighbours
         pool = pool[np.argsort(cell[pool], kind="stable")]
         bounds = np.flatnonzero(np.diff(cell[pool])) + 1
         starts = np.concatenate(([0], bounds, [len(pool)]))
-        position = np.full(height * width, -1, dtype="int64")
-        position[pixels] = np.arange(len(pixels))
         current = np.where(known, before, -1)
         _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
                           supply, demand, index, moved, width, factor,
@@ -636,16 +638,22 @@ def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: i
     over the cell's rows then its columns: a running sum ``+= entering - leaving``, each
     output that sum ``/ size``), so the means are the same to the bit (tested against
     it)."""
-    values = np.asarray(values)
-    if values.dtype not in (np.float32, np.float64):
-        values = values.astype("float64")
+    values = _float_values(values)
     height, width, k = values.shape
     valid = np.ascontiguousarray(valid, dtype=bool)
     if valid.shape != (height, width):
         raise ValueError(f"valid has shape {valid.shape}, expected {(height, width)}")
     out = np.empty((height, width, k), dtype="float64")
-    _cell_smoothed(np.ascontiguousarray(values), valid, factor, size, out)
+    _cell_smoothed(values, valid, factor, size, out)
     return out
+
+
+def _float_values(values: np.ndarray) -> np.ndarray:
+    """``values`` as a contiguous float32 or float64 array (float32 stays float32)."""
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype("float64")
+    return np.ascontiguousarray(values)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -721,6 +729,32 @@ def _cell_sums(cell, values, n_cells):  # pragma: no cover - compiled
         for c in range(values.shape[1]):
             out[cell[i], c] += values[i, c]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _smoothed_pixels(values, valid, factor, size, position,
+                     out):  # pragma: no cover - compiled
+    """:func:`cell_smoothed` at the valid pixels only: row ``position[flat]`` of ``out``
+    (N, K) for each valid pixel (``position`` -1 elsewhere), the same bits."""
+    height, width, k = values.shape
+    line = np.zeros(factor + size, dtype=np.float64)
+    column = np.empty(factor, dtype=np.float64)
+    sums = np.empty((factor, factor, k + 1), dtype=np.float64)
+    for top in range(0, height, factor):
+        for left in range(0, width, factor):
+            bottom, right = min(top + factor, height), min(left + factor, width)
+            if not valid[top:bottom, left:right].any():
+                continue
+            _cell_box_sums(values, valid, top, left, factor, size, line, column, sums)
+            for y in range(top, bottom):
+                for x in range(left, right):
+                    m = position[y * width + x]
+                    if m < 0:
+                        continue
+                    weight = sums[y - top, x - left, k]
+                    for c in range(k):
+                        out[m, c] = (sums[y - top, x - left, c] / weight if weight > 0
+                                     else np.float64(values[y, x, c]))
 
 
 def _class_counts(prior_counts: np.ndarray, mean_p: np.ndarray, group_counts: np.ndarray,
