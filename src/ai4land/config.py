@@ -260,9 +260,10 @@ class TrainConfig(_Section):
     smooth_coarse: bool = False
     # A persistence path past the convolutions (issue 19): each class's logit gets a
     # learned gain times the prior's one-hot channel of that class (models.unet), so the
-    # network starts from persistence for every class and learns the change. Needs the
-    # prior; the card records it (architecture.prior_skip), so models without it load.
-    prior_skip: bool = False
+    # network starts from persistence for every class and learns the change. Only for a
+    # model with the prior (``uses_prior``); the card records it (architecture.prior_skip),
+    # so models without it load as before.
+    prior_skip: bool = True
     # Input groups zeroed inside the model (ablation); the channel layout is unchanged.
     drop_inputs: list[InputGroup] = []
     # Input group -> probability that a training sample (not validation) has that group's
@@ -296,9 +297,6 @@ class TrainConfig(_Section):
         if self.demand and not self.uses_prior:
             raise ValueError("demand channels are the change against the prior; they need "
                              "the prior (prior true, 'prior' not in drop_inputs)")
-        if self.prior_skip and not self.uses_prior:
-            raise ValueError("prior_skip adds the prior's classes to the logits; it needs the "
-                             "prior (prior true, 'prior' not in drop_inputs)")
         if self.change_balanced > 0 and not self.uses_prior:
             raise ValueError("change_balanced weights samples by prior -> target change; "
                              "it needs the prior (prior true, 'prior' not in drop_inputs)")

@@ -160,8 +160,11 @@ def test_prior_skip_adds_a_learned_persistence_path_that_the_card_rebuilds(tiny,
         without, with_prior = model(x), model(shown)
     # the class's logit rises by its gain on top of whatever the convolutions make of it
     assert float((with_prior[:, 2] - without[:, 2]).mean()) > float(gain[2]) / 2
-    with pytest.raises(ConfigError, match="prior_skip .* needs the prior"):
-        _config(root, prior=False, prior_skip=True)
+    # a model without the prior has no persistence path (the default is on)
+    no_prior = _config(root, epochs=1, steps_per_epoch=1, val_batches=1, prior=False)
+    run_training(no_prior, output_dir=tmp_path / "no-prior", split_path=split_path)
+    model, card = load_model(tmp_path / "no-prior")
+    assert "prior_skip" not in card.architecture and not hasattr(model, "prior_gain")
 
 
 # --- model card --------------------------------------------------------------------------

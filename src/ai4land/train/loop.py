@@ -667,7 +667,8 @@ class _Trainer:
                          dropout=cfg.dropout,
                          zero_channels=group_channels(data.channels, cfg.dropped_inputs),
                          prior_skip=([data.channels.index(f"prior:{code}")
-                                      for code in data.predicted] if cfg.prior_skip else []))
+                                      for code in data.predicted]
+                                     if cfg.prior_skip and cfg.uses_prior else []))
         self.net = UNet(len(data.channels), data.num_classes, **self.arch).to(device)
         if self.precision.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
