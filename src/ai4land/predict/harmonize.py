@@ -657,24 +657,30 @@ def _float_values(values: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _running_mean(line, length, size, out):  # pragma: no cover - compiled
-    """``uniform_filter1d``'s running mean of ``line`` (``length`` values after
-    ``size // 2`` zeros, zeros after them) into ``out[:length]``."""
-    tmp = 0.0
+def _running_means(padded, size, out):  # pragma: no cover - compiled
+    """``uniform_filter1d``'s running mean along axis 0 of ``padded`` (n + size - 1, m),
+    every column at once, into ``out`` (n, m): the sum of the first ``size`` rows, then
+    ``+= entering - leaving`` row by row, each output that sum ``/ size``."""
+    n, m = out.shape
+    tmp = np.zeros(m, dtype=np.float64)
     for j in range(size):
-        tmp += line[j]
-    out[0] = tmp / size
-    for j in range(1, length):
-        tmp += line[j - 1 + size] - line[j - 1]
-        out[j] = tmp / size
+        for e in range(m):
+            tmp[e] += padded[j, e]
+    for e in range(m):
+        out[0, e] = tmp[e] / size
+    for i in range(1, n):
+        for e in range(m):
+            tmp[e] += padded[i - 1 + size, e] - padded[i - 1, e]
+            out[i, e] = tmp[e] / size
 
 
 @numba.njit(cache=True, nogil=True)
-def _cell_box_sums(values, valid, top, left, factor, size, line, column,
+def _cell_box_sums(values, valid, top, left, factor, size, rows, columns,
                    sums):  # pragma: no cover - compiled
     """(factor, factor, K + 1) box means of one cell (``sums``): the valid values and,
     last, the valid weight, zero beyond the raster; over the cell's rows (axis 0)
-    first, then its columns."""
+    first, then its columns. ``rows`` (factor + size - 1, factor, K + 1) and ``columns``
+    (factor + size - 1, K + 1) are zero outside what is written here (the padding)."""
     height, width, k = values.shape
     half = size // 2
     for r in range(factor):
@@ -683,35 +689,27 @@ def _cell_box_sums(values, valid, top, left, factor, size, line, column,
             inside = y < height and x < width
             w = 1.0 if inside and valid[y, x] else 0.0
             for c in range(k):
-                sums[r, q, c] = np.float64(values[y, x, c]) * w if inside else 0.0
-            sums[r, q, k] = w
-    for c in range(k + 1):
-        for q in range(factor):
-            for r in range(factor):
-                line[half + r] = sums[r, q, c]
-            _running_mean(line, factor, size, column)
-            for r in range(factor):
-                sums[r, q, c] = column[r]
-        for r in range(factor):
-            for q in range(factor):
-                line[half + q] = sums[r, q, c]
-            _running_mean(line, factor, size, column)
-            for q in range(factor):
-                sums[r, q, c] = column[q]
+                rows[half + r, q, c] = np.float64(values[y, x, c]) * w if inside else 0.0
+            rows[half + r, q, k] = w
+    _running_means(rows.reshape(factor + size - 1, -1), size,
+                   sums.reshape(factor, -1))
+    for r in range(factor):
+        columns[half:half + factor] = sums[r]
+        _running_means(columns, size, sums[r])
 
 
 @numba.njit(cache=True, nogil=True)
 def _cell_smoothed(values, valid, factor, size, out):  # pragma: no cover - compiled
     height, width, k = values.shape
-    line = np.zeros(factor + size, dtype=np.float64)
-    column = np.empty(factor, dtype=np.float64)
+    rows = np.zeros((factor + size - 1, factor, k + 1), dtype=np.float64)
+    columns = np.zeros((factor + size - 1, k + 1), dtype=np.float64)
     sums = np.empty((factor, factor, k + 1), dtype=np.float64)
     for top in range(0, height, factor):
         for left in range(0, width, factor):
             bottom, right = min(top + factor, height), min(left + factor, width)
             used = valid[top:bottom, left:right].any()
             if used:
-                _cell_box_sums(values, valid, top, left, factor, size, line, column, sums)
+                _cell_box_sums(values, valid, top, left, factor, size, rows, columns, sums)
             for y in range(top, bottom):
                 for x in range(left, right):
                     weight = sums[y - top, x - left, k] if used else 0.0
@@ -737,15 +735,15 @@ def _smoothed_pixels(values, valid, factor, size, position,
     """:func:`cell_smoothed` at the valid pixels only: row ``position[flat]`` of ``out``
     (N, K) for each valid pixel (``position`` -1 elsewhere), the same bits."""
     height, width, k = values.shape
-    line = np.zeros(factor + size, dtype=np.float64)
-    column = np.empty(factor, dtype=np.float64)
+    rows = np.zeros((factor + size - 1, factor, k + 1), dtype=np.float64)
+    columns = np.zeros((factor + size - 1, k + 1), dtype=np.float64)
     sums = np.empty((factor, factor, k + 1), dtype=np.float64)
     for top in range(0, height, factor):
         for left in range(0, width, factor):
             bottom, right = min(top + factor, height), min(left + factor, width)
             if not valid[top:bottom, left:right].any():
                 continue
-            _cell_box_sums(values, valid, top, left, factor, size, line, column, sums)
+            _cell_box_sums(values, valid, top, left, factor, size, rows, columns, sums)
             for y in range(top, bottom):
                 for x in range(left, right):
                     m = position[y * width + x]
