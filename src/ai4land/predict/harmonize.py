@@ -959,7 +959,8 @@ def _cell_pairs(local, c, p, pixels, position, current, source, known, demand, w
     for m in range(local.size):
         x = local[m]
         count[m] = 0
-        for j in range(_cell_neighbours(pixels[x], width, height, factor, near)):
+        for j in range(_cell_neighbours(pixels[x], width, height, factor, near)
+                       if bonus[0] != 0 else 0):  # else the counts weigh 0 in every score
             y = position[near[j]]
             if y >= 0 and current[y] >= 0:
                 count[m, current[y]] += 1
