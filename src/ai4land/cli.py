@@ -96,7 +96,8 @@ def cmd_evaluate(args) -> int:
     metrics = run_evaluate(_config(args, "evaluate"), model_dir=Path(args.model),
                            split_path=Path(args.split),
                            output=Path(args.output),
-                           figures_dir=Path(args.figures) if args.figures else None)
+                           figures_dir=Path(args.figures) if args.figures else None,
+                           blocks=args.blocks)
     print(summary(metrics))
     return 0
 
@@ -271,6 +272,9 @@ def _add_output_stages(sub) -> None:
     p.add_argument("--output", required=True,
                    help="metrics JSON (CSV tables are written beside it)")
     p.add_argument("--figures", help="figure directory (default: figures/ beside --output)")
+    p.add_argument("--blocks", choices=("test", "val"), default="test",
+                   help="the split's blocks to score: test (the published quality) or val "
+                        "(to choose settings without looking at the test blocks)")
 
     p = sub.add_parser("score", help="score a predicted map against a target map on one grid")
     p.add_argument("prediction")

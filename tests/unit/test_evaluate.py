@@ -278,6 +278,25 @@ def test_single_year_data_is_scored_without_prior_persistence_or_rollout(tmp_pat
                      output=tmp_path / "eval2" / "metrics.json")
 
 
+def test_val_blocks_can_be_scored_to_choose_settings_without_the_test_blocks(tmp_path):
+    config, _ = _single_year(tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    ids = {role: [b["id"] for b in split["blocks"] if b["role"] == role]
+           for role in ("test", "val")}
+    assert ids["val"] and not set(ids["val"]) & set(ids["test"])
+    test = run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
+                        output=tmp_path / "test" / "metrics.json")
+    val = run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
+                       output=tmp_path / "val" / "metrics.json", blocks="val")
+    assert test["split"]["scored_role"] == "test" and val["split"]["scored_role"] == "val"
+    assert test["split"]["test_block_ids"] == ids["test"]
+    assert val["split"]["test_block_ids"] == ids["val"]
+    assert list(val["models"]["unet"]["by_block"]) == [str(i) for i in ids["val"]]
+    with pytest.raises(ValueError, match="blocks must be one of"):
+        run_evaluate(config, model_dir=tmp_path / "model", split_path=tmp_path / "split.json",
+                     output=tmp_path / "x" / "metrics.json", blocks="train")
+
+
 class WrongPixels(ConfusionMetric):
     """A toy metric: pixels of the wrong class (a function of the confusion matrix)."""
 

@@ -76,12 +76,14 @@ def _overlaps(a: Window, b: Window) -> bool:
             and a.col < b.col + b.width and b.col < a.col + a.width)
 
 
-def plan_sites(config, *, shape: tuple[int, int], factor: int, split: Split) -> list[Site]:
-    """A :class:`Site` per test block of ``split`` on a region of ``shape`` pixels."""
+def plan_sites(config, *, shape: tuple[int, int], factor: int, split: Split,
+               role: str = "test") -> list[Site]:
+    """A :class:`Site` per ``role`` block of ``split`` (test or val) on a region of
+    ``shape`` pixels."""
     windows = plan_windows(shape, tile_size=config.predict.tile_size,
                            overlap=config.predict.overlap)
     sites = []
-    for label, block in enumerate(b for b in split.blocks if b.role == "test"):
+    for label, block in enumerate(b for b in split.blocks if b.role == role):
         scored = split.block_window(block)
         cells = _aligned(scored, factor, shape, outward=True)
         # predict's windows form a grid of row starts x column starts: those touching a

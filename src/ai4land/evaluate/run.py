@@ -95,11 +95,21 @@ TILE_PANELS = ("unet", "unet_raw", "neighbourhood_density", "gradient_boosting",
 LAYERS = ["lulc", "probability", "raw"]  # what the evaluation takes from the Finaliser
 
 
+# The split roles whose blocks an evaluation can score.
+SCORED_ROLES = ("test", "val")
+
+
 def run_evaluate(config, *, model_dir: Path, split_path: Path, output: Path,
-                 figures_dir: Path | None = None) -> dict:
-    """Score every model; write ``output`` (metrics.json), tables beside it, figures."""
+                 figures_dir: Path | None = None, blocks: str = "test") -> dict:
+    """Score every model; write ``output`` (metrics.json), tables beside it, figures.
+
+    ``blocks``: the split's blocks scored, "test" (the published quality) or "val" (to
+    choose settings, e.g. allocation or training options, without looking at the test
+    blocks; the same test years and chains)."""
+    if blocks not in SCORED_ROLES:
+        raise ValueError(f"blocks must be one of {SCORED_ROLES}, got {blocks!r}")
     config = stage_config(config, "evaluate")  # reads only its slice
-    setup = _Setup.load(config, model_dir=model_dir, split_path=split_path)
+    setup = _Setup.load(config, model_dir=model_dir, split_path=split_path, role=blocks)
     gbm, train_pixels = _fit_gradient_boosting(config, setup)
     runner = _Runner(config, cube=setup.cube, model=setup.model, gbm=gbm, sites=setup.sites,
                      names=setup.names, classes=setup.classes, blocks=setup.blocks,
@@ -145,9 +155,10 @@ class _Setup:
     sites: list[Site]
     uses_demand: bool = False  # the model has demand channels (train.demand)
     smooth: Groups | None = None  # the groups of its smooth channels (train.smooth_coarse)
+    role: str = "test"  # the split's blocks scored (SCORED_ROLES)
 
     @classmethod
-    def load(cls, config, *, model_dir: Path, split_path: Path) -> _Setup:
+    def load(cls, config, *, model_dir: Path, split_path: Path, role: str = "test") -> _Setup:
         """Read and check the cube, split and model; plan the chains and sites."""
         from ai4land.models.card import check_inputs, load_model
 
@@ -173,9 +184,13 @@ class _Setup:
             log.info("no observed map before or after the test years: single-year "
                      "evaluation (U-Net without prior; no persistence, chains or change "
                      "scores)")
-        sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split)
+        sites = plan_sites(config, shape=cube.fine_grid.shape, factor=cube.factor, split=split,
+                           role=role)
+        if not sites:
+            raise InputDataError(f"{split_path}: the split has no {role} block to score")
         return cls(cube=cube, split=split, classes=classes, model=model, years=years,
-                   chains=chains, sites=sites, uses_demand=uses_demand, smooth=smooth)
+                   chains=chains, sites=sites, uses_demand=uses_demand, smooth=smooth,
+                   role=role)
 
     @property
     def single_year(self) -> bool:
@@ -187,7 +202,7 @@ class _Setup:
 
     @property
     def test_blocks(self) -> list[Block]:
-        return [b for b in self.split.blocks if b.role == "test"]
+        return [b for b in self.split.blocks if b.role == self.role]
 
     @property
     def blocks(self) -> list[dict]:
@@ -197,6 +212,7 @@ class _Setup:
         """``metrics.json`` ``split``."""
         test_blocks = self.test_blocks
         return {
+            "scored_role": self.role,
             "test_blocks": len(test_blocks),
             "test_block_ids": [b.id for b in test_blocks],
             "block_size": self.split.block_size,
