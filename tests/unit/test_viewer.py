@@ -145,6 +145,7 @@ def test_viewer_in_a_headless_browser(published, tmp_path, keep_artefact):
             driver.find_element(By.ID, "map"), 5, 5).click().perform()
         wait_for(driver, "return document.querySelector('#cell-table') !== null")
         panel = driver.find_element(By.ID, "cell")
+        assert panel.find_elements(By.CSS_SELECTOR, "#cell-chart polyline")  # lines by year
         row, col = int(panel.get_attribute("data-row")), int(panel.get_attribute("data-col"))
         index = json.loads((tree / "viewer/data/index.json").read_text())
         classes = [c["code"] for c in index["classes"]]
@@ -167,3 +168,16 @@ def test_viewer_in_a_headless_browser(published, tmp_path, keep_artefact):
         driver.quit()
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_report_without_its_anchor_year_is_refused(tmp_path):
+    from ai4land.errors import OutputError
+
+    config, results, store, model, metrics = make_products(tmp_path, grid=GRID,
+                                                           forward=FORWARD)
+    path = results / "maps/ssp126/ai4land_ssp126_1966.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "anchor_year": 1900}))
+    with pytest.raises(OutputError, match="ai4land_ssp126_1966.json: anchor_year 1900 is not"):
+        run_publish(config, maps_dir=results / "maps", store=store, model_dir=model,
+                    metrics_path=metrics, output_dir=results / "publish")
+    assert not (results / "publish").exists()

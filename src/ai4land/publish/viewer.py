@@ -116,7 +116,7 @@ def _transitions(config, cube, anchor_year: int, last: Path, classes: list[int],
     """(K, K) counts anchor class → ``last`` class over pixels valid in both, and both
     maps decimated by ``step`` (plain subsampling, so the pictures agree pixel for pixel)."""
     k = len(classes)
-    lut = np.full(256, -1, dtype="int64")
+    lut = np.full(256, -1, dtype="int16")  # k * k fits: half the memory of int64 bands
     lut[np.asarray(classes)] = np.arange(k)
     counts = np.zeros(k * k, dtype="int64")
     small_anchor, small_last = [], []
@@ -127,7 +127,7 @@ def _transitions(config, cube, anchor_year: int, last: Path, classes: list[int],
             then = cube.target_window(anchor_year, Window(start, 0, n, width))
             a, b = lut[then], lut[now]
             ok = (a >= 0) & (b >= 0)
-            counts += np.bincount((a * k + b)[ok], minlength=k * k)
+            counts += np.bincount((a * np.int16(k) + b)[ok], minlength=k * k)
             offset = (-start) % step
             small_anchor.append(then[offset::step, ::step])
             small_last.append(now[offset::step, ::step])
@@ -180,12 +180,13 @@ def _chain_pictures(config, cube, out: _Scenario, products: list[tuple[int, Path
     legend, classes, scenario = config.classes.legend, _classes(config), out.name
     folder = tree / QUICKLOOKS / scenario
     ql.animation(out.frames, legend, scenario, folder / f"ai4land_{scenario}.gif")
-    anchor = out.reports[out.years[0]].get("anchor_year")
+    # the chain's farthest year from its anchor (observed product years are no chain)
+    chain = [p for p in products if p[0] in config.chain_years(scenario)] or products
+    anchor = out.reports[chain[0][0]].get("anchor_year")
     if anchor is None or int(anchor) not in cube.target_years:
-        raise OutputError(f"{products[0][1].with_suffix('.json')}: anchor_year "
+        raise OutputError(f"{chain[0][1].with_suffix('.json')}: anchor_year "
                           f"{anchor} is not a year of the cube's observed maps")
-    # the chain's farthest year from its anchor
-    year, cog = max(products, key=lambda p: abs(p[0] - int(anchor)))
+    year, cog = max(chain, key=lambda p: abs(p[0] - int(anchor)))
     grid = cube.fine_grid
     step = ql.decimation(grid.width, grid.height)
     counts, small_anchor, small_last = _transitions(config, cube, int(anchor), cog,

@@ -107,6 +107,60 @@
     }
   }
 
+  // the cell's class fractions by year as lines (one per class present), in an SVG
+  function chart(data, index) {
+    const ns = "http://www.w3.org/2000/svg";
+    const w = 400, h = 150, pad = 28, k = data.classes.length;
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+    svg.setAttribute("id", "cell-chart");
+    const years = data.years, n = years.length;
+    const x = (i) => pad + (n > 1 ? (i * (w - pad - 8)) / (n - 1) : (w - pad) / 2);
+    const y = (bp) => h - pad + 8 - (bp / 10000) * (h - pad);
+    const line = (x1, y1, x2, y2, colour) => {
+      const l = document.createElementNS(ns, "line");
+      Object.entries({ x1: x1, y1: y1, x2: x2, y2: y2, stroke: colour }).forEach(
+        ([a, v]) => l.setAttribute(a, v));
+      svg.appendChild(l);
+    };
+    const text = (tx, ty, value, anchor) => {
+      const t = document.createElementNS(ns, "text");
+      t.setAttribute("x", tx);
+      t.setAttribute("y", ty);
+      t.setAttribute("font-size", "9");
+      t.setAttribute("text-anchor", anchor);
+      t.textContent = value;
+      svg.appendChild(t);
+    };
+    line(pad, y(0), w - 8, y(0), "#999");
+    line(pad, y(0), pad, y(10000), "#999");
+    text(pad - 3, y(10000) + 3, "100%", "end");
+    text(pad - 3, y(0) + 3, "0", "end");
+    text(x(0), h - 4, String(years[0]), "middle");
+    if (n > 1) text(x(n - 1), h - 4, String(years[n - 1]), "end");
+    const colours = {};
+    for (const c of state.index.classes) colours[c.code] = c.colour;
+    data.classes.forEach((code, c) => {
+      const values = years.map((_, t) => data.bp[t][index * k + c]);
+      if (values.every((v) => v === 0)) return;
+      const points = values.map((v, t) => x(t) + "," + y(v)).join(" ");
+      const p = document.createElementNS(ns, n > 1 ? "polyline" : "circle");
+      if (n > 1) {
+        p.setAttribute("points", points);
+        p.setAttribute("fill", "none");
+        p.setAttribute("stroke-width", "2");
+      } else {
+        p.setAttribute("cx", x(0));
+        p.setAttribute("cy", y(values[0]));
+        p.setAttribute("r", "3");
+        p.setAttribute("fill", colours[code]);
+      }
+      p.setAttribute("stroke", colours[code]);
+      svg.appendChild(p);
+    });
+    return svg;
+  }
+
   function renderCell(data, row, col) {
     const panel = $("cell");
     const index = row * state.index.cells.cols + col;
@@ -125,6 +179,7 @@
       + (state.index.cells.step > 1 ? " (estimated at 1/" + state.index.cells.step
         + " of the resolution)" : "");
     panel.appendChild(head);
+    panel.appendChild(chart(data, index));
     const table = document.createElement("table");
     table.id = "cell-table";
     const tr = document.createElement("tr");
