@@ -234,7 +234,7 @@ def animation(frames: list[tuple[int, np.ndarray]], legend: Mapping[int, str],
         canvas.putpalette(palette)
         canvas.paste(Image.fromarray(np.ascontiguousarray(codes, dtype="uint8"), mode="P"),
                      (0, 18))
-        ImageDraw.Draw(canvas).text((4, 3), f"{label} {year}", fill=text)
+        ImageDraw.Draw(canvas).text((4, 3), f"{label}: {year}", fill=text)
         images.append(canvas)
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
