@@ -14,12 +14,11 @@ memory (``mem_mb`` 8000 in workflow/rules/evaluate.smk; the Slurm profile gives 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import run_child, write_result
 
 WIDTH, FACTOR, HEIGHTS = 36000, 25, (1000, 3000)
 YEARS = (1958, 1962)
@@ -130,11 +129,11 @@ def run(height: int) -> dict:
     global-width cube of ``height`` rows."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        subprocess.run([sys.executable, "-c", GENERATE, str(root / "cube"), str(WIDTH),
+        run_child([sys.executable, "-c", GENERATE, str(root / "cube"), str(WIDTH),
                         str(height), str(FACTOR), *map(str, YEARS)], check=True)
         (root / "config.json").write_text(json.dumps(_config(root)))
-        subprocess.run([sys.executable, "-c", SETUP, str(root), json.dumps(TINY)], check=True)
-        done = subprocess.run([sys.executable, "-c", JOB, str(root)], capture_output=True,
+        run_child([sys.executable, "-c", SETUP, str(root), json.dumps(TINY)], check=True)
+        done = run_child([sys.executable, "-c", JOB, str(root)], capture_output=True,
                               text=True)
         if done.returncode:
             raise SystemExit(f"evaluate failed:\n{done.stderr[-3000:]}")

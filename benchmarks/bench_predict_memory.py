@@ -26,12 +26,11 @@ its params: wall seconds are only meaningful on a quiet machine.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import run_child, write_result
 
 WIDTH, FACTOR, HEIGHTS = 36000, 25, (1000, 2000, 3000)
 PREDICT = {"tile_size": 256, "overlap": 32, "batch_size": 4, "device": "cpu"}
@@ -171,7 +170,7 @@ print(json.dumps(result))
 def generate(root: Path, height: int, *, layout: str = "pattern") -> None:
     """The generated cube under ``root`` (``WIDTH`` x ``height``): ``layout`` "pattern"
     (regular ocean rectangles, no ocean coarse cell) or "earth" (the Earth's land)."""
-    subprocess.run([sys.executable, "-c", GENERATE, str(root), str(WIDTH), str(height),
+    run_child([sys.executable, "-c", GENERATE, str(root), str(WIDTH), str(height),
                     str(FACTOR), layout], check=True)
 
 
@@ -183,7 +182,7 @@ def run(height: int, *, predict: dict = PREDICT, architecture: dict = TINY,
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate(root / "cube", height, layout=layout)
-        done = subprocess.run([sys.executable, "-c", JOB, str(root), json.dumps(predict),
+        done = run_child([sys.executable, "-c", JOB, str(root), json.dumps(predict),
                                json.dumps(architecture), *(["forward"] if forward else [])],
                               capture_output=True, text=True)
         if done.returncode:

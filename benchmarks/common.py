@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,15 @@ def trained_run(config_path: str | Path, *, how: str):
     if not (model / "model.pt").is_file() or not split.is_file():
         raise SystemExit(f"{model / 'model.pt'} or {split} missing: {how}")
     return config, model, split
+
+
+def run_child(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` of a measuring child that dies with this process (Linux
+    ``PR_SET_PDEATHSIG``): a benchmark stopped mid-run leaves no child using the cores."""
+    from ai4land.train.launch import die_with_parent
+
+    parent = os.getpid()
+    return subprocess.run(command, preexec_fn=lambda: die_with_parent(parent=parent), **kwargs)
 
 
 def machine() -> str:
