@@ -643,9 +643,10 @@ def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: i
     valid = np.ascontiguousarray(valid, dtype=bool)
     if valid.shape != (height, width):
         raise ValueError(f"valid has shape {valid.shape}, expected {(height, width)}")
-    out = np.empty((height, width, k), dtype="float64")
-    _cell_smoothed(values, valid, factor, size, out)
-    return out
+    # every pixel a row of ``out``; the kernel leaves cells without a valid pixel alone
+    out = values.reshape(-1, k).astype("float64")
+    _smoothed_pixels(values, valid, factor, size, np.arange(height * width), out)
+    return out.reshape(height, width, k)
 
 
 def _float_values(values: np.ndarray) -> np.ndarray:
@@ -699,26 +700,6 @@ def _cell_box_sums(values, valid, top, left, factor, size, rows, columns,
 
 
 @numba.njit(cache=True, nogil=True)
-def _cell_smoothed(values, valid, factor, size, out):  # pragma: no cover - compiled
-    height, width, k = values.shape
-    rows = np.zeros((factor + size - 1, factor, k + 1), dtype=np.float64)
-    columns = np.zeros((factor + size - 1, k + 1), dtype=np.float64)
-    sums = np.empty((factor, factor, k + 1), dtype=np.float64)
-    for top in range(0, height, factor):
-        for left in range(0, width, factor):
-            bottom, right = min(top + factor, height), min(left + factor, width)
-            used = valid[top:bottom, left:right].any()
-            if used:
-                _cell_box_sums(values, valid, top, left, factor, size, rows, columns, sums)
-            for y in range(top, bottom):
-                for x in range(left, right):
-                    weight = sums[y - top, x - left, k] if used else 0.0
-                    for c in range(k):
-                        out[y, x, c] = (sums[y - top, x - left, c] / weight if weight > 0
-                                        else np.float64(values[y, x, c]))
-
-
-@numba.njit(cache=True, nogil=True)
 def _cell_sums(cell, values, n_cells):  # pragma: no cover - compiled
     """(n_cells, K) sums of ``values`` (N, K) by ``cell`` (N,), added in the order of the
     rows (as ``np.bincount`` with weights adds them, so the sums are the same)."""
@@ -732,8 +713,11 @@ def _cell_sums(cell, values, n_cells):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _smoothed_pixels(values, valid, factor, size, position,
                      out):  # pragma: no cover - compiled
-    """:func:`cell_smoothed` at the valid pixels only: row ``position[flat]`` of ``out``
-    (N, K) for each valid pixel (``position`` -1 elsewhere), the same bits."""
+    """:func:`cell_smoothed` into row ``position[flat]`` of ``out`` (N, K) for each pixel
+    with a row (``position`` -1: none; allocation gives the valid pixels rows, the
+    whole-grid :func:`cell_smoothed` every pixel): in cells with a valid pixel, the mean
+    over the valid pixels of the neighbourhood, or the pixel's own values without one;
+    cells without a valid pixel are not written."""
     height, width, k = values.shape
     rows = np.zeros((factor + size - 1, factor, k + 1), dtype=np.float64)
     columns = np.zeros((factor + size - 1, k + 1), dtype=np.float64)
