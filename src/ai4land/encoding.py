@@ -34,14 +34,22 @@ DEFAULT_COLOURS: dict[int, tuple[int, int, int]] = {
 }
 
 
+def class_colour(code: int, colours: Mapping[int, tuple] | None = None) -> tuple[int, int, int]:
+    """The (r, g, b) of a class code (a code without a colour gets the grey of its value)."""
+    rgb = (DEFAULT_COLOURS if colours is None else colours).get(code, (code, code, code))
+    return tuple(int(v) for v in rgb[:3])
+
+
+def class_hex(code: int) -> str:
+    """The class colour as ``RRGGBB`` hex digits (STAC colour hints, README, viewer)."""
+    return "{:02X}{:02X}{:02X}".format(*class_colour(code))
+
+
 def colour_table(legend: Mapping[int, str], colours: Mapping[int, tuple] | None = None) -> dict:
     """One RGBA entry per legend code (unknown codes get a grey derived from the code)."""
-    colours = dict(DEFAULT_COLOURS if colours is None else colours)
     table = {}
     for code in sorted(legend):
-        rgb = colours.get(code, (code, code, code))
-        alpha = 0 if code == NODATA else 255
-        table[int(code)] = (*(int(v) for v in rgb[:3]), alpha)
+        table[int(code)] = (*class_colour(code, colours), 0 if code == NODATA else 255)
     return table
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ai4land.encoding import DEFAULT_COLOURS
+from ai4land.encoding import class_colour
 from ai4land.evaluate import registry
 from ai4land.evaluate.change import CATEGORIES, change_categories
 from ai4land.evaluate.interface import YEAR
@@ -144,7 +144,7 @@ def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path
     codes = sorted(legend)
     lut = np.zeros(256, dtype="int64")
     lut[codes] = np.arange(len(codes))
-    class_cmap = ListedColormap([np.array(DEFAULT_COLOURS.get(c, (c, c, c))) / 255 for c in codes])
+    class_cmap = ListedColormap([np.array(class_colour(c)) / 255 for c in codes])
     error_cmap = ListedColormap(ERROR_COLOURS)
     change_cmap = ListedColormap(CHANGE_COLOURS)
     with_start = tiles[0].get("start") is not None
@@ -176,7 +176,7 @@ def tiles_figure(tiles: Sequence[dict], *, legend: Mapping[int, str], path: Path
             ax.set_yticks([])
             ax.set_title(title, fontsize=8)
         row[0].set_ylabel(tile["title"], fontsize=8)
-    handles = [Patch(color=np.array(DEFAULT_COLOURS.get(c, (c, c, c))) / 255,
+    handles = [Patch(color=np.array(class_colour(c)) / 255,
                      label=_label(c, legend)) for c in codes]
     colours, labels = ((CHANGE_COLOURS, CHANGE_LABELS) if with_start else
                        (ERROR_COLOURS, ("not scored", "correct", "wrong")))

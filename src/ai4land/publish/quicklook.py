@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 from rasterio.windows import Window as RioWindow
 
-from ai4land.encoding import DEFAULT_COLOURS, NODATA, colour_table
+from ai4land.encoding import NODATA, class_colour, colour_table
 
 LAYER_MAX_PX = 1024  # long side of the viewer's class layers, thumbnails and GIF frames
 RAMP_MAX_PX = 512  # long side of the viewer's probability and entropy layers
@@ -124,7 +124,7 @@ def _legend_handles(legend: Mapping[int, str], codes: Iterable[int] | None = Non
     from matplotlib.patches import Patch
 
     shown = sorted(legend if codes is None else set(codes) & set(legend))
-    return [Patch(facecolor=np.asarray(DEFAULT_COLOURS.get(c, (c, c, c))) / 255.0,
+    return [Patch(facecolor=np.asarray(class_colour(c)) / 255.0,
                   edgecolor="0.4", label=f"{c} {legend[c]}") for c in shown if c != NODATA]
 
 
@@ -172,7 +172,7 @@ def change_figure(anchor: np.ndarray, last: np.ndarray, transitions: np.ndarray,
     ax.imshow(rgba, extent=(west, east, south, north), interpolation="nearest")
     ax.set_title("changed pixels in their new class (white: unchanged)", fontsize=9)
     y = np.arange(len(classes))
-    colours = [np.asarray(DEFAULT_COLOURS.get(c, (c, c, c))) / 255.0 for c in classes]
+    colours = [np.asarray(class_colour(c)) / 255.0 for c in classes]
     bars.barh(y, gains, color=colours, edgecolor="0.3", label="gain")
     bars.barh(y, -losses, color=colours, edgecolor="0.3", hatch="//", label="loss")
     bars.axvline(0, color="0.2", lw=0.8)

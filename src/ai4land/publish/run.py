@@ -30,7 +30,7 @@ import rasterio
 
 import ai4land
 from ai4land.config import STAGES, slice_hash, stage_config
-from ai4land.encoding import DEFAULT_COLOURS
+from ai4land.encoding import class_hex
 from ai4land.errors import OutputError
 from ai4land.grid import Grid
 from ai4land.io.atomic import atomic_path
@@ -343,7 +343,7 @@ def _item(config, scenario: str, year: int, cog: Path, root: Path):
         Classification.create(
             value=int(code), description=name,
             name=name.replace("/", "_").replace(" ", "_"),
-            color_hint="{:02X}{:02X}{:02X}".format(*DEFAULT_COLOURS.get(code, (code,) * 3)),
+            color_hint=class_hex(code),
             nodata=True if code == config.classes.nodata else None,
         )
         for code, name in sorted(legend.items())
@@ -469,14 +469,10 @@ def _collection_pictures(config, root: Path) -> list[tuple[str, Path, str, str]]
 # --- README -------------------------------------------------------------------------
 
 
-def _hex_colour(rgb) -> str:
-    return "{:02X}{:02X}{:02X}".format(*rgb)
-
-
 def readme_text(config, products: list[tuple[str, int, Path]], grid: Grid) -> str:
     legend = config.classes.legend
     rows = "\n".join(
-        f"| {code} | {name} | #{_hex_colour(DEFAULT_COLOURS.get(code, (code,) * 3))} |"
+        f"| {code} | {name} | #{class_hex(code)} |"
         for code, name in sorted(legend.items())
     )
     scenarios = {}

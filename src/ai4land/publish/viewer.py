@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ai4land.encoding import DEFAULT_COLOURS, NODATA
+from ai4land.encoding import NODATA, class_hex
 from ai4land.errors import OutputError
 from ai4land.grid import Grid, Window
 from ai4land.io.cog import layer_path
@@ -254,8 +254,7 @@ def _index(config, grid: Grid, cells: CellGrid, passes: list[_Scenario], title: 
                        "anchor_year": p.reports[p.years[0]].get("anchor_year"),
                        "direction": p.reports[p.years[0]].get("direction")} for p in passes],
         "classes": [{"code": c, "name": legend[c],
-                     "colour": "#{:02X}{:02X}{:02X}".format(
-                         *DEFAULT_COLOURS.get(c, (c, c, c)))} for c in _classes(config)],
+                     "colour": "#" + class_hex(c)} for c in _classes(config)],
         "cells": {"size": cells.size, "rows": cells.rows, "cols": cells.cols,
                   "degrees": cells.size * grid.res, "step": cells.step},
         "leaflet": LEAFLET_VERSION,
