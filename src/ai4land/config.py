@@ -361,6 +361,12 @@ class PredictConfig(_Section):
     # observed change's own isolated share is 0.12-0.14: docs/quality.md).
     change_patch_bonus: float = Field(0.0, ge=0)
     change_cluster_bonus: float = Field(1.0, ge=0)
+    # Without a prior map ("full" allocation: single-year data), a cell's group counts go
+    # to the pixels of highest score (1 - w) x the model's group probability + w x the
+    # cell targets interpolated bilinearly between cell centres (the neighbouring cells
+    # tell where inside a cell a group lies; w = 1 is the smooth_coarse baseline). Not
+    # used where a chain continues a prior map ("change").
+    smooth_weight: float = Field(0.0, ge=0, le=1)
     ensemble: EnsembleConfig = EnsembleConfig()
     # DEFLATE level of the class COG: 6 writes a class map ~6x faster than 9, ~15 % larger
     compress_level: int = Field(6, ge=1, le=9)
@@ -715,7 +721,7 @@ STAGES: dict[str, StageSlice] = {
                "predict.tile_size", "predict.overlap", "predict.batch_size", "predict.device",
                "predict.harmonize", "predict.harmonize_decay_years", "predict.allocation",
                "predict.swap_margin", "predict.change_smoothing", "predict.change_cluster_bonus",
-               "predict.change_patch_bonus", "predict.ensemble",
+               "predict.change_patch_bonus", "predict.smooth_weight", "predict.ensemble",
                # the rule's `models` param (evaluate.models.evaluated_models)
                "years.test", "datasets.fine.years"),
         unhashed={"paths.cube": _WHERE}),

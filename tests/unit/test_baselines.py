@@ -12,7 +12,6 @@ from ai4land.config import CoarseGroup
 from ai4land.evaluate.baselines import (
     TIE,
     GradientBoostingBaseline,
-    bilinear_cells,
     class_density,
     density_scores,
     gradient_boosting_sample,
@@ -31,6 +30,7 @@ from ai4land.predict.harmonize import (
     map_group_fractions,
 )
 from ai4land.samples.features import build_inputs, codes_to_index
+from ai4land.samples.smooth import interpolate_fractions
 from ai4land.samples.split import make_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -154,6 +154,11 @@ def test_density_allocation_converts_the_pixels_nearest_the_new_class():
 
 def test_smooth_scores_interpolate_the_cell_fractions_bilinearly():
     fractions = np.array([[[0.0, 1.0]], [[1.0, 0.0]]])  # (G=2, 1 row, 2 cells)
+    def bilinear_cells(fractions, *, factor, window, first_cell):
+        return np.moveaxis(interpolate_fractions(
+            fractions, factor=factor, first_cell=first_cell, row=window.row, col=window.col,
+            height=window.height, width=window.width), 0, -1)
+
     values = bilinear_cells(fractions, factor=2, window=Window(0, 0, 2, 4), first_cell=(0, 0))
     # pixel centres at cell coordinates -0.25, 0.25, 0.75, 1.25: clamped at the ends
     np.testing.assert_allclose(values[0, :, 0], [0, 0.25, 0.75, 1])

@@ -18,7 +18,8 @@ network adds:
 * ``GradientBoostingBaseline.probabilities``: a per-pixel gradient-boosting classifier
   on the U-Net's own inputs;
 * ``smooth_scores``: the cells' target fractions interpolated bilinearly to the pixel
-  centres (no learning), the previous class only breaking ties.
+  centres (no learning; ``Finaliser.interpolated_targets``, which predict's
+  ``smooth_weight`` blends in too), the previous class only breaking ties.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ai4land.errors import InputDataError
-from ai4land.grid import Window
 from ai4land.io.cube import Cube
 from ai4land.predict.harmonize import Groups, cell_ids, largest_remainder_counts
 from ai4land.samples.features import build_inputs, codes_to_index
@@ -222,21 +222,6 @@ def density_scores(previous: np.ndarray, k: int, *, kernel: int,
     noise = rng.random(density.shape, dtype="float32") * np.float32(0.5 * step)
     tail = (density * np.float32(1 - 0.5 * step) + noise / k) * np.float32(1 - KEEP)
     return KEEP * _one_hot(previous, k) + tail
-
-
-def bilinear_cells(fractions: np.ndarray, *, factor: int, window: Window,
-                   first_cell: tuple[int, int]) -> np.ndarray:
-    """(h, w, G) values of (G, hc, wc) cell ``fractions`` interpolated bilinearly at the
-    pixel centres of ``window`` (cells as points at their centres; edge cells held
-    constant beyond their centres). ``first_cell``: the (row, col) of ``fractions``'
-    first cell on the coarse grid."""
-    from scipy.ndimage import map_coordinates
-
-    rows = (window.row + np.arange(window.height) + 0.5) / factor - 0.5 - first_cell[0]
-    cols = (window.col + np.arange(window.width) + 0.5) / factor - 0.5 - first_cell[1]
-    grid = np.meshgrid(rows, cols, indexing="ij")
-    return np.stack([map_coordinates(np.asarray(f, dtype="float64"), grid, order=1,
-                                     mode="nearest") for f in fractions], axis=-1)
 
 
 def smooth_scores(group_values: np.ndarray, previous: np.ndarray, *, groups: Groups,

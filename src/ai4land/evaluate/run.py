@@ -44,7 +44,6 @@ from ai4land.device import resolve_device
 from ai4land.errors import GridError, InputDataError
 from ai4land.evaluate.baselines import (
     GradientBoostingBaseline,
-    bilinear_cells,
     coarse_majority,
     density_scores,
     gradient_boosting_sample,
@@ -449,19 +448,10 @@ class _Runner:
                 ocean_code=ocean), None)
 
     def _smooth(self, site: Site, finaliser: Finaliser, previous: np.ndarray) -> np.ndarray:
-        """Scores of ``smooth_coarse`` over ``site.area``: the target fractions of the
-        area's cells and a ring of cells around them, interpolated bilinearly."""
-        factor = self.cube.factor
-        height, width = self.cube.fine_grid.shape
-        top = max(site.area.row - factor, 0)
-        left = max(site.area.col - factor, 0)
-        bottom = min(site.area.row + site.area.height + factor, height)
-        right = min(site.area.col + site.area.width + factor, width)
-        padded = Window(top, left, bottom - top, right - left)
-        target, _ = finaliser.targets(padded, land=self.cube.land_mask_window(padded))
-        values = bilinear_cells(target, factor=factor, window=site.area,
-                                first_cell=(top // factor, left // factor))
-        return smooth_scores(values, previous, groups=self.groups, classes=self.classes)
+        """Scores of ``smooth_coarse`` over ``site.area``: the target fractions
+        interpolated bilinearly between cell centres, as predict's ``smooth_weight``."""
+        return smooth_scores(finaliser.interpolated_targets(site.area), previous,
+                             groups=self.groups, classes=self.classes)
 
     def _score(self, chain: Chain, year: int, site: Site, maps: dict, *,
                finaliser: Finaliser, counts: dict, start: np.ndarray | None) -> None:

@@ -36,6 +36,7 @@ from ai4land.predict.harmonize import (
 from ai4land.predict.layers import map_layers, summarise
 from ai4land.predict.probabilities import PriorReader, nodata_cells
 from ai4land.samples.features import codes_to_index
+from ai4land.samples.smooth import interpolate_fractions
 
 DEMAND_BAND_CELLS = 64  # coarse-cell rows of the prior map read at a time for the demand
 
@@ -177,8 +178,11 @@ class Finaliser:
             index = result.index
             tally.reassigned = result.changed
         elif config.predict.harmonize:
+            weight = config.predict.smooth_weight
+            scores = (group_p if weight == 0 else (1 - weight) * group_p
+                      + weight * self.interpolated_targets(window))
             result = harmonize(probs, self.classes, factor=factor, valid=valid, targets=target,
-                               groups=self.groups, argmax=best, group_p=group_p)
+                               groups=self.groups, argmax=best, group_p=scores)
             index = result.index
             tally.reassigned, tally.rejections = result.changed, result.rejections
         codes, probability, entropy, tally.class_counts = map_layers(
@@ -231,6 +235,25 @@ class Finaliser:
                                                   factor=self.cube.factor, valid=valid)
         target = delta_target(anchor_fractions, luh_t, luh_anchor, offset_weight=self.weight)
         return target, luh_t
+
+    def interpolated_targets(self, window: Window) -> np.ndarray:
+        """(h, w, G) float32: the targets of ``window``'s cells and a ring of cells around
+        them (those the region has) interpolated bilinearly between cell centres at the
+        pixels of ``window`` (whole cells from a cell boundary;
+        :func:`~ai4land.samples.smooth.interpolate_fractions`)."""
+        factor = self.cube.factor
+        height, width = self.cube.fine_grid.shape
+        hc, wc = self.cells.shape[1:]
+        top, left = max(window.row // factor - 1, 0), max(window.col // factor - 1, 0)
+        bottom = min(-(-(window.row + window.height) // factor) + 1, hc)
+        right = min(-(-(window.col + window.width) // factor) + 1, wc)
+        ring = Window(top * factor, left * factor, min(bottom * factor, height) - top * factor,
+                      min(right * factor, width) - left * factor)
+        target, _ = self.targets(ring, land=self.cube.land_mask_window(ring))
+        values = interpolate_fractions(target, factor=factor, first_cell=(top, left),
+                                       row=window.row, col=window.col, height=window.height,
+                                       width=window.width)
+        return np.moveaxis(values, 0, -1)
 
     def window_demand(self, window: Window, prior: np.ndarray) -> np.ndarray:
         """(G, hc, wc) float32: the demand channels of the cells of ``window`` (whole

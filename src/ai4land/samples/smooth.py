@@ -65,17 +65,23 @@ def _fractions(cells: np.ndarray, channel_names: Sequence[str], groups: Groups,
 def knots(cells: np.ndarray, *, channel_names: Sequence[str], groups: Groups,
           names: Sequence[str], inner: tuple[slice, slice]) -> np.ndarray:
     """(3, 3, G, m, n) float32: for the cells ``inner`` of the block ``cells`` (V, h, w),
-    the group fractions of each cell's 3 x 3 neighbourhood in the block: past the block
-    the nearest cell of the block (the block ends at the grid's edge), a neighbour
-    without coarse data the cell's own."""
-    fractions = _fractions(cells, channel_names, groups, names)
+    the group fractions of each cell's 3 x 3 neighbourhood in the block
+    (:func:`fraction_knots`)."""
+    return fraction_knots(_fractions(cells, channel_names, groups, names), inner=inner)
+
+
+def fraction_knots(fractions: np.ndarray, *, inner: tuple[slice, slice]) -> np.ndarray:
+    """(3, 3, G, m, n) float32: for the cells ``inner`` of the block of (G, h, w) cell
+    ``fractions`` (all 0: no data), each cell's 3 x 3 neighbourhood in the block: past
+    the block the nearest cell of the block (the block ends at the grid's edge), a
+    neighbour without data the cell's own."""
     has = fractions.sum(axis=0) > 0
     rows, cols = inner
     own = fractions[:, rows, cols]
     m, n = own.shape[1:]
     padded = np.pad(fractions, ((0, 0), (1, 1), (1, 1)), mode="edge")
     padded_has = np.pad(has, 1, mode="edge")
-    out = np.empty((3, 3, len(names), m, n), dtype="float32")
+    out = np.empty((3, 3, len(fractions), m, n), dtype="float32")
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
             r = slice(rows.start + 1 + dr, rows.start + 1 + dr + m)
@@ -117,12 +123,22 @@ def window_channels(cells: np.ndarray, *, channel_names: Sequence[str], groups: 
     grid; ``cells`` (V, h, w) a block of the grid's cells whose first cell is
     ``first_cell`` and which holds the window's cells with their neighbours (those the
     grid has)."""
+    return interpolate_fractions(_fractions(cells, channel_names, groups, names),
+                                 factor=factor, first_cell=first_cell, row=row, col=col,
+                                 height=height, width=width)
+
+
+def interpolate_fractions(fractions: np.ndarray, *, factor: int, first_cell: tuple[int, int],
+                          row: int, col: int, height: int, width: int) -> np.ndarray:
+    """(G, height, width) float32: (G, h, w) cell ``fractions`` (all 0: no data)
+    interpolated bilinearly between cell centres at the pixels from (``row``, ``col``)
+    of the grid (:func:`fraction_knots`); the block's first cell is ``first_cell`` and it
+    holds the window's cells with their neighbours (those the grid has)."""
     rows, u = offsets(row, height, factor)
     cols, v = offsets(col, width, factor)
     top, left = row // factor - first_cell[0], col // factor - first_cell[1]
     inner = (slice(top, top + rows[-1] + 1), slice(left, left + cols[-1] + 1))
-    knot = knots(cells, channel_names=channel_names, groups=groups, names=names, inner=inner)
-    return interpolate(knot, rows, cols, u, v)
+    return interpolate(fraction_knots(fractions, inner=inner), rows, cols, u, v)
 
 
 # --- training batches -------------------------------------------------------------
