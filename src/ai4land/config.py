@@ -364,9 +364,10 @@ class PredictConfig(_Section):
     # Without a prior map ("full" allocation: single-year data), a cell's group counts go
     # to the pixels of highest score (1 - w) x the model's group probability + w x the
     # cell targets interpolated bilinearly between cell centres (the neighbouring cells
-    # tell where inside a cell a group lies; w = 1 is the smooth_coarse baseline). Not
-    # used where a chain continues a prior map ("change").
-    smooth_weight: float = Field(0.0, ge=0, le=1)
+    # tell where inside a cell a group lies). Not used where a chain continues a prior
+    # map ("change"). 0.75 was chosen on the validation blocks of two demo worlds (0, 0.25,
+    # 0.5, 0.75, 1 tried; 1 fell to the smooth_coarse baseline on one): docs/quality.md.
+    smooth_weight: float = Field(0.75, ge=0, le=1)
     ensemble: EnsembleConfig = EnsembleConfig()
     # DEFLATE level of the class COG: 6 writes a class map ~6x faster than 9, ~15 % larger
     compress_level: int = Field(6, ge=1, le=9)

@@ -79,7 +79,7 @@ def _finaliser(config, *, layers, **predict):
     config = config.model_copy(update={"predict": config.predict.model_copy(update=predict)})
     cube = Cube.from_config(config)
     classes = list(config.classes.predicted)
-    whole = Window(0, 0, SIZE, SIZE)
+    whole = Window(0, 0, *cube.fine_grid.shape)
     return Finaliser(config, cube=cube, anchor=1964, classes=classes, weight=1.0,
                      groups=class_groups(config.datasets.coarse.groups, classes),
                      layers=layers, cells=cube.coarse_cells("historical", 1965, whole),

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from ai4land.grid import Window
-from ai4land.io.cube import Cube
 from ai4land.predict.finalise import Finaliser
-from ai4land.predict.harmonize import class_groups, map_group_fractions
+from ai4land.predict.harmonize import map_group_fractions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_finalise_ocean import _finaliser as finaliser_of  # noqa: E402
 from tiny_cube import tiny_config, write_tiny_cube  # noqa: E402
 
 SIZE, FACTOR = 64, 8
@@ -29,14 +30,7 @@ def config(tmp_path_factory):
 
 
 def _finaliser(config, **predict) -> Finaliser:
-    config = config.model_copy(update={"predict": config.predict.model_copy(update=predict)})
-    cube = Cube.from_config(config)
-    classes = list(config.classes.predicted)
-    whole = Window(0, 0, SIZE, SIZE)
-    return Finaliser(config, cube=cube, anchor=1964, classes=classes, weight=1.0,
-                     groups=class_groups(config.datasets.coarse.groups, classes),
-                     layers=["lulc"], cells=cube.coarse_cells("historical", 1965, whole),
-                     anchor_cells=cube.coarse_cells("historical", 1964, whole))
+    return finaliser_of(config, layers=["lulc"], **predict)[0]
 
 
 def _probabilities(k: int, seed: int = 0) -> np.ndarray:
