@@ -657,46 +657,86 @@ def _float_values(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values)
 
 
-@numba.njit(cache=True, nogil=True)
-def _running_means(padded, size, out):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _running_means(padded, size, out, tmp):  # pragma: no cover - compiled
     """``uniform_filter1d``'s running mean along axis 0 of ``padded`` (n + size - 1, m),
     every column at once, into ``out`` (n, m): the sum of the first ``size`` rows, then
-    ``+= entering - leaving`` row by row, each output that sum ``/ size``."""
-    n, m = out.shape
-    tmp = np.zeros(m, dtype=np.float64)
+    ``+= entering - leaving`` row by row, each output that sum ``/ size``. ``tmp`` (m,)
+    holds the sums. The loops run over whole rows (views taken outside them), so LLVM
+    vectorises them: the same operations on each element, hence the same bits."""
+    n = out.shape[0]
+    tmp[:] = 0.0
     for j in range(size):
-        for e in range(m):
-            tmp[e] += padded[j, e]
-    for e in range(m):
-        out[0, e] = tmp[e] / size
+        row = padded[j]
+        for e in range(tmp.size):
+            tmp[e] += row[e]
+    first = out[0]
+    for e in range(tmp.size):
+        first[e] = tmp[e] / size
     for i in range(1, n):
-        for e in range(m):
-            tmp[e] += padded[i - 1 + size, e] - padded[i - 1, e]
-            out[i, e] = tmp[e] / size
+        enter, leave, dst = padded[i - 1 + size], padded[i - 1], out[i]
+        for e in range(tmp.size):
+            tmp[e] += enter[e] - leave[e]
+        for e in range(tmp.size):
+            dst[e] = tmp[e] / size
 
 
 @numba.njit(cache=True, nogil=True)
-def _cell_box_sums(values, valid, top, left, factor, size, rows, columns,
-                   sums):  # pragma: no cover - compiled
-    """(factor, factor, K + 1) box means of one cell (``sums``): the valid values and,
-    last, the valid weight, zero beyond the raster; over the cell's rows (axis 0)
-    first, then its columns. ``rows`` (factor + size - 1, factor, K + 1) and ``columns``
-    (factor + size - 1, K + 1) are zero outside what is written here (the padding)."""
+def _fill_cell(values, valid, top, left, factor, half, rows):  # pragma: no cover - compiled
+    """Rows ``half`` .. ``half + factor`` of ``rows`` (factor + size - 1, factor, K + 1):
+    one cell's values times their weight (1 valid, 0 not) and, last, the weight; zero
+    beyond the raster. The other rows (the padding) are left as they are (zero)."""
     height, width, k = values.shape
-    half = size // 2
     for r in range(factor):
+        y = top + r
+        dst = rows[half + r]
+        if y >= height:
+            dst[:] = 0.0
+            continue
+        src, ok = values[y], valid[y]
         for q in range(factor):
-            y, x = top + r, left + q
-            inside = y < height and x < width
-            w = 1.0 if inside and valid[y, x] else 0.0
-            for c in range(k):
-                rows[half + r, q, c] = np.float64(values[y, x, c]) * w if inside else 0.0
-            rows[half + r, q, k] = w
-    _running_means(rows.reshape(factor + size - 1, -1), size,
-                   sums.reshape(factor, -1))
-    for r in range(factor):
-        columns[half:half + factor] = sums[r]
-        _running_means(columns, size, sums[r])
+            x = left + q
+            cell = dst[q]
+            if x < width:
+                w = 1.0 if ok[x] else 0.0
+                v = src[x]
+                for c in range(k):
+                    cell[c] = np.float64(v[c]) * w
+                cell[k] = w
+            else:
+                cell[:] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _has_valid(valid, top, bottom, left, right):  # pragma: no cover - compiled
+    for y in range(top, bottom):
+        for x in range(left, right):
+            if valid[y, x]:
+                return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _cell_box_means(values, valid, top, left, factor, size, rows, first, columns, sums,
+                    tmp):  # pragma: no cover - compiled
+    """One cell's box means into ``sums`` (factor, factor, K + 1), indexed (column, row,
+    channel): the valid values and, last, the valid weight, over the cell's rows
+    (axis 0) first, then its columns, as ``uniform_filter1d`` in mode "constant" on the
+    cell. ``rows`` and ``columns`` (factor + size - 1, factor, K + 1) are zero outside
+    what is written here (the padding); pass 1's means go to ``first`` and, transposed
+    (column, row), to ``columns``, so both passes run along axis 0 over whole rows."""
+    kk = values.shape[2] + 1
+    half = size // 2
+    _fill_cell(values, valid, top, left, factor, half, rows)
+    span = factor * kk
+    _running_means(rows.reshape(-1, span), size, first.reshape(-1, span), tmp)
+    flat_columns = columns.reshape(-1, span)
+    for q in range(factor):
+        dst = flat_columns[half + q]
+        for r in range(factor):
+            for c in range(kk):
+                dst[r * kk + c] = first[r, q, c]
+    _running_means(flat_columns, size, sums.reshape(-1, span), tmp)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -710,33 +750,48 @@ def _cell_sums(cell, values, n_cells):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _smoothed_pixels(values, valid, factor, size, position,
                      out):  # pragma: no cover - compiled
     """:func:`cell_smoothed` into row ``position[flat]`` of ``out`` (N, K) for each pixel
     with a row (``position`` -1: none; allocation gives the valid pixels rows, the
     whole-grid :func:`cell_smoothed` every pixel): in cells with a valid pixel, the mean
     over the valid pixels of the neighbourhood, or the pixel's own values without one;
-    cells without a valid pixel are not written."""
+    cells without a valid pixel are not written. (The numpy error model: a division by
+    a zero weight, whose quotients are not used, does not raise; the quotients are
+    computed for all channels at once, so they vectorise.)"""
     height, width, k = values.shape
-    rows = np.zeros((factor + size - 1, factor, k + 1), dtype=np.float64)
-    columns = np.zeros((factor + size - 1, k + 1), dtype=np.float64)
-    sums = np.empty((factor, factor, k + 1), dtype=np.float64)
+    kk = k + 1
+    pad = factor + size - 1
+    rows = np.zeros((pad, factor, kk), dtype=np.float64)
+    first = np.empty((factor, factor, kk), dtype=np.float64)
+    columns = np.zeros((pad, factor, kk), dtype=np.float64)
+    sums = np.empty((factor, factor, kk), dtype=np.float64)  # (column, row, channel)
+    tmp = np.empty(factor * kk, dtype=np.float64)
+    quotient = np.empty(kk, dtype=np.float64)
     for top in range(0, height, factor):
         for left in range(0, width, factor):
             bottom, right = min(top + factor, height), min(left + factor, width)
-            if not valid[top:bottom, left:right].any():
+            if not _has_valid(valid, top, bottom, left, right):
                 continue
-            _cell_box_sums(values, valid, top, left, factor, size, rows, columns, sums)
+            _cell_box_means(values, valid, top, left, factor, size, rows, first, columns,
+                            sums, tmp)
             for y in range(top, bottom):
                 for x in range(left, right):
                     m = position[y * width + x]
                     if m < 0:
                         continue
-                    weight = sums[y - top, x - left, k]
-                    for c in range(k):
-                        out[m, c] = (sums[y - top, x - left, c] / weight if weight > 0
-                                     else np.float64(values[y, x, c]))
+                    s, o = sums[x - left, y - top], out[m]
+                    weight = s[k]
+                    if weight > 0:
+                        for c in range(kk):
+                            quotient[c] = s[c] / weight
+                        for c in range(k):
+                            o[c] = quotient[c]
+                    else:
+                        v = values[y, x]
+                        for c in range(k):
+                            o[c] = np.float64(v[c])
 
 
 def _class_counts(prior_counts: np.ndarray, mean_p: np.ndarray, group_counts: np.ndarray,
