@@ -282,6 +282,76 @@ def harmonize(
 
 
 @numba.njit(cache=True, nogil=True)
+def _valid_pixels(valid, factor, hc, wc):  # pragma: no cover - compiled
+    """The flat indices of the valid pixels (row-major), their coarse cells, each pixel's
+    row among them (-1: not valid) and the (hc, wc) valid pixels per cell, in one pass."""
+    height, width = valid.shape
+    found = 0
+    for i in range(height):
+        for j in range(width):
+            found += valid[i, j]
+    pixels = np.empty(found, dtype=np.int64)
+    cell = np.empty(found, dtype=np.int64)
+    position = np.full(height * width, -1, dtype=np.int64)
+    n = np.zeros((hc, wc), dtype=np.int64)
+    m = 0
+    for i in range(height):
+        row = (i // factor) * wc
+        for j in range(width):
+            if valid[i, j]:
+                flat = i * width + j
+                pixels[m], cell[m], position[flat] = flat, row + j // factor, m
+                n[i // factor, j // factor] += 1
+                m += 1
+    return pixels, cell, position, n
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_by_cell(position, eligible, height, width, factor):  # pragma: no cover - compiled
+    """The rows (in ``position``'s numbering) of the ``eligible`` pixels cell by cell
+    (cells row-major, raster order inside a cell: the rows ascend), and where each
+    cell's run starts (plus the end)."""
+    pool = np.empty(eligible.size, dtype=np.int64)
+    starts = np.empty(eligible.size + 1, dtype=np.int64)
+    m = runs = 0
+    for top in range(0, height, factor):
+        for left in range(0, width, factor):
+            first = m
+            for y in range(top, min(top + factor, height)):
+                for x in range(left, min(left + factor, width)):
+                    row = position[y * width + x]
+                    if row >= 0 and eligible[row]:
+                        pool[m] = row
+                        m += 1
+            if m > first:
+                starts[runs] = first
+                runs += 1
+    starts[runs] = m
+    return pool[:m], starts[:runs + 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def _eligible(in_constrained, cell, source, supply):  # pragma: no cover - compiled
+    """``in_constrained & (supply[cell, source] > 0)``: the pixels that may move."""
+    out = np.empty(cell.size, dtype=np.bool_)
+    for m in range(cell.size):
+        out[m] = in_constrained[m] and supply[cell[m], source[m]] > 0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_rows(pixels, index, argmax, out):  # pragma: no cover - compiled
+    """``out`` (H * W): -1, and ``index`` at the valid ``pixels``; how many of those
+    differ from the ``argmax``."""
+    out[:] = -1
+    changed = 0
+    for m in range(pixels.size):
+        out[pixels[m]] = index[m]
+        changed += index[m] != argmax[pixels[m]]
+    return changed
+
+
+@numba.njit(cache=True, nogil=True)
 def _cell_counts(valid, factor, hc, wc):  # pragma: no cover - compiled
     """Valid pixels per coarse cell, (hc, wc) int64."""
     n = np.zeros((hc, wc), dtype=np.int64)
@@ -573,12 +643,10 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     if argmax is None:
         argmax = flat_probs.argmax(axis=1)
     argmax = np.asarray(argmax, dtype="int64").reshape(-1)
-    n = _cell_counts(valid, factor, hc, wc)
+    # the valid pixels (flat, row-major), their coarse cells (as cell_ids's), each
+    # pixel's row in ``pixels`` (-1: not valid) and the valid pixels per cell
+    pixels, cell, position, n = _valid_pixels(valid, factor, hc, wc)
     counts = largest_remainder_counts(targets, n)
-    pixels = np.flatnonzero(valid)
-    cell = pixels // width // factor * wc + pixels % width // factor  # as cell_ids's
-    position = np.full(height * width, -1, dtype="int64")  # each pixel's row in ``pixels``
-    position[pixels] = np.arange(len(pixels))
     if smoothing > 1:  # cell_smoothed at the valid pixels only
         p = np.empty((len(pixels), k), dtype="float64")
         _smoothed_pixels(_float_values(probs), valid, factor, smoothing, position, p)
@@ -602,15 +670,16 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     supply[:, :k] = np.maximum(-net, 0)
     supply[:, k] = np.bincount(cell[~known & in_constrained], minlength=n_cells)
     demand = np.maximum(net, 0)
-    pool = np.flatnonzero(in_constrained & (supply[cell, source] > 0))
+    eligible = _eligible(in_constrained, cell, source, supply)  # the pixels that may move
     moved = np.zeros(len(pixels), dtype=bool)
     bonus = (patch_bonus, changed_bonus)
-    if len(pool) and (patch_bonus > 0 or changed_bonus > 0):
+    if patch_bonus > 0 or changed_bonus > 0:
         # pool pixels cell by cell (raster order inside a cell); ``position`` finds the
         # neighbours
-        pool = pool[np.argsort(cell[pool], kind="stable")]
-        bounds = np.flatnonzero(np.diff(cell[pool])) + 1
-        starts = np.concatenate(([0], bounds, [len(pool)]))
+        pool, starts = _pool_by_cell(position, eligible, height, width, factor)
+    else:
+        pool = np.flatnonzero(eligible)
+    if len(pool) and (patch_bonus > 0 or changed_bonus > 0):
         current = np.where(known, before, -1)
         _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
                           supply, demand, index, moved, width, factor,
@@ -619,11 +688,10 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
         _transfer_by_score(pool, p, cell, source, known, supply, demand, index, moved)
     if margin < 1:
         _swap(p, cell, before, index, in_constrained & known & ~moved, margin)
-    out = np.full(height * width, -1, dtype="int64")
-    out[pixels] = index
-    changed = int((index != argmax[pixels]).sum())
-    return HarmonizeResult(index=out.reshape(height, width), counts=counts, changed=changed,
-                           rejections=0)
+    out = np.empty(height * width, dtype="int64")
+    changed = _scatter_rows(pixels, index, argmax, out)
+    return HarmonizeResult(index=out.reshape(height, width), counts=counts,
+                           changed=int(changed), rejections=0)
 
 
 def cell_smoothed(values: np.ndarray, valid: np.ndarray, *, factor: int, size: int) -> np.ndarray:
