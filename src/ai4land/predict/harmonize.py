@@ -937,6 +937,11 @@ def _swap_candidates(p, before, eligible, margin):  # pragma: no cover - compile
             continue
         old = before[x]
         base = p[x, old]
+        above = False  # some gain above the margin: else not a candidate (nor with a NaN)
+        for h in range(k):
+            above |= (h != old) & (p[x, h] - base > margin)
+        if not above:
+            continue
         best = 0
         top = -np.inf if old == 0 else p[x, 0] - base
         if not np.isnan(top):
