@@ -1063,24 +1063,36 @@ def _heapify(score, pix, cls, size):  # pragma: no cover - compiled
 def _cell_pairs(local, c, p, pixels, position, current, source, known, demand, width,
                 factor, bonus, count, score, pix, cls):  # pragma: no cover - compiled
     """Count the classes around each pool pixel of cell ``c`` (``count``) and fill the
-    heap with its (pixel, gaining class) pairs; the heap's size."""
+    heap with its (pixel, gaining class) pairs; the heap's size. The scores are
+    :func:`_pair_score`'s, its bonus term looked up for the 9 possible counts."""
     n_classes = demand.shape[1]
     height = position.size // width
     near = np.empty(8, dtype=np.int64)
+    gains = np.empty(n_classes, dtype=np.int64)  # the classes with room in the cell
+    n_gains = 0
+    for h in range(n_classes):
+        if demand[c, h] > 0:
+            gains[n_gains] = h
+            n_gains += 1
+    term = np.empty(9, dtype=np.float64)  # _pair_score's bonus term for 0..8 neighbours
+    for n_class in range(9):
+        term[n_class] = (bonus[0] * n_class + bonus[1] * 0) / 8.0
     size = 0
     for m in range(local.size):
         x = local[m]
-        count[m] = 0
+        for h in range(n_classes):
+            count[m, h] = 0
         for j in range(_cell_neighbours(pixels[x], width, height, factor, near)
                        if bonus[0] != 0 else 0):  # else the counts weigh 0 in every score
             y = position[near[j]]
             if y >= 0 and current[y] >= 0:
                 count[m, current[y]] += 1
-        for h in range(n_classes):
-            if demand[c, h] > 0:
-                score[size] = _pair_score(p, x, h, source, known, bonus, count[m, h], 0)
-                pix[size], cls[size] = x, h
-                size += 1
+        old = p[x, source[x]] if known[x] else 0.0
+        for i in range(n_gains):
+            h = gains[i]
+            score[size] = p[x, h] - old + term[count[m, h]]
+            pix[size], cls[size] = x, h
+            size += 1
     _heapify(score, pix, cls, size)
     return size
 
