@@ -15,10 +15,10 @@ untrained; tile 512, overlap 64, batch 2): larger windows, activations and row b
 ``python -m benchmarks.bench_predict_memory --full-year`` runs the production job on a
 whole global year, 36000 x 18000 pixels with the Earth's land and ocean (the
 ``global-land-mask`` package's 30 arc-second mask: 28.9 % of the area is land, and the
-1435 of 3321 windows that see only ocean coarse cells are skipped, as in a real year),
+1436 of 3321 windows that see only ocean coarse cells are skipped, as in a real year),
 then the model's forward passes alone over the same windows (``predict_global_year``:
 ``ours`` the job's wall seconds, target < 300 s and < 4 GiB on 2 cores; the job /
-forward ratio at production size; ~15 minutes on 2 quiet cores, with generation and the
+forward ratio at production size; ~25 minutes on 2 quiet cores, with generation and the
 forward reference, so ``make bench`` leaves it out). The machine's load averages go into
 its params: wall seconds are only meaningful on a quiet machine.
 """
