@@ -34,6 +34,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window as RioWindow
 
 from ai4land.encoding import NODATA, class_colour, colour_table
+from ai4land.io.atomic import atomic_path
 
 LAYER_MAX_PX = 1024  # long side of the viewer's class layers, thumbnails and GIF frames
 RAMP_MAX_PX = 512  # long side of the viewer's probability and entropy layers
@@ -113,11 +114,14 @@ def class_rgba(codes: np.ndarray, legend: Mapping[int, str]) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically (a killed publish leaves none)."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, metadata=PNG_META)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=FIGURE_DPI, metadata=PNG_META)
+    finally:
+        plt.close(fig)
 
 
 def _legend_handles(legend: Mapping[int, str], codes: Iterable[int] | None = None):
@@ -236,9 +240,9 @@ def animation(frames: list[tuple[int, np.ndarray]], legend: Mapping[int, str],
                      (0, 18))
         ImageDraw.Draw(canvas).text((4, 3), f"{label}: {year}", fill=text)
         images.append(canvas)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=duration_ms, loop=0, optimize=False)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=duration_ms, loop=0, optimize=False)
 
 
 # --- whole-map counts ---------------------------------------------------------------
