@@ -12,6 +12,7 @@ ratios 5 and 20.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import subprocess
@@ -206,3 +207,39 @@ def test_own_dataset_through_the_cli(tmp_path, monkeypatch, factor):
         assert set(np.unique(soil)) <= {1.0, 2.0, 3.0}
     land = static["land_mask"].values.astype(bool)
     np.testing.assert_array_equal(land, table[expected["codes"]] != 0)
+
+
+# Sizes for a region this small (80 x 160 pixels); everything else is the documented config.
+SMALL_REGION = {
+    "split": {"block_size": 20, "n_test_blocks": 2, "n_val_blocks": 2, "buffer_blocks": 0},
+    "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4, "tile_size": 32,
+              "base_channels": 4, "depth": 2, "val_batches": 1},
+    "predict": {"tile_size": 64, "overlap": 16, "batch_size": 2},
+}
+
+
+def test_own_single_year_config_trains_and_is_evaluated(tmp_path):
+    """The documented config (one observed year, `train.prior: false`) goes on through
+    split, training and evaluation: a model without a prior, scored in single-year mode
+    on its harmonised map."""
+    write_user_data(tmp_path, 20)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(documented_config()))
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(SMALL_REGION))
+    configs = ["-c", "my.yaml", "-c", "small.yaml"]
+    for args in (["prepare", "target", *configs],
+                 ["prepare", "static", *configs],
+                 ["prepare", "coarse", "--scenario", "historical", *configs],
+                 ["split", *configs, "--output", "myresults/split/split.json",
+                  "--figure", "myresults/split/split.png"],
+                 ["train", *configs, "--output", "myresults/model"],
+                 ["evaluate", *configs, "--model", "myresults/model",
+                  "--split", "myresults/split/split.json",
+                  "--output", "myresults/eval/metrics.json"]):
+        result = ai4land(tmp_path, *args)
+        assert result.returncode == 0, f"ai4land {' '.join(args)}:\n{result.stderr[-3000:]}"
+    card = json.loads((tmp_path / "myresults" / "model" / "model_card.json").read_text())
+    assert "prior" in card["dropped_inputs"]
+    metrics = json.loads((tmp_path / "myresults" / "eval" / "metrics.json").read_text())
+    assert metrics["split"]["mode"] == "single-year"
+    assert metrics["scored_map"] == "harmonised"
+    assert {"unet", "coarse_majority", "smooth_coarse"} <= set(metrics["models"])
