@@ -251,3 +251,26 @@ def test_a_config_without_maps_has_nothing_to_publish(tmp_path):
         run_publish(config, maps_dir=tmp_path / "maps", store=tmp_path / "missing.zarr",
                     model_dir=tmp_path, metrics_path=None, output_dir=tmp_path / "publish")
     assert not (tmp_path / "publish").exists()
+
+
+def test_a_publish_failing_midway_leaves_the_earlier_tree_as_it_was(products, monkeypatch):
+    """The tree is staged beside `publish/` and renamed onto it whole, so a picture that
+    fails half-written (or a kill) never shows in the published tree."""
+    import matplotlib.figure
+
+    config, results, store, model, metrics = products
+    _publish(config, results, store, model, metrics)
+    out = results / "publish"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".png" for p in before)
+
+    def half_written(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise RuntimeError("renderer failed")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        _publish(config, results, store, model, metrics)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in results.iterdir() if p.name.startswith(".publish")) == []

@@ -34,7 +34,6 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window as RioWindow
 
 from ai4land.encoding import NODATA, class_colour, colour_table
-from ai4land.io.atomic import atomic_path
 
 LAYER_MAX_PX = 1024  # long side of the viewer's class layers, thumbnails and GIF frames
 RAMP_MAX_PX = 512  # long side of the viewer's probability and entropy layers
@@ -114,14 +113,11 @@ def class_rgba(codes: np.ndarray, legend: Mapping[int, str]) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> None:
-    """``fig`` as a PNG at ``path``, written atomically (a killed publish leaves none)."""
     import matplotlib.pyplot as plt
 
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=FIGURE_DPI, metadata=PNG_META)
-    finally:
-        plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=FIGURE_DPI, metadata=PNG_META)
+    plt.close(fig)
 
 
 def _legend_handles(legend: Mapping[int, str], codes: Iterable[int] | None = None):
@@ -240,9 +236,9 @@ def animation(frames: list[tuple[int, np.ndarray]], legend: Mapping[int, str],
                      (0, 18))
         ImageDraw.Draw(canvas).text((4, 3), f"{label}: {year}", fill=text)
         images.append(canvas)
-    with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=duration_ms, loop=0, optimize=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=duration_ms, loop=0, optimize=False)
 
 
 # --- whole-map counts ---------------------------------------------------------------

@@ -35,7 +35,6 @@ import numpy as np
 from ai4land.encoding import NODATA, class_hex
 from ai4land.errors import OutputError
 from ai4land.grid import Grid, Window
-from ai4land.io.atomic import write_atomic
 from ai4land.io.cog import layer_path
 from ai4land.publish import quicklook as ql
 
@@ -158,11 +157,11 @@ def _scenario_pass(config, cube, cells: CellGrid, scenario: str,
     for year, cog in products:
         report = json.loads(cog.with_suffix(".json").read_text())
         codes = ql.read_decimated(cog)
-        write_atomic(layers / f"{year}_lulc.png", ql.palette_png(codes, class_palette))
+        (layers / f"{year}_lulc.png").write_bytes(ql.palette_png(codes, class_palette))
         for name in LAYERS[1:]:
             values = ql.read_decimated(layer_path(cog, name), ql.RAMP_MAX_PX)
-            write_atomic(layers / f"{year}_{name}.png",
-                         ql.palette_png(ql.ramp_steps(values), ramp))
+            (layers / f"{year}_{name}.png").write_bytes(
+                ql.palette_png(ql.ramp_steps(values), ramp))
         ql.map_figure(codes, cube.fine_grid.bounds, legend, f"{scenario} {year}",
                       quicklook_path(tree, scenario, year))
         bp, valid = basis_points(cell_counts(cog, cells, classes))
@@ -263,7 +262,8 @@ def _index(config, grid: Grid, cells: CellGrid, passes: list[_Scenario], title: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n")
 
 
 def _copy_assets(target: Path) -> None:
