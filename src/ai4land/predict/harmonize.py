@@ -672,20 +672,19 @@ def allocate_change(  # long: signature + docstring are 47 lines; the steps are 
     demand = np.maximum(net, 0)
     eligible = _eligible(in_constrained, cell, source, supply)  # the pixels that may move
     moved = np.zeros(len(pixels), dtype=bool)
-    bonus = (patch_bonus, changed_bonus)
     if patch_bonus > 0 or changed_bonus > 0:
         # pool pixels cell by cell (raster order inside a cell); ``position`` finds the
         # neighbours
         pool, starts = _pool_by_cell(position, eligible, height, width, factor)
+        if len(pool):
+            current = np.where(known, before, -1)
+            _transfer_patches(pool, starts, p, pixels, position, current, cell, source,
+                              known, supply, demand, index, moved, width, factor,
+                              np.asarray((patch_bonus, changed_bonus), dtype="float64"))
     else:
         pool = np.flatnonzero(eligible)
-    if len(pool) and (patch_bonus > 0 or changed_bonus > 0):
-        current = np.where(known, before, -1)
-        _transfer_patches(pool, starts, p, pixels, position, current, cell, source, known,
-                          supply, demand, index, moved, width, factor,
-                          np.asarray(bonus, dtype="float64"))
-    elif len(pool):
-        _transfer_by_score(pool, p, cell, source, known, supply, demand, index, moved)
+        if len(pool):
+            _transfer_by_score(pool, p, cell, source, known, supply, demand, index, moved)
     if margin < 1:
         _swap(p, cell, before, index, in_constrained & known & ~moved, margin)
     out = np.empty(height * width, dtype="int64")
