@@ -82,10 +82,10 @@ def test_the_torch_knots_equal_the_numpy_path():
     ring = np.pad(cells, ((0, 0), (1, 1), (1, 1)), mode="edge")  # as ring_window fills it
     matrix = torch.as_tensor(group_matrix(GROUPS, NAMES, ["a", "b"]))
     knot = knots_torch(torch.as_tensor(ring)[None], matrix)[0].numpy()
-    from ai4land.samples.smooth import knots
+    from ai4land.samples.smooth import _fractions, fraction_knots
 
-    expected = knots(cells, channel_names=NAMES, groups=GROUPS, names=["a", "b"],
-                     inner=(slice(0, 4), slice(0, 5)))
+    expected = fraction_knots(_fractions(cells, NAMES, GROUPS, ["a", "b"]),
+                              inner=(slice(0, 4), slice(0, 5)))
     np.testing.assert_allclose(knot, expected, atol=1e-6)
     rows, u = offsets(3, 6, 4)
     np.testing.assert_array_equal(rows, [0, 1, 1, 1, 1, 2])

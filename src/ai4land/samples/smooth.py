@@ -12,7 +12,7 @@ nearest cell repeats (the channel is flat there); a neighbour without coarse dat
 (ocean) takes the cell's own value, so coasts do not pull the fractions to 0.
 
 Per coarse cell the interpolation needs its 3 x 3 neighbourhood of fractions, the
-*knots* (:func:`knots`, numpy for prediction; :func:`knots_torch` for training
+*knots* (:func:`fraction_knots`, numpy for prediction; :func:`knots_torch` for training
 batches); a pixel at offset ``(u, v)`` from its cell centre (in cells, each in
 (-0.5, 0.5)) blends the knots of the quadrant it lies in (:func:`interpolate`).
 """
@@ -60,14 +60,6 @@ def _fractions(cells: np.ndarray, channel_names: Sequence[str], groups: Groups,
     group; all 0 where a cell has no coarse data."""
     fractions = luh_group_fractions(cells, channel_names, groups)
     return fractions[[groups.names.index(n) for n in names]]
-
-
-def knots(cells: np.ndarray, *, channel_names: Sequence[str], groups: Groups,
-          names: Sequence[str], inner: tuple[slice, slice]) -> np.ndarray:
-    """(3, 3, G, m, n) float32: for the cells ``inner`` of the block ``cells`` (V, h, w),
-    the group fractions of each cell's 3 x 3 neighbourhood in the block
-    (:func:`fraction_knots`)."""
-    return fraction_knots(_fractions(cells, channel_names, groups, names), inner=inner)
 
 
 def fraction_knots(fractions: np.ndarray, *, inner: tuple[slice, slice]) -> np.ndarray:
